@@ -1,0 +1,271 @@
+"""The `jaxae` command: parsing, progress and exit codes only; the work happens in the library.
+
+    jaxae list
+    jaxae run NAME [--seeds N] [--seed S] [--epochs E] [--set section.field=value ...] [--out DIR]
+    jaxae run --resume DIR
+    jaxae reproduce [--seeds N] [--seed S] [--out DIR] [--resume]
+    jaxae report DIR
+
+Invalid arguments print one line on stderr and exit with status 2. Ctrl-C or SIGTERM stops a run at
+the next chunk boundary, saves it for `--resume` and exits with 130 or 143.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from jaxae import experiments, report, results
+
+DEFAULT_SEEDS = 256
+console = Console(stderr=True)
+
+
+class UsageError(Exception):
+    """A bad argument: reported as one line on stderr, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse would print usage; we want one line
+        raise UsageError(message)
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM; the training loop checks it at every chunk boundary."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.signal = signum
+
+    def install(self) -> None:
+        signal.signal(signal.SIGINT, self)
+        signal.signal(signal.SIGTERM, self)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="jaxae", description="Train (sparse) autoencoders over many seeds at once."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub.add_parser("list", help="the experiments, one line each")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--seeds", type=int, default=None, help=f"seeds (default {DEFAULT_SEEDS})")
+        p.add_argument("--seed", type=int, default=0, help="base seed: seed i = fold_in(key(S), i)")
+        p.add_argument("--out", type=Path, default=None, help="output directory (must not exist)")
+
+    run = sub.add_parser("run", help="train one experiment on many seeds")
+    run.add_argument("name", nargs="?", help="experiment name (see `jaxae list`)")
+    common(run)
+    run.add_argument("--epochs", type=int, default=None, help="shorthand for --set train.epochs=E")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a config field of every arm, e.g. --set optim.learning_rate=3e-3",
+    )
+    run.add_argument(
+        "--resume", type=Path, default=None, metavar="DIR", help="continue a stopped run"
+    )
+
+    repro = sub.add_parser("reproduce", help="run every tutorial experiment and write one report")
+    common(repro)
+    repro.add_argument(
+        "--resume", action="store_true", help="continue a stopped reproduce in --out"
+    )
+
+    rep = sub.add_parser("report", help="re-render figures and report.md of a run directory")
+    rep.add_argument("dir", type=Path)
+    return parser
+
+
+def _checked(fn: Callable[[], Any]) -> Any:
+    """Run a validation step; its `ValueError` (bad config, path or name) becomes a usage error."""
+    try:
+        return fn()
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and value <= 0:
+        raise UsageError(f"{name}={value} is invalid: allowed is a positive integer")
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} epochs"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+def run_experiment(
+    exp: experiments.Experiment,
+    n_seeds: int,
+    seed: int,
+    out_dir: Path,
+    overrides: list[str],
+    stop: StopFlag,
+    resume: list[experiments.GroupCheckpoint] | None = None,
+) -> dict[str, Any] | None:
+    """Train, then write the run directory; on a stop, save `DIR.partial/` and return None."""
+    groups = experiments.groups_of(exp)
+    total = sum(g[0].config.train.epochs for g in groups)
+    with _progress() as bar:
+        done_before = sum(g.epochs_done for g in resume or [])
+        task = bar.add_task(f"{exp.name} x{n_seeds} seeds", total=total, completed=done_before)
+        started: list[bool] = []
+
+        def callback(group: int, p: Any) -> bool:
+            if not started:
+                started.append(True)
+                console.print(f"{exp.name}: compiled; training {n_seeds} seeds")
+            finished = sum(gr[0].config.train.epochs for gr in groups[:group])
+            bar.update(task, completed=finished + p.epochs_done)
+            return stop.signal is not None
+
+        out = experiments.run(exp, n_seeds, seed, callback=callback, resume=resume)
+    if not out.finished:
+        where = results.write_partial(out_dir, out, overrides)
+        console.print(f"stopped; progress saved in {where}; continue with --resume")
+        return None
+    analysis = exp.analyse(exp, out.results)
+    return results.write_run(out_dir, out, analysis, overrides, render=report.render_run)
+
+
+def _print_summary(data: dict[str, Any], out_dir: Path) -> None:
+    timing = data["timing"]
+    print(f"{data['experiment']} ({data['section']}): {data['n_seeds']} seeds -> {out_dir}")
+    for label, arm in data["arms"].items():
+        lo, hi = arm["convergence_ci95"]
+        print(
+            f"  {data['arm_axis']}={label}: converged {arm['convergence_rate']:.3f} "
+            f"[{lo:.3f}, {hi:.3f}]  median fvu {arm['fvu_quantiles']['q50']:.3g} "
+            f"(pca floor {arm['pca_floor_fvu']:.3g})  diverged {sum(arm['diverged'])}"
+        )
+    print(
+        f"  compile {timing['compile_s']:.1f} s, train {timing['train_s']:.1f} s, "
+        f"{timing['seed_steps_per_s']:,.0f} seed-steps/s"
+    )
+
+
+def cmd_list() -> int:
+    for exp in experiments.EXPERIMENTS.values():
+        print(f"{exp.name:14s} {exp.section:5s} {exp.summary}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, stop: StopFlag) -> int:
+    overrides = list(args.overrides)
+    if args.resume is not None:
+        if args.name is not None or overrides or args.seeds is not None or args.epochs is not None:
+            raise UsageError(
+                "--resume takes no experiment, --seeds, --epochs or --set: it reuses them"
+            )
+        progress = _checked(lambda: results.read_progress(args.resume))
+        exp = _checked(
+            lambda: experiments.with_overrides(
+                experiments.get(progress["experiment"]), progress["overrides"]
+            )
+        )
+        resume = results.load_partial(args.resume, exp, progress)
+        out_dir, n_seeds, seed = args.resume, progress["n_seeds"], progress["seed"]
+        overrides = progress["overrides"]
+        _checked(lambda: results.check_writable(out_dir))
+    else:
+        if args.name is None:
+            raise UsageError("run needs an experiment name (see `jaxae list`) or --resume DIR")
+        _positive("--seeds", args.seeds)
+        _positive("--epochs", args.epochs)
+        if args.epochs is not None:
+            overrides.append(f"train.epochs={args.epochs}")
+        exp = _checked(lambda: experiments.with_overrides(experiments.get(args.name), overrides))
+        n_seeds = args.seeds or DEFAULT_SEEDS
+        seed = args.seed
+        out_dir = args.out or Path("runs") / exp.name
+        _checked(lambda: results.check_writable(out_dir))
+        resume = None
+    data = run_experiment(exp, n_seeds, seed, out_dir, overrides, stop, resume)
+    if data is None:
+        return 128 + (stop.signal or signal.SIGINT)
+    _print_summary(data, out_dir)
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace, stop: StopFlag) -> int:
+    _positive("--seeds", args.seeds)
+    out_root = args.out or Path("runs") / "reproduce"
+    if not args.resume:
+        _checked(lambda: results.check_writable(out_root))
+    elif not out_root.exists():
+        raise UsageError(f"--out={str(out_root)!r} is invalid with --resume: it does not exist")
+    n_seeds = args.seeds or DEFAULT_SEEDS
+    for exp in experiments.EXPERIMENTS.values():
+        out_dir = out_root / exp.name
+        if out_dir.exists():
+            continue  # finished in an earlier, stopped reproduce
+        resume = None
+        if results.partial_dir(out_dir).exists():
+            progress = _checked(lambda out_dir=out_dir: results.read_progress(out_dir))
+            resume = results.load_partial(out_dir, exp, progress)
+        data = run_experiment(exp, n_seeds, args.seed, out_dir, [], stop, resume)
+        if data is None:
+            return 128 + (stop.signal or signal.SIGINT)
+        _print_summary(data, out_dir)
+    report.render_reproduction(out_root)
+    print(f"report: {out_root / 'report.md'}")
+    return 0
+
+
+def use_every_core() -> None:
+    """One XLA CPU device per core, so the seed axis is sharded over all of them.
+
+    XLA:CPU runs one device on about one core; the flag must be set before JAX creates its CPU
+    backend (at the first computation), and an explicit XLA_FLAGS setting is left alone. It only
+    affects the CPU platform, so on an accelerator it changes nothing.
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        cores = len(os.sched_getaffinity(0))
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={cores}".strip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `jaxae` console script."""
+    use_every_core()
+    stop = StopFlag()
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {
+        "list": lambda a: cmd_list(),
+        "run": lambda a: cmd_run(a, stop),
+        "reproduce": lambda a: cmd_reproduce(a, stop),
+        "report": lambda a: _checked(lambda: report.render_run(a.dir)) or 0,
+    }
+    try:
+        args = build_parser().parse_args(argv)
+        stop.install()
+        return commands[args.command](args)
+    except UsageError as err:
+        print(f"jaxae: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

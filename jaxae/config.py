@@ -1,0 +1,256 @@
+"""Frozen, typed, validated configuration.
+
+Every experiment is one `Config`: data, model, loss, optimizer and training settings. Each part
+checks its own fields on construction and `Config` checks the fields that depend on each other, so
+an invalid value raises `ValueError` (naming the field, the value and what is allowed) before
+anything compiles.
+Library code never mutates a config: use `dataclasses.replace` or `override`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+DataKind = Literal["multiples", "offset", "gaussian"]
+Activation = Literal["relu", "sigmoid", "identity", "topk"]
+Init = Literal["torch", "flax"]
+Sparsity = Literal["none", "kl", "l1"]
+
+DATA_KINDS: tuple[str, ...] = typing.get_args(DataKind)
+ACTIVATIONS: tuple[str, ...] = typing.get_args(Activation)
+INITS: tuple[str, ...] = typing.get_args(Init)
+SPARSITIES: tuple[str, ...] = typing.get_args(Sparsity)
+# Activations whose every output lies in (0, 1): the only ones a KL penalty on mean activation fits.
+UNIT_INTERVAL_ACTIVATIONS: tuple[str, ...] = ("sigmoid",)
+
+
+def _fail(field: str, value: Any, allowed: str) -> typing.NoReturn:
+    raise ValueError(f"{field}={value!r} is invalid: allowed is {allowed}")
+
+
+def _positive_int(field: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        _fail(field, value, "a positive integer")
+
+
+def _is_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+
+
+def _positive_float(field: str, value: Any) -> None:
+    if not _is_number(value) or not value > 0:
+        _fail(field, value, "a finite positive number")
+
+
+def _non_negative_float(field: str, value: Any) -> None:
+    if not _is_number(value) or not value >= 0:
+        _fail(field, value, "a finite number >= 0")
+
+
+def _one_of(field: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        _fail(field, value, "one of " + ", ".join(repr(c) for c in choices))
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which data set, how large, and from which key it is drawn."""
+
+    kind: DataKind = "multiples"  # generator in jaxae.data
+    n_samples: int = 1000  # N, rows of the data set
+    n_features: int = 10  # D, columns
+    max_value: int = 200  # multiples/offset: base values are round(U[0,1) * max_value)
+    seed: int = 0  # the data set's own key: key(seed); independent of the training seeds
+    per_seed: bool = False  # draw a fresh data set for every training seed instead of one shared
+
+    def __post_init__(self) -> None:
+        _one_of("data.kind", self.kind, DATA_KINDS)
+        _positive_int("data.n_samples", self.n_samples)
+        _positive_int("data.n_features", self.n_features)
+        _positive_int("data.max_value", self.max_value)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            _fail("data.seed", self.seed, "an integer >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The autoencoder D -> H -> D: its width, hidden activation and initialisation."""
+
+    n_hidden: int = 1  # H, hidden units
+    activation: Activation = "relu"  # hidden nonlinearity; "topk" keeps the k largest (after ReLU)
+    k: int | None = None  # active units per sample for "topk"; must be None otherwise
+    init: Init = "torch"  # "torch": nn.Linear's default uniform(+-1/sqrt(fan_in)); "flax": Dense's
+
+    def __post_init__(self) -> None:
+        _positive_int("model.n_hidden", self.n_hidden)
+        _one_of("model.activation", self.activation, ACTIVATIONS)
+        _one_of("model.init", self.init, INITS)
+        if self.activation == "topk":
+            if isinstance(self.k, bool) or not isinstance(self.k, int):
+                _fail("model.k", self.k, f"an integer in 1..{self.n_hidden} for activation 'topk'")
+            if not 1 <= self.k <= self.n_hidden:
+                _fail("model.k", self.k, f"an integer in 1..{self.n_hidden} (model.n_hidden)")
+        elif self.k is not None:
+            _fail("model.k", self.k, "None unless model.activation is 'topk'")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """Reconstruction (MSE) plus an optional sparsity penalty on the hidden code."""
+
+    sparsity: Sparsity = "none"  # "kl": beta * sum_j KL(rho || rho_hat_j); "l1": beta * mean |h|_1
+    weight: float = 0.0  # beta, the penalty's weight
+    rho: float = 0.05  # KL target mean activation, in (0, 1)
+
+    def __post_init__(self) -> None:
+        _one_of("loss.sparsity", self.sparsity, SPARSITIES)
+        _non_negative_float("loss.weight", self.weight)
+        if isinstance(self.rho, bool) or not isinstance(self.rho, int | float):
+            _fail("loss.rho", self.rho, "a number in (0, 1)")
+        if not 0 < self.rho < 1:
+            _fail("loss.rho", self.rho, "a number in (0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """Adam with weight decay, either as L2 through Adam (PyTorch `Adam`) or decoupled (`AdamW`)."""
+
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    decoupled: bool = False  # False: torch.optim.Adam(weight_decay=...); True: torch.optim.AdamW
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        _positive_float("optim.learning_rate", self.learning_rate)
+        _non_negative_float("optim.weight_decay", self.weight_decay)
+        for name in ("b1", "b2"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+                _fail(f"optim.{name}", value, "a number in [0, 1)")
+        _positive_float("optim.eps", self.eps)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The loop: epochs of shuffled minibatches, run on the host in chunks of epochs."""
+
+    epochs: int = 1500
+    batch_size: int = 100  # B; a last partial batch is kept (masked), as DataLoader does
+    chunk_epochs: int = 100  # epochs per compiled call; between calls the host reports progress
+
+    def __post_init__(self) -> None:
+        _positive_int("train.epochs", self.epochs)
+        _positive_int("train.batch_size", self.batch_size)
+        _positive_int("train.chunk_epochs", self.chunk_epochs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One complete experiment setting. Hashable, so compiled programs can be cached on it."""
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+
+    def __post_init__(self) -> None:
+        if self.train.batch_size > self.data.n_samples:
+            _fail(
+                "train.batch_size",
+                self.train.batch_size,
+                f"at most data.n_samples={self.data.n_samples}",
+            )
+        if self.loss.sparsity == "kl" and self.model.activation not in UNIT_INTERVAL_ACTIVATIONS:
+            _fail(
+                "loss.sparsity",
+                self.loss.sparsity,
+                "'kl' only with an activation whose output lies in (0, 1): "
+                + ", ".join(repr(a) for a in UNIT_INTERVAL_ACTIVATIONS)
+                + f" (model.activation is {self.model.activation!r})",
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready nested dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Mapping[str, Any]]) -> Config:
+        """Inverse of `to_dict`; unknown sections or fields raise `ValueError`."""
+        sections = {f.name: f for f in dataclasses.fields(cls)}
+        parts = {}
+        for name, values in d.items():
+            if name not in sections:
+                _fail("config", name, "one of " + ", ".join(sections))
+            part_cls = _section_class(name)
+            known = {f.name for f in dataclasses.fields(part_cls)}
+            for field in values:
+                if field not in known:
+                    _fail(f"{name}.{field}", values[field], "a known field: " + ", ".join(known))
+            parts[name] = part_cls(**values)
+        return cls(**parts)
+
+
+def _section_class(name: str) -> type:
+    return typing.get_type_hints(Config)[name]
+
+
+def _parse_value(path: str, text: str, hint: Any) -> Any:
+    """Turn the text of `--set path=text` into a value of the field's annotated type."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if text.lower() == "none" and type(None) in options:
+        return None
+    for option in options:
+        if typing.get_origin(option) is Literal:
+            return text
+        if option is bool:
+            if text.lower() in ("true", "1", "yes"):
+                return True
+            if text.lower() in ("false", "0", "no"):
+                return False
+            _fail(path, text, "true or false")
+        if option is int:
+            try:
+                return int(text)
+            except ValueError:
+                _fail(path, text, "an integer")
+        if option is float:
+            try:
+                return float(text)
+            except ValueError:
+                _fail(path, text, "a number")
+    return text
+
+
+def override(cfg: Config, assignments: Iterable[str]) -> Config:
+    """Apply `section.field=value` assignments (the CLI's `--set`); returns a new, valid config.
+
+    All assignments are applied together and validated once, so fields that must change together
+    (`model.activation=topk` with `model.k=2`) can be set in any order.
+    """
+    sections = {f.name for f in dataclasses.fields(Config)}
+    changes: dict[str, dict[str, Any]] = {}
+    for assignment in assignments:
+        path, sep, text = assignment.partition("=")
+        section, dot, field = path.strip().partition(".")
+        if not sep or not dot:
+            _fail("--set", assignment, "section.field=value, e.g. model.n_hidden=3")
+        if section not in sections:
+            _fail("--set", assignment, "a section among " + ", ".join(sorted(sections)))
+        hints = typing.get_type_hints(type(getattr(cfg, section)))
+        if field not in hints:
+            _fail("--set", assignment, f"a field of {section}: " + ", ".join(hints))
+        value = _parse_value(path.strip(), text.strip(), hints[field])
+        changes.setdefault(section, {})[field] = value
+    parts = {
+        section: dataclasses.replace(getattr(cfg, section), **fields)
+        for section, fields in changes.items()
+    }
+    return dataclasses.replace(cfg, **parts)

@@ -1,0 +1,465 @@
+"""Named experiments: each tutorial claim as a preset of arms (configs) plus its analysis.
+
+An experiment is a tuple of `Arm`s (a label, a config, and optionally how many hidden units are in
+use) and an `analyse` function. Arms that share a config (a hidden-size sweep) are trained together
+in one compiled program: the model is built with the largest size and each arm masks the units it
+does not use. `run` trains every arm on the same seeds; `analyse` turns the per-seed figures into
+the answer to the tutorial's claim.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxae import metrics, train
+from jaxae.config import (
+    Config,
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    TrainConfig,
+    override,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """One setting an experiment trains on every seed."""
+
+    label: str
+    config: Config
+    n_active: int | None = None  # hidden units in use (None: all of config.model.n_hidden)
+
+    @property
+    def n_hidden(self) -> int:
+        return self.config.model.n_hidden if self.n_active is None else self.n_active
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """A named preset: the tutorial's claim, the arms that test it and the analysis that answers."""
+
+    name: str
+    section: str
+    summary: str
+    claim: str
+    arms: tuple[Arm, ...]
+    analyse: Callable[[Experiment, dict[str, ArmResult]], dict[str, Any]]
+    arm_axis: str  # what distinguishes the arms: "init" or "n_hidden"
+
+    @property
+    def config(self) -> Config:
+        """The first arm's config (the tutorial's own setting)."""
+        return self.arms[0].config
+
+
+@dataclasses.dataclass
+class ArmResult:
+    """Per-seed outcome of one arm (host numpy arrays, leading axis S)."""
+
+    arm: Arm
+    params: Any
+    history_SxE: np.ndarray
+    figures: dict[str, np.ndarray]  # final_loss, final_mse, fvu, unit_active_fraction, l0, ...
+    diverged: np.ndarray
+    pca_floor_fvu: float
+    convergence_tol: float
+    x: np.ndarray
+
+    @property
+    def converged(self) -> np.ndarray:
+        limit = self.pca_floor_fvu + self.convergence_tol
+        return (self.figures["fvu"] <= limit) & ~self.diverged
+
+    @property
+    def reconstructs(self) -> np.ndarray:
+        return (self.figures["fvu"] <= metrics.RECONSTRUCTION_TOL) & ~self.diverged
+
+    def summary(self) -> dict[str, Any]:
+        """Per-seed lists and the summary figures every arm reports (JSON-ready)."""
+        n = len(self.diverged)
+        converged = self.converged
+        rate = float(np.mean(converged))
+        dead = metrics.dead_units(
+            self.figures["unit_active_fraction"], np.full(n, self.arm.n_hidden)
+        )
+        return {
+            "n_hidden": self.arm.n_hidden,
+            "final_loss": self.figures["final_loss"].tolist(),
+            "final_mse": self.figures["final_mse"].tolist(),
+            "fvu": self.figures["fvu"].tolist(),
+            "converged": converged.tolist(),
+            "reconstructs": self.reconstructs.tolist(),
+            "diverged": self.diverged.tolist(),
+            "dead_units": dead.tolist(),
+            "convergence_rate": rate,
+            "convergence_ci95": list(metrics.wilson_interval(int(converged.sum()), n)),
+            "reconstruction_rate": float(np.mean(self.reconstructs)),
+            "pca_floor_fvu": self.pca_floor_fvu,
+            "convergence_tol": self.convergence_tol,
+            "fvu_quantiles": metrics.quantiles(self.figures["fvu"]),
+            "final_loss_quantiles_converged": metrics.quantiles(
+                self.figures["final_loss"][converged]
+            ),
+        }
+
+
+# ----------------------------------------------------------------------------------------------
+# Presets
+
+
+def _multiples_config() -> Config:
+    """§1.2 as the tutorial wrote it: 10-1-10 ReLU, torch.optim.Adam(weight_decay=1e-3)."""
+    return Config(
+        data=DataConfig(kind="multiples"),
+        model=ModelConfig(n_hidden=1, activation="relu", init="torch"),
+        optim=OptimConfig(learning_rate=1e-3, weight_decay=1e-3),
+        train=TrainConfig(epochs=1500, batch_size=100),
+    )
+
+
+def _with(cfg: Config, **sections: Mapping[str, Any]) -> Config:
+    return dataclasses.replace(
+        cfg,
+        **{k: dataclasses.replace(getattr(cfg, k), **v) for k, v in sections.items()},
+    )
+
+
+def _gaussian_config(n_hidden: int, epochs: int) -> Config:
+    """§1.4/§1.5: randn(1000, 10), plain Adam (lr 1e-3, no weight decay), batch 100."""
+    return Config(
+        data=DataConfig(kind="gaussian"),
+        model=ModelConfig(n_hidden=n_hidden, activation="relu", init="torch"),
+        optim=OptimConfig(learning_rate=1e-3, weight_decay=0.0),
+        train=TrainConfig(epochs=epochs, batch_size=100),
+    )
+
+
+def _sweep(cfg: Config, sizes: tuple[int, ...]) -> tuple[Arm, ...]:
+    """One arm per hidden size, all sharing one program built with the largest size."""
+    wide = _with(cfg, model={"n_hidden": max(sizes)})
+    return tuple(Arm(label=str(h), config=wide, n_active=h) for h in sizes)
+
+
+# ----------------------------------------------------------------------------------------------
+# Analyses
+
+
+def _rate(result: ArmResult) -> dict[str, Any]:
+    s = result.summary()
+    return {k: s[k] for k in ("n_hidden", "convergence_rate", "convergence_ci95")}
+
+
+def analyse_multiples(exp: Experiment, results: dict[str, ArmResult]) -> dict[str, Any]:
+    """Convergence per initialiser, and whether failures are dead hidden units."""
+    out: dict[str, Any] = {}
+    for label, r in results.items():
+        never_active = r.figures["unit_active_fraction"][:, 0] == 0
+        failed = ~r.converged
+        out[label] = {
+            **_rate(r),
+            "dead_unit_fraction": float(np.mean(never_active)),
+            "dead_at_init_fraction": float(np.mean(r.figures["dead_at_init"])),
+            "failed_with_dead_unit": int(np.sum(failed & never_active)),
+            "failed": int(np.sum(failed)),
+            "final_loss_quantiles_converged": metrics.quantiles(
+                r.figures["final_loss"][r.converged]
+            ),
+        }
+    return out
+
+
+def analyse_sweep(exp: Experiment, results: dict[str, ArmResult]) -> dict[str, Any]:
+    """Per hidden size: convergence (to the size's PCA floor), reconstruction, FVU and the floor."""
+    return {
+        label: {
+            **_rate(r),
+            "reconstruction_rate": float(np.mean(r.reconstructs)),
+            "reconstruction_ci95": list(
+                metrics.wilson_interval(int(r.reconstructs.sum()), len(r.diverged))
+            ),
+            "pca_floor_fvu": r.pca_floor_fvu,
+            "fvu_quantiles": metrics.quantiles(r.figures["fvu"]),
+            "dead_units_mean": float(
+                np.mean(
+                    metrics.dead_units(
+                        r.figures["unit_active_fraction"], np.full(len(r.diverged), r.arm.n_hidden)
+                    )
+                )
+            ),
+        }
+        for label, r in results.items()
+    }
+
+
+# Seeds whose weights are compared pairwise (all pairs among them): 100 seeds give 4,950 pairs.
+SIMILARITY_SEEDS = 100
+
+
+def encoder_rows(params: Any) -> np.ndarray:
+    """Encoder weights as one row per hidden unit: `w_SxHxD`."""
+    return np.swapaxes(np.asarray(params["params"]["encoder"]["kernel"]), -1, -2)
+
+
+def decoder_rows(params: Any) -> np.ndarray:
+    """Decoder weights as one row per hidden unit: `w_SxHxD`."""
+    return np.asarray(params["params"]["decoder"]["kernel"])
+
+
+def analyse_overcomplete(exp: Experiment, results: dict[str, ArmResult]) -> dict[str, Any]:
+    """All seeds converge; matched unit similarity across seeds vs. the same seed trained twice."""
+    main, control = results["seeds"], results["control"]
+    m = min(SIMILARITY_SEEDS, len(main.diverged))
+    out: dict[str, Any] = {"seeds": _rate(main), "pairs": m * (m - 1) // 2}
+    similarity, control_similarity = {}, {}
+    for name, rows in (("encoder", encoder_rows), ("decoder", decoder_rows)):
+        w = rows(main.params)
+        similarity[name] = metrics.pairwise_matched_similarity(w[:m]).tolist()
+        w_control = rows(control.params)
+        control_similarity[name] = [
+            float(np.mean(metrics.matched_similarity(w[i], w_control[i])))
+            for i in range(len(control.diverged))
+        ]
+    out["cross_seed_similarity"] = similarity
+    out["control_similarity"] = control_similarity
+    out["similarity_quantiles"] = {
+        k: metrics.quantiles(np.asarray(v)) for k, v in similarity.items()
+    }
+    out["control_min"] = {k: float(np.min(v)) for k, v in control_similarity.items()}
+    return out
+
+
+# Seeds in the overcomplete control arm (each trained a second time with the same key).
+CONTROL_SEEDS = 8
+
+MULTIPLES = Experiment(
+    name="multiples",
+    section="§1.2",
+    summary="10-1-10 ReLU on integer multiples: how often does one hidden unit suffice?",
+    claim=(
+        "One hidden unit suffices for x_j = x_0 * (j + 1): the autoencoder learns the rule and the "
+        "loss falls to about 0.03-0.2."
+    ),
+    arms=(
+        Arm("torch", _multiples_config()),
+        Arm("flax", _with(_multiples_config(), model={"init": "flax"})),
+    ),
+    analyse=analyse_multiples,
+    arm_axis="init",
+)
+
+OFFSET = Experiment(
+    name="offset",
+    section="§1.3",
+    summary="multiples plus a per-sample offset, hidden 1-4: how many units are needed?",
+    claim=(
+        "With a random offset k added to every feature, one hidden unit never converges; intuition "
+        "says two numbers (x_0 and k) are needed; three units converged in the author's run."
+    ),
+    arms=_sweep(_with(_multiples_config(), data={"kind": "offset"}), (1, 2, 3, 4)),
+    analyse=analyse_sweep,
+    arm_axis="n_hidden",
+)
+
+NOISE = Experiment(
+    name="noise",
+    section="§1.4",
+    summary="standard Gaussian data, hidden 1-10: incompressible below 10 units?",
+    claim=(
+        "Independent Gaussian features cannot be compressed: no hidden size below the 10 features "
+        "converges."
+    ),
+    arms=_sweep(_gaussian_config(10, 300), tuple(range(1, 11))),
+    analyse=analyse_sweep,
+    arm_axis="n_hidden",
+)
+
+OVERCOMPLETE = Experiment(
+    name="overcomplete",
+    section="§1.5",
+    summary="10-10-10 on Gaussian data: always converges, but to different weights each seed?",
+    claim=(
+        "An overcomplete autoencoder (hidden >= input) always converges, but to different weights "
+        "every run, so it extracts nothing useful."
+    ),
+    arms=(Arm("seeds", _gaussian_config(10, 300)), Arm("control", _gaussian_config(10, 300))),
+    analyse=analyse_overcomplete,
+    arm_axis="run",
+)
+
+EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (MULTIPLES, OFFSET, NOISE, OVERCOMPLETE)}
+
+
+def get(name: str) -> Experiment:
+    """The experiment called `name`; `ValueError` listing the known names otherwise."""
+    if name not in EXPERIMENTS:
+        raise ValueError(
+            f"experiment={name!r} is invalid: allowed is one of {', '.join(EXPERIMENTS)}"
+        )
+    return EXPERIMENTS[name]
+
+
+def with_overrides(exp: Experiment, assignments: list[str]) -> Experiment:
+    """`exp` with `--set section.field=value` applied to every arm (validated before training).
+
+    In a sweep, `model.n_hidden` is the program's width; the arms keep their own sizes, so it must
+    be at least the largest of them.
+    """
+    if not assignments:
+        return exp
+    arms = []
+    for arm in exp.arms:
+        cfg = override(arm.config, assignments)
+        if arm.n_active is not None and arm.n_active > cfg.model.n_hidden:
+            raise ValueError(
+                f"model.n_hidden={cfg.model.n_hidden} is invalid: allowed is at least "
+                f"{arm.n_active}, the largest hidden size this experiment sweeps"
+            )
+        arms.append(dataclasses.replace(arm, config=cfg))
+    return dataclasses.replace(exp, arms=tuple(arms))
+
+
+# ----------------------------------------------------------------------------------------------
+# Running
+
+
+@dataclasses.dataclass
+class GroupCheckpoint:
+    """Where one program (a group of arms sharing a config) stands: for resuming."""
+
+    state: train.TrainState
+    history_SxE: np.ndarray
+    epochs_done: int
+
+
+@dataclasses.dataclass
+class RunOutput:
+    """What `run` returns: per-arm results when finished, group states either way."""
+
+    experiment: Experiment
+    n_seeds: int
+    seed: int
+    groups: list[GroupCheckpoint]
+    results: dict[str, ArmResult] | None  # None when the run was stopped early
+    timing: dict[str, float]
+
+    @property
+    def finished(self) -> bool:
+        return self.results is not None
+
+
+def groups_of(exp: Experiment) -> list[list[Arm]]:
+    """Arms grouped by config, in order of first appearance: one compiled program per group."""
+    groups: dict[Config, list[Arm]] = {}
+    for arm in exp.arms:
+        groups.setdefault(arm.config, []).append(arm)
+    return list(groups.values())
+
+
+def _group_layout(exp: Experiment, arms: list[Arm], n_seeds: int, seed: int):
+    """Keys and per-run hyperparameters of a group: arm-major, seed i's key in every arm."""
+    counts = [CONTROL_SEEDS if arm.label == "control" else n_seeds for arm in arms]
+    counts = [min(c, n_seeds) for c in counts]
+    base = train.seed_keys(seed, n_seeds)
+    keys = jnp.concatenate([base[:c] for c in counts])
+    cfg = arms[0].config
+    hyper = jax.tree.map(
+        lambda *vs: jnp.concatenate(vs),
+        *[
+            jax.tree.map(
+                lambda v, c=c: jnp.broadcast_to(v, (c,)), train.Hyper.from_config(cfg, arm.n_hidden)
+            )
+            for arm, c in zip(arms, counts, strict=True)
+        ],
+    )
+    return keys, hyper, counts
+
+
+def run(
+    exp: Experiment,
+    n_seeds: int,
+    seed: int = 0,
+    *,
+    callback: Callable[[int, train.Progress], bool | None] | None = None,
+    resume: list[GroupCheckpoint] | None = None,
+) -> RunOutput:
+    """Train every arm of `exp` on seeds `0..n_seeds-1`; evaluate and analyse when finished.
+
+    `callback(group_index, progress)` runs after each chunk; returning True stops at that chunk
+    boundary and returns a `RunOutput` with `results=None` whose `groups` can be passed as `resume`.
+    """
+    if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds <= 0:
+        raise ValueError(f"n_seeds={n_seeds!r} is invalid: allowed is a positive integer")
+    groups = groups_of(exp)
+    done: list[GroupCheckpoint] = []
+    timing = {"compile_s": 0.0, "train_s": 0.0, "seed_steps": 0.0}
+    results: dict[str, ArmResult] = {}
+    for g, arms in enumerate(groups):
+        cfg = arms[0].config
+        keys, hyper, counts = _group_layout(exp, arms, n_seeds, seed)
+        previous = resume[g] if resume is not None and g < len(resume) else None
+        if previous is not None and previous.epochs_done >= cfg.train.epochs:
+            state, history, x = previous.state, previous.history_SxE, None
+        else:
+            res = train.train_seeds(
+                cfg,
+                int(keys.shape[0]),
+                seed,
+                hyper=hyper,
+                keys=keys,
+                callback=None if callback is None else (lambda p, g=g: callback(g, p)),
+                resume=None
+                if previous is None
+                else (previous.state, previous.history_SxE, previous.epochs_done),
+            )
+            timing["compile_s"] += res.timing["compile_s"]
+            timing["train_s"] += res.timing["train_s"]
+            timing["seed_steps"] += res.timing["seed_steps_per_s"] * res.timing["train_s"]
+            done.append(GroupCheckpoint(res.state, res.history_SxE, res.epochs_done))
+            if not res.finished:
+                return RunOutput(exp, n_seeds, seed, done, None, timing)
+            state, history, x = res.state, res.history_SxE, res.x
+        if previous is not None and previous.epochs_done >= cfg.train.epochs:
+            done.append(previous)
+        results.update(_evaluate_group(arms, counts, cfg, keys, state, history, x, hyper))
+    timing["seed_steps_per_s"] = (
+        timing["seed_steps"] / timing["train_s"] if timing["train_s"] > 0 else float("nan")
+    )
+    del timing["seed_steps"]
+    return RunOutput(exp, n_seeds, seed, done, results, timing)
+
+
+def _evaluate_group(arms, counts, cfg, keys, state, history, x, hyper) -> dict[str, ArmResult]:
+    progs = train.programs(cfg)
+    if x is None:
+        x = progs.seed_data(keys) if cfg.data.per_seed else train.shared_data(cfg)
+    figures = jax.device_get(progs.evaluate(state, x))
+    init_state = progs.init(keys, hyper)
+    figures["dead_at_init"] = (
+        np.asarray(progs.evaluate(init_state, x)["unit_active_fraction"])[:, 0] == 0
+    )
+    x_np = np.asarray(x)
+    out: dict[str, ArmResult] = {}
+    start = 0
+    for arm, c in zip(arms, counts, strict=True):
+        sl = slice(start, start + c)
+        start += c
+        x_arm = x_np[sl] if cfg.data.per_seed else x_np
+        floor_x = x_arm[0] if cfg.data.per_seed else x_arm
+        out[arm.label] = ArmResult(
+            arm=arm,
+            params=jax.tree.map(lambda v, sl=sl: np.asarray(v[sl]), state.params),
+            history_SxE=history[sl],
+            figures={k: np.asarray(v)[sl] for k, v in figures.items()},
+            diverged=np.asarray(state.diverged)[sl],
+            pca_floor_fvu=metrics.pca_floor_fvu(floor_x, arm.n_hidden),
+            convergence_tol=metrics.convergence_tol(floor_x, arm.n_hidden),
+            x=x_arm,
+        )
+    return out

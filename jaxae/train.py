@@ -1,0 +1,464 @@
+"""Training: the whole loop is `lax.scan`; many seeds are one sharded `jit(vmap(...))`.
+
+Shape legend: S seeds, N samples, B batch, K minibatches per epoch, D features, H hidden units,
+E epochs.
+
+The pieces, from the inside out:
+
+- `train_step`: one minibatch of Adam on one seed; a seed whose loss or parameters turn non-finite
+  stops updating and keeps its last finite parameters (`diverged`).
+- `run_epochs`: a scan over epochs, each a fresh permutation of the data and a scan over its
+  minibatches; it returns the per-epoch mean loss as history.
+- `make_train(cfg) -> train(key)`: init plus all epochs for one seed, pure;
+  `jax.jit(jax.vmap(train))` is a sweep.
+- `train_seeds`: the host loop. Seed i's key is `fold_in(key(seed), i)`, whatever the number of
+  seeds or devices; the seed axis is sharded over `jax.devices()`; the loop runs in chunks of epochs
+  so the caller can show progress, checkpoint or stop between chunks without changing any result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from jaxae import metrics
+from jaxae.config import Config
+from jaxae.data import make_data
+from jaxae.losses import total_loss
+from jaxae.model import Autoencoder, make_model
+from jaxae.optim import make_optimizer
+
+
+@flax.struct.dataclass
+class Hyper:
+    """Per-seed settings that leave the program's shapes alone, so seeds in one run may differ."""
+
+    learning_rate: jax.Array  # float32
+    weight_decay: jax.Array  # float32
+    sparsity_weight: jax.Array  # float32, beta of the sparsity penalty
+    n_active: jax.Array  # int32, hidden units in use; units >= n_active are held at zero
+
+    @classmethod
+    def from_config(cls, cfg: Config, n_active: int | None = None) -> Hyper:
+        """The config's own values (all units active unless `n_active` is given)."""
+        return cls(
+            learning_rate=jnp.float32(cfg.optim.learning_rate),
+            weight_decay=jnp.float32(cfg.optim.weight_decay),
+            sparsity_weight=jnp.float32(cfg.loss.weight),
+            n_active=jnp.int32(cfg.model.n_hidden if n_active is None else n_active),
+        )
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything one seed carries from step to step."""
+
+    params: Any
+    opt_state: Any
+    key: jax.Array  # the seed's shuffle key; epoch e uses fold_in(key, e)
+    hyper: Hyper
+    diverged: jax.Array  # bool: a non-finite loss or parameter was met; updates stopped there
+
+
+def seed_keys(seed: int, n_seeds: int) -> jax.Array:
+    """Keys of seeds 0..n-1: `fold_in(key(seed), i)`, so seed i never depends on n."""
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(
+        jax.random.key(seed), jnp.arange(n_seeds, dtype=jnp.uint32)
+    )
+
+
+def _shuffle_rounds(n: int) -> int:
+    """Sorting rounds for `shuffle_indices(n)`: enough random bits that a three-way tie among the
+    keys (the only event after which the permutation is not exactly uniform) has probability below
+    2^-16.
+    """
+    random_bits = 32 - max(1, (n - 1).bit_length())
+    triples = math.comb(n, 3)
+    rounds = 1
+    while triples > 2.0 ** (2 * rounds * random_bits - 16):
+        rounds += 1
+    return rounds
+
+
+def shuffle_indices(key: jax.Array, n: int) -> jax.Array:
+    """A uniformly random permutation of `0..n-1`: `jax.random.permutation`, ~5x faster on CPU.
+
+    Each round sorts one uint32 array whose high bits are random and whose low bits hold the current
+    position: XLA:CPU sorts a single integer array on a fast path, while `jax.random.permutation`
+    sorts key-value pairs through a general comparator. Rounds compose like one sort on a longer
+    random key (later rounds break earlier ties by earlier order). A pair of elements still tied
+    after the last round is swapped on a fair coin, so pair ties cost nothing in uniformity; only a
+    three-way tie (probability < 2^-16, see `_shuffle_rounds`) keeps its earlier order.
+    """
+    # One draw for all rounds: on CPU every threefry call is a loop of its own, so calls are few.
+    return permutation_from_bits(jax.random.bits(key, (_shuffle_rounds(n), n), jnp.uint32))
+
+
+def permutation_from_bits(bits_RxN: jax.Array) -> jax.Array:
+    """The permutation `shuffle_indices` makes from its random words (R rounds of N uint32).
+
+    Deterministic in `bits_RxN`, so its tie handling can be tested with hand-made words.
+    """
+    n = bits_RxN.shape[1]
+    index_bits = max(1, (n - 1).bit_length())
+    low = jnp.uint32((1 << index_bits) - 1)
+    position_N = jnp.arange(n, dtype=jnp.uint32)
+    perm_N = position_N
+    for r, bits_N in enumerate(bits_RxN):
+        sorted_N = lax.sort((bits_N & ~low) | position_N)
+        perm_N = sorted_N & low if r == 0 else perm_N[sorted_N & low]
+    if n < 2:
+        return perm_N.astype(jnp.int32)
+    # Isolated tied pairs at sorted positions (i, i+1) of the last round are swapped on a fair coin:
+    # bit 0 of word i of the draw, which no sort key used, so it is independent of the whole order.
+    random_N = sorted_N & ~low
+    tied = random_N[:-1] == random_N[1:]  # n-1
+    isolated = tied & ~jnp.pad(tied[:-1], (1, 0)) & ~jnp.pad(tied[1:], (0, 1))
+    coin = (bits_RxN[-1, :-1] & 1) == 1
+    swap = isolated & coin
+    swap_next = jnp.pad(swap, (0, 1))  # element i takes i+1
+    swap_prev = jnp.pad(swap, (1, 0))  # element i takes i-1
+    shifted_up = jnp.pad(perm_N[1:], (0, 1))
+    shifted_down = jnp.pad(perm_N[:-1], (1, 0))
+    perm_N = jnp.where(swap_next, shifted_up, jnp.where(swap_prev, shifted_down, perm_N))
+    return perm_N.astype(jnp.int32)
+
+
+def epoch_batches(key: jax.Array, n: int, batch_size: int) -> tuple[jax.Array, jax.Array | None]:
+    """Minibatch indices `idx_KxB` of one shuffled epoch and weights `w_KxB` for a partial batch.
+
+    As `DataLoader(shuffle=True, drop_last=False)`: every sample once per epoch; the last batch is
+    padded with repeated indices that get weight 0 (`w` is None when the batch size divides n).
+    """
+    perm_N = shuffle_indices(key, n)
+    n_batches = -(-n // batch_size)
+    pad = n_batches * batch_size - n
+    if pad == 0:
+        return perm_N.reshape(n_batches, batch_size), None
+    idx = jnp.concatenate([perm_N, perm_N[:pad]]).reshape(n_batches, batch_size)
+    w = (jnp.arange(n_batches * batch_size) < n).astype(jnp.float32)
+    return idx, w.reshape(n_batches, batch_size)
+
+
+def hidden_mask(n_active: jax.Array, n_hidden: int) -> jax.Array:
+    """`mask_H`: 1 for the first `n_active` units, 0 after."""
+    return (jnp.arange(n_hidden) < n_active).astype(jnp.float32)
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = jax.tree.leaves(tree)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+
+
+def init_state(key: jax.Array, hyper: Hyper, *, model: Autoencoder, cfg: Config) -> TrainState:
+    """A fresh seed: parameters from `key`, an empty optimizer, its own shuffle key.
+
+    With fewer active units than `n_hidden`, the decoder is rescaled by sqrt(H / n_active), so its
+    initial scale is that of a model built with `n_active` units (both initialisers scale as
+    1 / sqrt(fan_in)).
+    """
+    init_key, shuffle_key = jax.random.split(key)
+    params = model.init(init_key, jnp.zeros((1, model.n_features)))
+    scale = jnp.sqrt(model.n_hidden / hyper.n_active.astype(jnp.float32))
+    decoder = jax.tree.map(lambda p: p * scale, params["params"]["decoder"])
+    params = {"params": {**params["params"], "decoder": decoder}}
+    opt = make_optimizer(cfg.optim, hyper.learning_rate, hyper.weight_decay)
+    return TrainState(
+        params=params,
+        opt_state=opt.init(params),
+        key=shuffle_key,
+        hyper=hyper,
+        diverged=jnp.zeros((), bool),
+    )
+
+
+def train_step(
+    state: TrainState,
+    batch: tuple[jax.Array, jax.Array | None],
+    *,
+    x_NxD: jax.Array,
+    model: Autoencoder,
+    cfg: Config,
+) -> tuple[TrainState, jax.Array]:
+    """One Adam step on the minibatch `x_NxD[idx_B]`; returns the new state and the batch loss."""
+    idx_B, w_B = batch
+    loss_and_grad = jax.value_and_grad(total_loss, has_aux=True)
+    (loss, _), grads = loss_and_grad(
+        state.params,
+        x_NxD[idx_B],
+        model=model,
+        cfg=cfg.loss,
+        sparsity_weight=state.hyper.sparsity_weight,
+        mask_H=hidden_mask(state.hyper.n_active, model.n_hidden),
+        w_B=w_B,
+    )
+    opt = make_optimizer(cfg.optim, state.hyper.learning_rate, state.hyper.weight_decay)
+    updates, opt_state = opt.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ok = ~state.diverged & jnp.isfinite(loss) & _all_finite(params)
+
+    def keep(new: jax.Array, old: jax.Array) -> jax.Array:
+        return jnp.where(ok, new, old)
+
+    state = state.replace(
+        params=jax.tree.map(keep, params, state.params),
+        opt_state=jax.tree.map(keep, opt_state, state.opt_state),
+        diverged=~ok,
+    )
+    return state, loss
+
+
+def run_epochs(
+    state: TrainState,
+    x_NxD: jax.Array,
+    first_epoch: jax.Array,
+    *,
+    n_epochs: int,
+    model: Autoencoder,
+    cfg: Config,
+) -> tuple[TrainState, jax.Array]:
+    """Epochs `first_epoch .. first_epoch + n_epochs - 1` of one seed; returns `(state, loss_E)`.
+
+    `loss_E` is each epoch's mean minibatch loss, NaN once the seed has diverged. Epochs at or past
+    `cfg.train.epochs` (the tail of a last, partial chunk) leave the state untouched.
+    """
+    n, batch_size = x_NxD.shape[0], cfg.train.batch_size
+    step = functools.partial(train_step, x_NxD=x_NxD, model=model, cfg=cfg)
+
+    def one_epoch(state: TrainState, epoch_and_key: tuple) -> tuple[TrainState, jax.Array]:
+        idx_KxB, w_KxB = epoch_batches(epoch_and_key[1], n, batch_size)
+        state, loss_K = lax.scan(step, state, (idx_KxB, w_KxB))
+        return state, jnp.where(state.diverged, jnp.nan, jnp.mean(loss_K))
+
+    def guarded_epoch(state: TrainState, epoch_and_key: tuple) -> tuple[TrainState, jax.Array]:
+        return lax.cond(
+            epoch_and_key[0] < cfg.train.epochs,
+            one_epoch,
+            lambda state, _: (state, jnp.float32(jnp.nan)),
+            state,
+            epoch_and_key,
+        )
+
+    epochs = first_epoch + jnp.arange(n_epochs)
+    # Epoch e shuffles with fold_in(key, e); all of a chunk's keys in one call, outside the loop.
+    epoch_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(state.key, epochs)
+    body = one_epoch if cfg.train.epochs % n_epochs == 0 else guarded_epoch
+    return lax.scan(body, state, (epochs, epoch_keys))
+
+
+def make_train(cfg: Config) -> Callable[..., tuple[TrainState, jax.Array]]:
+    """`train(key, x_NxD=None, hyper=None) -> (state, loss_E)`: one whole run of one seed, pure.
+
+    Without `x_NxD` the config's shared data set is used. `jax.jit(jax.vmap(train))(keys)` trains
+    many seeds; `train_seeds` does the same with sharding, chunks and progress.
+    """
+    model = make_model(cfg.model, cfg.data.n_features)
+    shared_x = None if cfg.data.per_seed else shared_data(cfg)
+
+    def train(
+        key: jax.Array, x_NxD: jax.Array | None = None, hyper: Hyper | None = None
+    ) -> tuple[TrainState, jax.Array]:
+        if x_NxD is None:
+            x_NxD = shared_x if shared_x is not None else seed_data(key, cfg)
+        hyper = Hyper.from_config(cfg) if hyper is None else hyper
+        state = init_state(key, hyper, model=model, cfg=cfg)
+        return run_epochs(
+            state, x_NxD, jnp.int32(0), n_epochs=cfg.train.epochs, model=model, cfg=cfg
+        )
+
+    return train
+
+
+def shared_data(cfg: Config) -> jax.Array:
+    """The data set all seeds share (unless `data.per_seed`): drawn from `key(data.seed)`."""
+    return make_data(jax.random.key(cfg.data.seed), cfg.data)
+
+
+def seed_data(key: jax.Array, cfg: Config) -> jax.Array:
+    """A per-seed data set (`data.per_seed`): from `fold_in(key(data.seed), seed's key data)`."""
+    folded = jax.random.fold_in(jax.random.key(cfg.data.seed), jax.random.key_data(key)[-1])
+    return make_data(folded, cfg.data)
+
+
+class Programs(NamedTuple):
+    """The compiled-once functions of a config, vmapped over the seed axis."""
+
+    model: Autoencoder
+    init: Callable[[jax.Array, Hyper], TrainState]
+    run_chunk: Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, jax.Array]]
+    seed_data: Callable[[jax.Array], jax.Array]
+    evaluate: Callable[[TrainState, jax.Array], dict[str, jax.Array]]
+
+
+def evaluate_state(
+    state: TrainState, x_NxD: jax.Array, *, model: Autoencoder, cfg: Config
+) -> dict[str, jax.Array]:
+    """`metrics.evaluate` on the whole data set with the seed's own mask and sparsity weight."""
+    return metrics.evaluate(
+        state.params,
+        x_NxD,
+        model=model,
+        loss_cfg=cfg.loss,
+        sparsity_weight=state.hyper.sparsity_weight,
+        mask_H=hidden_mask(state.hyper.n_active, model.n_hidden),
+    )
+
+
+@functools.cache
+def programs(cfg: Config) -> Programs:
+    """Jitted, vmapped init, chunk runner and evaluation for `cfg`, built once per config."""
+    model = make_model(cfg.model, cfg.data.n_features)
+    chunk = min(cfg.train.chunk_epochs, cfg.train.epochs)
+    x_axis = 0 if cfg.data.per_seed else None
+    init = functools.partial(init_state, model=model, cfg=cfg)
+    run = functools.partial(run_epochs, n_epochs=chunk, model=model, cfg=cfg)
+    return Programs(
+        model=model,
+        # A loop, not a vmap: XLA:CPU compiles vmapped threefry draws several times slower, and
+        # initialisation runs once per seed, so its speed hardly matters.
+        init=jax.jit(lambda keys, hyper: lax.map(lambda a: init(*a), (keys, hyper))),
+        run_chunk=jax.jit(jax.vmap(run, in_axes=(0, x_axis, None)), donate_argnums=0),
+        seed_data=jax.jit(jax.vmap(functools.partial(seed_data, cfg=cfg))),
+        evaluate=jax.jit(
+            jax.vmap(functools.partial(evaluate_state, model=model, cfg=cfg), in_axes=(0, x_axis))
+        ),
+    )
+
+
+class Progress(NamedTuple):
+    """What the host loop hands its callback after each chunk."""
+
+    epochs_done: int
+    epochs_total: int
+    state: TrainState  # leading axis = the run's seeds (padding removed)
+    history_SxE: np.ndarray  # loss per seed and epoch; NaN for epochs not yet run
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """The outcome of `train_seeds`: stacked per-seed state and history, and how long it took."""
+
+    cfg: Config
+    seed: int
+    n_seeds: int
+    state: TrainState  # leading axis S
+    history_SxE: np.ndarray
+    x: jax.Array  # the data trained on: x_NxD, or x_SxNxD with data.per_seed
+    epochs_done: int
+    timing: dict[str, float]
+
+    @property
+    def finished(self) -> bool:
+        return self.epochs_done >= self.cfg.train.epochs
+
+    @property
+    def diverged(self) -> np.ndarray:
+        return np.asarray(self.state.diverged)
+
+
+def _pad_seeds(tree: Any, n_total: int) -> Any:
+    """Repeat the last seed so the seed axis divides the device count (the copies are dropped)."""
+
+    def pad(leaf: jax.Array) -> jax.Array:
+        extra = n_total - leaf.shape[0]
+        if extra == 0:
+            return leaf
+        return jnp.concatenate([leaf, jnp.repeat(leaf[-1:], extra, axis=0)])
+
+    return jax.tree.map(pad, tree)
+
+
+def train_seeds(
+    cfg: Config,
+    n_seeds: int,
+    seed: int = 0,
+    *,
+    hyper: Hyper | None = None,
+    keys: jax.Array | None = None,
+    devices: list[jax.Device] | None = None,
+    callback: Callable[[Progress], bool | None] | None = None,
+    resume: tuple[TrainState, np.ndarray, int] | None = None,
+) -> TrainResult:
+    """Train seeds `0..n_seeds-1` of `cfg` as one sharded program, chunk by chunk.
+
+    `hyper`, if given, holds per-seed values with a leading axis S (e.g. a learning-rate sweep);
+    `keys`, if given, replaces `seed_keys(seed, n_seeds)` (e.g. the same seeds repeated per arm).
+    `callback(progress)` runs after every chunk; returning True stops the run at that chunk boundary
+    (the result then has `finished == False` and can be resumed). `resume=(state, history, epochs)`
+    continues such a run and ends with the same parameters as an uninterrupted one.
+    """
+    if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds <= 0:
+        raise ValueError(f"n_seeds={n_seeds!r} is invalid: allowed is a positive integer")
+    devices = list(jax.devices() if devices is None else devices)
+    progs = programs(cfg)
+    mesh = jax.sharding.Mesh(np.array(devices), ("seed",))
+    by_seed = NamedSharding(mesh, PartitionSpec("seed"))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    n_padded = math.ceil(n_seeds / len(devices)) * len(devices)
+    total, chunk = cfg.train.epochs, min(cfg.train.chunk_epochs, cfg.train.epochs)
+
+    keys = seed_keys(seed, n_seeds) if keys is None else keys
+    if keys.shape != (n_seeds,):
+        raise ValueError(f"keys has shape {keys.shape}: allowed is ({n_seeds},), one per seed")
+    if cfg.data.per_seed:
+        x = progs.seed_data(keys)
+        x_dev = jax.device_put(_pad_seeds(x, n_padded), by_seed)
+    else:
+        x = shared_data(cfg)
+        x_dev = jax.device_put(x, replicated)
+
+    t0 = time.perf_counter()
+    if resume is None:
+        if hyper is None:
+            hyper = jax.tree.map(lambda v: jnp.broadcast_to(v, (n_seeds,)), Hyper.from_config(cfg))
+        state = progs.init(keys, hyper)
+        history = np.full((n_seeds, total), np.nan, np.float32)
+        epochs_done = 0
+    else:
+        state, history, epochs_done = resume
+        history = np.array(history, np.float32)
+    state = jax.device_put(_pad_seeds(state, n_padded), by_seed)
+    run_chunk = progs.run_chunk.lower(state, x_dev, jnp.int32(epochs_done)).compile()
+    compile_s = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    while epochs_done < total:
+        state, loss_SxC = run_chunk(state, x_dev, jnp.int32(epochs_done))
+        n_new = min(chunk, total - epochs_done)
+        history[:, epochs_done : epochs_done + n_new] = np.asarray(loss_SxC)[:n_seeds, :n_new]
+        epochs_done += n_new
+        if callback is not None:
+            seeds_state = jax.tree.map(lambda leaf: leaf[:n_seeds], state)
+            if callback(Progress(epochs_done, total, seeds_state, history)) and epochs_done < total:
+                break
+    jax.block_until_ready(state)
+    train_s = time.perf_counter() - t1
+    steps = (epochs_done - (0 if resume is None else resume[2])) * math.ceil(
+        cfg.data.n_samples / cfg.train.batch_size
+    )
+    return TrainResult(
+        cfg=cfg,
+        seed=seed,
+        n_seeds=n_seeds,
+        state=jax.tree.map(lambda leaf: leaf[:n_seeds], state),
+        history_SxE=history,
+        x=x,
+        epochs_done=epochs_done,
+        timing={
+            "compile_s": compile_s,
+            "train_s": train_s,
+            "seed_steps_per_s": n_seeds * steps / train_s if train_s > 0 else float("nan"),
+        },
+    )

@@ -1,0 +1,155 @@
+"""The command line: bad input is one line and exit 2, runs are written atomically and never
+overwritten, and an interrupted run resumes to the same result."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxae import cli, experiments, results
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _main(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_list_names_every_experiment(capsys):
+    code, out, _ = _main(capsys, "list")
+    assert code == 0
+    assert [line.split()[0] for line in out.splitlines()] == list(experiments.EXPERIMENTS)
+
+
+@pytest.mark.parametrize(
+    ("argv", "names"),
+    [
+        (["run", "nope"], "experiment='nope'"),
+        (["run", "multiples", "--seeds", "0"], "--seeds=0"),
+        (["run", "multiples", "--epochs", "-3"], "--epochs=-3"),
+        (["run", "multiples", "--set", "model.n_hidden=0"], "model.n_hidden=0"),
+        (["run", "multiples", "--set", "model.activation=tanh"], "model.activation='tanh'"),
+        (["run", "multiples", "--set", "loss.rho=2"], "loss.rho=2.0"),
+        (["run", "multiples", "--set", "train.batch_size=5000"], "train.batch_size=5000"),
+        (["run", "multiples", "--set", "nope.x=1"], "nope.x=1"),
+        (["run", "multiples", "--set", "optim.learning_rate=fast"], "optim.learning_rate"),
+        (["run", "multiples", "--seeds", "many"], "--seeds"),
+        (["run"], "experiment name"),
+        (["run", "--resume", "/nonexistent/run"], "--resume='/nonexistent/run'"),
+        (["frobnicate"], "frobnicate"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(capsys, argv, names):
+    code, out, err = _main(capsys, *argv)
+    assert code == 2
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1 and err.startswith("jaxae: error: ")
+    assert names in err
+
+
+def test_console_script_exits_2_without_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxae.cli", "run", "multiples", "--set", "model.k=3"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "jaxae: error: model.k=3 is invalid: allowed is None unless model.activation is 'topk'"
+    ]
+
+
+def test_run_writes_the_contract_and_never_overwrites(capsys, tmp_path):
+    out_dir = tmp_path / "m"
+    code, out, _ = _main(
+        capsys, "run", "multiples", "--seeds", "3", "--epochs", "3", "--out", str(out_dir)
+    )
+    assert code == 0 and "multiples" in out
+    data = json.loads((out_dir / "metrics.json").read_text())
+    for field in (
+        "experiment",
+        "config",
+        "n_seeds",
+        "final_loss",
+        "diverged",
+        "final_mse",
+        "fvu",
+        "converged",
+        "convergence_rate",
+        "convergence_ci95",
+        "pca_floor_fvu",
+    ):
+        assert field in data, field
+    assert data["experiment"] == "multiples" and data["n_seeds"] == 3
+    assert len(data["final_loss"]) == len(data["diverged"]) == 3
+    assert data["config"]["train"]["epochs"] == 3
+    assert set(data["timing"]) == {"compile_s", "train_s", "seed_steps_per_s"}
+    history = np.load(out_dir / "history.npz")
+    assert history["loss_torch"].shape == (3, 3)
+    params = results.load_checkpoint(out_dir / "params")
+    assert np.asarray(params["flax"]["params"]["encoder"]["kernel"]).shape == (3, 10, 1)
+    assert (out_dir / "report.md").is_file() and (out_dir / "figures" / "loss.png").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+
+    before = (out_dir / "metrics.json").stat().st_mtime_ns
+    code, _, err = _main(capsys, "run", "multiples", "--seeds", "3", "--out", str(out_dir))
+    assert code == 2 and "already exists" in err
+    assert (out_dir / "metrics.json").stat().st_mtime_ns == before
+
+
+def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
+    """SIGTERM a subprocess mid-training, resume it, compare with a run never interrupted."""
+    overrides = ["train.epochs=600", "train.chunk_epochs=1"]
+    out_dir = tmp_path / "stopped"
+    argv = [
+        sys.executable,
+        "-m",
+        "jaxae.cli",
+        "run",
+        "offset",
+        "--seeds",
+        "4",
+        "--out",
+        str(out_dir),
+    ]
+    for o in overrides:
+        argv += ["--set", o]
+    proc = subprocess.Popen(
+        argv, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    for line in proc.stderr:  # the first chunk has run once this line appears
+        if "training" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert not out_dir.exists()
+    progress = results.read_progress(out_dir)
+    assert 0 < progress["groups"][0]["epochs_done"] < 600
+
+    code = subprocess.run(
+        [sys.executable, "-m", "jaxae.cli", "run", "--resume", str(out_dir)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ),
+    ).returncode
+    assert code == 0
+    assert not results.partial_dir(out_dir).exists()
+    resumed = json.loads((out_dir / "metrics.json").read_text())
+
+    exp = experiments.with_overrides(experiments.get("offset"), ["train.epochs=600"])
+    whole = experiments.run(exp, 4)
+    for label, r in whole.results.items():
+        assert resumed["arms"][label]["final_loss"] == r.figures["final_loss"].tolist()

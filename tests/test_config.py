@@ -1,0 +1,368 @@
+"""Validation, immutability, serialisation and `--set` overrides of `jaxae.config`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from typing import Any
+
+import pytest
+
+from jaxae.config import (
+    Config,
+    DataConfig,
+    LossConfig,
+    ModelConfig,
+    OptimConfig,
+    TrainConfig,
+    override,
+)
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "loss": LossConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+}
+
+
+def build(**sections: dict[str, Any]) -> Config:
+    """A `Config` whose named sections are constructed from keyword dicts (the rest default)."""
+    return Config(**{name: SECTIONS[name](**kwargs) for name, kwargs in sections.items()})
+
+
+def invalid(field: str, value: Any, allowed: str, tag: str = "", **sections: dict[str, Any]) -> Any:
+    name = f"{field}={value!r}" + (f"-{tag}" if tag else "")
+    return pytest.param(sections, field, value, allowed, id=name)
+
+
+INVALID = [
+    *(
+        invalid(f"data.{name}", v, "a positive integer", data={name: v})
+        for name in ("n_samples", "n_features", "max_value")
+        for v in (0, -1)
+    ),
+    invalid("model.n_hidden", 0, "a positive integer", model={"n_hidden": 0}),
+    invalid("model.n_hidden", -3, "a positive integer", model={"n_hidden": -3}),
+    *(
+        invalid(f"train.{name}", v, "a positive integer", train={name: v})
+        for name in ("epochs", "batch_size", "chunk_epochs")
+        for v in (0, -1)
+    ),
+    *(
+        invalid("optim.learning_rate", v, "a finite positive number", optim={"learning_rate": v})
+        for v in (0, 0.0, -1e-3, float("nan"))
+    ),
+    invalid("optim.weight_decay", -0.1, "a finite number >= 0", optim={"weight_decay": -0.1}),
+    invalid("optim.b1", 1.0, "a number in [0, 1)", optim={"b1": 1.0}),
+    invalid("optim.b2", -0.5, "a number in [0, 1)", optim={"b2": -0.5}),
+    invalid("optim.eps", 0.0, "a finite positive number", optim={"eps": 0.0}),
+    invalid("loss.weight", -1.0, "a finite number >= 0", loss={"weight": -1.0}),
+    invalid("data.seed", -1, "an integer >= 0", data={"seed": -1}),
+    invalid(
+        "train.batch_size",
+        101,
+        "at most data.n_samples=100",
+        data={"n_samples": 100},
+        train={"batch_size": 101},
+    ),
+    invalid("model.k", None, "an integer in 1..4", model={"n_hidden": 4, "activation": "topk"}),
+    invalid(
+        "model.k", 0, "an integer in 1..4", model={"n_hidden": 4, "activation": "topk", "k": 0}
+    ),
+    invalid(
+        "model.k", 5, "an integer in 1..4", model={"n_hidden": 4, "activation": "topk", "k": 5}
+    ),
+    *(
+        invalid("model.k", 2, "None unless model.activation is 'topk'", m["activation"], model=m)
+        for m in ({"activation": "relu", "k": 2}, {"activation": "sigmoid", "k": 2, "n_hidden": 4})
+    ),
+    *(
+        invalid("loss.rho", rho, "a number in (0, 1)", loss={"rho": rho})
+        for rho in (0, 0.0, 1, 1.0, -0.1, 1.5, float("nan"))
+    ),
+    *(
+        invalid(
+            "loss.sparsity",
+            "kl",
+            f"'sigmoid' (model.activation is {model['activation']!r})",
+            model["activation"],
+            model=model,
+            loss={"sparsity": "kl"},
+        )
+        for model in (
+            {"activation": "relu"},
+            {"activation": "identity"},
+            {"n_hidden": 2, "activation": "topk", "k": 1},
+        )
+    ),
+    invalid("data.kind", "uniform", "'multiples', 'offset', 'gaussian'", data={"kind": "uniform"}),
+    invalid("model.activation", "tanh", "'relu', 'sigmoid'", model={"activation": "tanh"}),
+    invalid("model.activation", "ReLU", "'relu', 'sigmoid'", model={"activation": "ReLU"}),
+    invalid("model.init", "xavier", "'torch', 'flax'", model={"init": "xavier"}),
+    invalid("loss.sparsity", "l2", "'none', 'kl', 'l1'", loss={"sparsity": "l2"}),
+    *(
+        invalid(f"{section}.{name}", v, allowed, **{section: {name: v}})
+        for section, name, allowed in (
+            ("data", "n_samples", "a positive integer"),
+            ("data", "n_features", "a positive integer"),
+            ("data", "max_value", "a positive integer"),
+            ("data", "seed", "an integer >= 0"),
+            ("model", "n_hidden", "a positive integer"),
+            ("train", "epochs", "a positive integer"),
+            ("train", "batch_size", "a positive integer"),
+            ("train", "chunk_epochs", "a positive integer"),
+            ("optim", "learning_rate", "a finite positive number"),
+            ("loss", "rho", "a number in (0, 1)"),
+        )
+        for v in (True, False)
+    ),
+    invalid(
+        "model.k",
+        True,
+        "an integer in 1..4",
+        model={"n_hidden": 4, "activation": "topk", "k": True},
+    ),
+    invalid("model.n_hidden", 2.0, "a positive integer", model={"n_hidden": 2.0}),
+    invalid("data.n_samples", 1.5, "a positive integer", data={"n_samples": 1.5}),
+    invalid(
+        "model.k", 2.0, "an integer in 1..4", model={"n_hidden": 4, "activation": "topk", "k": 2.0}
+    ),
+]
+
+
+@pytest.mark.parametrize(("sections", "field", "value", "allowed"), INVALID)
+def test_invalid_config_names_field_value_and_allowed(
+    sections: dict[str, dict[str, Any]], field: str, value: Any, allowed: str
+) -> None:
+    with pytest.raises(ValueError) as info:
+        build(**sections)
+    message = str(info.value)
+    assert message.startswith(f"{field}={value!r} is invalid: allowed is "), message
+    assert allowed in message
+
+
+@pytest.mark.parametrize(
+    "sections",
+    [
+        {},
+        {"model": {"n_hidden": 4, "activation": "topk", "k": 1}},
+        {"model": {"n_hidden": 4, "activation": "topk", "k": 4}},
+        {"model": {"activation": "sigmoid"}, "loss": {"sparsity": "kl", "rho": 0.5, "weight": 1}},
+        {"model": {"activation": "identity"}, "loss": {"sparsity": "l1", "weight": 0.1}},
+        {"data": {"n_samples": 7}, "train": {"batch_size": 7}},
+        {"data": {"kind": "gaussian"}, "model": {"init": "flax"}, "optim": {"decoupled": True}},
+    ],
+    ids=lambda s: json.dumps(s, sort_keys=True),
+)
+def test_valid_configs_construct(sections: dict[str, dict[str, Any]]) -> None:
+    cfg = build(**sections)
+    for name, kwargs in sections.items():
+        for field, value in kwargs.items():
+            assert getattr(getattr(cfg, name), field) == value
+
+
+def test_defaults_construct() -> None:
+    cfg = Config()
+    assert cfg == Config(DataConfig(), ModelConfig(), LossConfig(), OptimConfig(), TrainConfig())
+    assert cfg.train.batch_size <= cfg.data.n_samples
+    assert cfg.model.activation == "relu"
+    assert cfg.model.k is None
+    assert cfg.loss.sparsity == "none"
+
+
+@pytest.mark.parametrize(
+    ("obj", "field", "value"),
+    [
+        (Config(), "model", ModelConfig(n_hidden=3)),
+        (DataConfig(), "n_samples", 5),
+        (ModelConfig(), "n_hidden", 3),
+        (LossConfig(), "rho", 0.5),
+        (OptimConfig(), "learning_rate", 0.1),
+        (TrainConfig(), "epochs", 1),
+    ],
+    ids=lambda x: type(x).__name__ if dataclasses.is_dataclass(x) else str(x),
+)
+def test_frozen(obj: Any, field: str, value: Any) -> None:
+    before = getattr(obj, field)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(obj, field, value)
+    assert getattr(obj, field) == before
+
+
+def test_hashable_and_equal_by_value() -> None:
+    a = build(model={"n_hidden": 3}, optim={"learning_rate": 0.01})
+    b = build(model={"n_hidden": 3}, optim={"learning_rate": 0.01})
+    c = build(model={"n_hidden": 4}, optim={"learning_rate": 0.01})
+    assert a is not b
+    assert a == b
+    assert hash(a) == hash(b)
+    assert a != c
+    assert len({a, b, c, Config()}) == 3
+    assert {a: "x"}[b] == "x"
+
+
+ROUND_TRIP = [
+    Config(),
+    build(
+        data={"kind": "offset", "n_samples": 64, "n_features": 5, "max_value": 9, "seed": 3},
+        model={"n_hidden": 6, "activation": "topk", "k": 2, "init": "flax"},
+        loss={"sparsity": "l1", "weight": 0.25},
+        optim={"learning_rate": 0.05, "weight_decay": 1e-4, "decoupled": True, "eps": 1e-7},
+        train={"epochs": 10, "batch_size": 32, "chunk_epochs": 5},
+    ),
+    build(model={"activation": "sigmoid"}, loss={"sparsity": "kl", "rho": 0.1, "weight": 3.0}),
+]
+
+
+@pytest.mark.parametrize("cfg", ROUND_TRIP, ids=["default", "topk-l1", "sigmoid-kl"])
+def test_dict_round_trip(cfg: Config) -> None:
+    d = cfg.to_dict()
+    assert set(d) == set(SECTIONS)
+    assert Config.from_dict(d) == cfg
+    assert Config.from_dict(json.loads(json.dumps(d))) == cfg
+
+
+def test_from_dict_missing_sections_default() -> None:
+    assert Config.from_dict({}) == Config()
+    assert Config.from_dict({"model": {"n_hidden": 3}}) == build(model={"n_hidden": 3})
+
+
+@pytest.mark.parametrize(
+    ("d", "named"),
+    [
+        ({"model": {"n_hiden": 3}}, "model.n_hiden=3"),
+        ({"optim": {"lr": 0.1}}, "optim.lr=0.1"),
+        ({"modle": {"n_hidden": 3}}, "'modle'"),
+    ],
+)
+def test_from_dict_unknown_raises(d: dict[str, dict[str, Any]], named: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(named)):
+        Config.from_dict(d)
+
+
+def test_from_dict_validates() -> None:
+    with pytest.raises(ValueError, match=re.escape("model.n_hidden=0")):
+        Config.from_dict({"model": {"n_hidden": 0}})
+    with pytest.raises(ValueError, match=re.escape("train.batch_size=200")):
+        Config.from_dict({"data": {"n_samples": 100}, "train": {"batch_size": 200}})
+
+
+def test_override_parses_types() -> None:
+    cfg = override(Config(), ["model.n_hidden=3", "optim.decoupled=true", "model.k=none"])
+    assert cfg == build(model={"n_hidden": 3}, optim={"decoupled": True})
+    assert type(cfg.model.n_hidden) is int
+    assert cfg.optim.decoupled is True
+    assert cfg.model.k is None
+
+
+@pytest.mark.parametrize(
+    ("assignment", "section", "field", "value"),
+    [
+        ("optim.learning_rate=1e-2", "optim", "learning_rate", 0.01),
+        ("optim.weight_decay=0", "optim", "weight_decay", 0.0),
+        ("loss.weight=2", "loss", "weight", 2.0),
+        ("data.kind=gaussian", "data", "kind", "gaussian"),
+        ("model.init=flax", "model", "init", "flax"),
+        ("optim.decoupled=False", "optim", "decoupled", False),
+        ("optim.decoupled=yes", "optim", "decoupled", True),
+        ("optim.decoupled=0", "optim", "decoupled", False),
+        ("data.seed=17", "data", "seed", 17),
+        ("  train.epochs = 5  ", "train", "epochs", 5),
+    ],
+)
+def test_override_single(assignment: str, section: str, field: str, value: Any) -> None:
+    cfg = override(Config(), [assignment])
+    got = getattr(getattr(cfg, section), field)
+    assert got == value
+    assert type(got) is type(value)
+    assert dataclasses.replace(cfg, **{section: getattr(Config(), section)}) == Config()
+
+
+def test_override_leaves_input_alone() -> None:
+    cfg = Config()
+    override(cfg, ["model.n_hidden=7"])
+    assert cfg == Config()
+    assert override(cfg, []) == cfg
+
+
+def test_override_applies_in_order() -> None:
+    cfg = override(Config(), ["model.n_hidden=3", "model.n_hidden=5"])
+    assert cfg.model.n_hidden == 5
+    cfg = override(Config(), ["model.activation=sigmoid", "loss.sparsity=kl"])
+    assert (cfg.model.activation, cfg.loss.sparsity) == ("sigmoid", "kl")
+    cfg = override(Config(), ["loss.sparsity=kl", "model.activation=sigmoid"])
+    assert (cfg.model.activation, cfg.loss.sparsity) == ("sigmoid", "kl")
+
+
+@pytest.mark.parametrize("field", ["optim.learning_rate", "loss.weight", "optim.eps"])
+@pytest.mark.parametrize("value", ["inf", "nan"])
+def test_non_finite_numbers_are_refused(field, value) -> None:
+    with pytest.raises(ValueError, match=re.escape(field)):
+        override(Config(), [f"{field}={value}"])
+
+
+@pytest.mark.parametrize(
+    ("start", "assignments", "expected"),
+    [
+        (
+            Config(),
+            ["model.activation=topk", "model.k=1"],
+            build(model={"activation": "topk", "k": 1}),
+        ),
+        (
+            Config(),
+            ["model.k=1", "model.activation=topk"],
+            build(model={"activation": "topk", "k": 1}),
+        ),
+        (
+            build(model={"activation": "topk", "k": 1}),
+            ["model.activation=relu", "model.k=none"],
+            Config(),
+        ),
+    ],
+    ids=["activation-then-k", "k-then-activation", "topk-to-relu"],
+)
+def test_override_topk_switch(start: Config, assignments: list[str], expected: Config) -> None:
+    assert override(start, assignments) == expected
+
+
+@pytest.mark.parametrize(
+    ("assignment", "named"),
+    [
+        ("model.n_hidden", "--set='model.n_hidden'"),
+        ("n_hidden=3", "--set='n_hidden=3'"),
+        ("=3", "--set='=3'"),
+        ("modle.n_hidden=3", "a section among"),
+        ("model.n_hiden=3", "a field of model"),
+        ("model.n_hidden=three", "model.n_hidden='three' is invalid: allowed is an integer"),
+        ("model.n_hidden=2.5", "model.n_hidden='2.5' is invalid: allowed is an integer"),
+        ("model.k=two", "model.k='two' is invalid: allowed is an integer"),
+        ("optim.learning_rate=fast", "optim.learning_rate='fast' is invalid: allowed is a number"),
+        ("optim.decoupled=maybe", "optim.decoupled='maybe' is invalid: allowed is true or false"),
+    ],
+)
+def test_override_bad_syntax_raises(assignment: str, named: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(named)):
+        override(Config(), [assignment])
+
+
+@pytest.mark.parametrize(
+    ("assignments", "named"),
+    [
+        (["model.n_hidden=0"], "model.n_hidden=0"),
+        (["optim.learning_rate=-1"], "optim.learning_rate=-1.0"),
+        (["loss.rho=1"], "loss.rho=1.0"),
+        (["model.activation=tanh"], "model.activation='tanh'"),
+        (["model.k=2"], "model.k=2"),
+        (["train.batch_size=5000"], "train.batch_size=5000"),
+        (["loss.sparsity=kl"], "loss.sparsity='kl'"),
+        (["data.seed=-1"], "data.seed=-1"),
+    ],
+    ids=lambda v: v[0] if isinstance(v, list) else "",
+)
+def test_override_invalid_result_raises(assignments: list[str], named: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(named)):
+        override(Config(), assignments)

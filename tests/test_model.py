@@ -1,0 +1,269 @@
+"""The autoencoder of `jaxae.model`: shapes, forward values, initialisers, top-k and masks."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxae.config import ModelConfig
+from jaxae.model import Autoencoder, make_model, top_k_relu
+
+D, H = 5, 6
+ACTIVATIONS = ["relu", "sigmoid", "identity", "topk"]
+NUMPY_ACTIVATIONS = {
+    "relu": lambda z: np.maximum(z, 0.0),
+    "sigmoid": lambda z: 1.0 / (1.0 + np.exp(-z)),
+    "identity": lambda z: z,
+}
+MASK = np.array([1, 0, 1, 1, 0, 1], np.float32)
+
+
+def build(activation: str, k: int = 2, init: str = "torch") -> Autoencoder:
+    cfg = ModelConfig(
+        n_hidden=H, activation=activation, k=k if activation == "topk" else None, init=init
+    )
+    return make_model(cfg, D)
+
+
+def compile_once(fn: Callable[..., Any], *args: Any) -> Callable[..., Any]:
+    """`jit(fn)` for arguments like `args`, compiled without LLVM optimisation: these programs are
+    tiny and run a few times, so compiling is nearly all their cost."""
+    return jax.jit(fn).lower(*args).compile({"xla_backend_optimization_level": 0})
+
+
+@functools.cache
+def compiled_init(initializer: str) -> Callable[[jax.Array], Any]:
+    model = build("relu", init=initializer)
+    return compile_once(lambda k: model.init(k, jnp.zeros((1, D))), jax.random.key(0))
+
+
+def init(model: Autoencoder, key: jax.Array) -> Any:
+    """`model.init`; the parameters depend only on the initialiser, not on the activation."""
+    return compiled_init(model.initializer)(key)
+
+
+def inputs(batch: tuple[int, ...] = (8,), seed: int = 0) -> jax.Array:
+    return jnp.asarray(np.random.default_rng(seed).normal(size=(*batch, D)), jnp.float32)
+
+
+def pre_activation(model: Autoencoder, params: Any, x: jax.Array) -> np.ndarray:
+    return np.asarray(model.apply(params, x, method=lambda m, x: m.encoder(x)))
+
+
+def numpy_top_k_relu(pre: np.ndarray, k: int) -> np.ndarray:
+    """Keeps max(pre, 0) at the k largest entries of each row, 0 elsewhere."""
+    out = np.zeros_like(pre)
+    top = np.argsort(-pre, axis=-1)[:, :k]
+    rows = np.arange(pre.shape[0])[:, None]
+    out[rows, top] = np.maximum(pre[rows, top], 0.0)
+    return out
+
+
+def test_make_model_fields() -> None:
+    model = make_model(ModelConfig(n_hidden=4, activation="topk", k=3, init="flax"), 7)
+    assert model == Autoencoder(
+        n_features=7, n_hidden=4, activation="topk", k=3, initializer="flax"
+    )
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("init_name", ["torch", "flax"])
+def test_param_tree(key: jax.Array, init_name: str, activation: str) -> None:
+    model = build(activation, init=init_name)
+    params = jax.eval_shape(model.init, key, jnp.zeros((1, D)))
+    shapes = jax.tree.map(lambda a: a.shape, params)
+    assert shapes == {
+        "params": {
+            "encoder": {"kernel": (D, H), "bias": (H,)},
+            "decoder": {"kernel": (H, D), "bias": (D,)},
+        }
+    }
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
+
+
+@pytest.mark.parametrize("batch", [(), (8,), (2, 4)], ids=str)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_output_shapes(key: jax.Array, activation: str, batch: tuple[int, ...]) -> None:
+    model = build(activation)
+    x_hat, h = model.apply(init(model, key), inputs(batch))
+    chex.assert_shape(x_hat, (*batch, D))
+    chex.assert_shape(h, (*batch, H))
+    chex.assert_tree_all_finite((x_hat, h))
+
+
+@pytest.mark.parametrize("init_name", ["torch", "flax"])
+@pytest.mark.parametrize("activation", ["relu", "sigmoid", "identity"])
+def test_forward_matches_hand_computation(key: jax.Array, activation: str, init_name: str) -> None:
+    model = build(activation, init=init_name)
+    params = init(model, key)
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)["params"]
+    x = inputs()
+    h_ref = NUMPY_ACTIVATIONS[activation](
+        np.asarray(x, np.float64) @ p["encoder"]["kernel"] + p["encoder"]["bias"]
+    )
+    x_hat_ref = h_ref @ p["decoder"]["kernel"] + p["decoder"]["bias"]
+    x_hat, h = model.apply(params, x)
+    # float32 matmuls of length 5-6 over O(1) values: rounding error is a few 1e-7.
+    np.testing.assert_allclose(h, h_ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(x_hat, x_hat_ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.apply(params, x, method="encode"), h_ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        model.apply(params, h, method="decode"), x_hat_ref, rtol=1e-5, atol=1e-6
+    )
+
+
+N_SEEDS = 200
+D_INIT, H_INIT = 16, 8
+D_WIDE, H_WIDE = 256, 128
+FAN_IN = {"encoder": D_INIT, "decoder": H_INIT}
+LAYERS = [(layer, leaf) for layer in ("encoder", "decoder") for leaf in ("kernel", "bias")]
+
+
+@pytest.fixture(scope="module")
+def torch_params() -> Any:
+    model = make_model(ModelConfig(n_hidden=H_INIT), D_INIT)
+    keys = jax.random.split(jax.random.key(0), N_SEEDS)
+
+    def init_one(k: jax.Array) -> Any:
+        return model.init(k, jnp.zeros((1, D_INIT)))
+
+    return compile_once(jax.vmap(init_one), keys)(keys)["params"]
+
+
+@pytest.fixture(scope="module")
+def flax_params() -> Any:
+    model = make_model(ModelConfig(n_hidden=H_WIDE, init="flax"), D_WIDE)
+    args = (jax.random.key(0), jnp.zeros((1, D_WIDE)))
+    return compile_once(model.init, *args)(*args)["params"]
+
+
+@pytest.mark.parametrize(("layer", "leaf"), LAYERS)
+def test_torch_init_is_uniform_within_bound(torch_params: Any, layer: str, leaf: str) -> None:
+    w = np.asarray(torch_params[layer][leaf], np.float64)
+    assert w.shape[0] == N_SEEDS
+    assert not np.array_equal(w[0], w[1])
+    w = w.ravel()
+    m = w.size
+    bound = 1 / math.sqrt(FAN_IN[layer])
+    sigma = bound / math.sqrt(3)
+    assert np.all(np.abs(w) <= bound)
+    # The bound is attained: P(max |w| < bound (1 - 20/m)) = (1 - 20/m)^m ~ e^-20.
+    assert np.max(np.abs(w)) > bound * (1 - 20 / m)
+    # U(-b, b) has sigma = b/sqrt(3) and kurtosis 9/5, so the sample mean has SE sigma/sqrt(m) and
+    # the sample std has relative SE sqrt((9/5 - 1) / (4m)) = sqrt(0.2/m); m >= 1600 here. 5 SE.
+    assert abs(w.mean()) < 5 * sigma / math.sqrt(m)
+    assert abs(w.std() / sigma - 1) < 5 * math.sqrt(0.2 / m)
+
+
+@pytest.mark.parametrize("layer", ["encoder", "decoder"])
+def test_flax_init(flax_params: Any, layer: str) -> None:
+    np.testing.assert_array_equal(flax_params[layer]["bias"], 0.0)
+    w = np.asarray(flax_params[layer]["kernel"], np.float64).ravel()
+    sigma = 1 / math.sqrt({"encoder": D_WIDE, "decoder": H_WIDE}[layer])
+    # lecun_normal: a truncated normal rescaled to std 1/sqrt(fan_in). Its kurtosis is below the
+    # normal's 3, so the relative SE of the sample std is below sqrt((3 - 1) / (4m)); m = 32768.
+    assert abs(w.std() / sigma - 1) < 5 * math.sqrt(0.5 / w.size)
+    assert abs(w.mean()) < 5 * sigma / math.sqrt(w.size)
+
+
+@pytest.mark.parametrize("k", [1, 3, 7, 12])
+def test_top_k_relu_keeps_k_largest(k: int) -> None:
+    pre = np.random.default_rng(k).normal(size=(64, 12)).astype(np.float32)
+    h = np.asarray(top_k_relu(jnp.asarray(pre), k))
+    np.testing.assert_array_equal(h, numpy_top_k_relu(pre, k))
+    assert np.all(np.count_nonzero(h, axis=1) <= k)
+    kept = h != 0
+    np.testing.assert_array_equal(h[kept], np.maximum(pre[kept], 0.0))
+    shifted = pre + 10.0
+    h_pos = np.asarray(top_k_relu(jnp.asarray(shifted), k))
+    np.testing.assert_array_equal(np.count_nonzero(h_pos, axis=1), k)
+    np.testing.assert_array_equal(h_pos, numpy_top_k_relu(shifted, k))
+
+
+@pytest.mark.parametrize("k", [1, 2, H])
+def test_topk_model_matches_hand_computation(key: jax.Array, k: int) -> None:
+    model = build("topk", k=k)
+    params = init(model, key)
+    x = inputs()
+    _, h = model.apply(params, x)
+    h_ref = numpy_top_k_relu(pre_activation(model, params, x), k)
+    np.testing.assert_array_equal(h, h_ref)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_mask_zeroes_units(key: jax.Array, activation: str) -> None:
+    model = build(activation)
+    params = init(model, key)
+    x = inputs()
+    x_hat_ones, h_ones = model.apply(params, x, jnp.ones(H))
+    x_hat_free, h_free = model.apply(params, x)
+    np.testing.assert_array_equal(h_ones, h_free)
+    np.testing.assert_array_equal(x_hat_ones, x_hat_free)
+    _, h = model.apply(params, x, jnp.asarray(MASK))
+    h = np.asarray(h)
+    np.testing.assert_array_equal(h[:, MASK == 0], 0.0)
+    if activation != "topk":
+        np.testing.assert_array_equal(h[:, MASK == 1], np.asarray(h_free)[:, MASK == 1])
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_masked_units_weights_do_not_matter(key: jax.Array, activation: str) -> None:
+    model = build(activation)
+    params = init(model, key)
+    x = inputs()
+    off = MASK == 0
+    noise = np.random.default_rng(1).normal(size=(3, H, D)).astype(np.float32) * 100
+    p = jax.tree.map(np.array, params["params"])
+    p["encoder"]["kernel"][:, off] = noise[0].T[:, off]
+    p["encoder"]["bias"][off] = noise[1, off, 0]
+    p["decoder"]["kernel"][off, :] = noise[2][off, :]
+    changed = {"params": p}
+    assert not np.array_equal(p["encoder"]["kernel"], params["params"]["encoder"]["kernel"])
+    mask = jnp.asarray(MASK)
+    x_hat, h = model.apply(params, x, mask)
+    x_hat_changed, h_changed = model.apply(changed, x, mask)
+    np.testing.assert_array_equal(h_changed, h)
+    np.testing.assert_array_equal(x_hat_changed, x_hat)
+
+
+@pytest.mark.parametrize("k", [1, 2, 4, 5])
+def test_topk_never_selects_masked_units(key: jax.Array, k: int) -> None:
+    model = build("topk", k=k)
+    params = init(model, key)
+    on = MASK == 1
+    params = jax.tree.map(np.array, params)
+    params["params"]["encoder"]["bias"][~on] = 100.0
+    x = inputs()
+    pre = pre_activation(model, params, x)
+    assert np.all(pre[:, ~on].min(axis=1) > pre[:, on].max(axis=1))
+    _, h = model.apply(params, x, jnp.asarray(MASK))
+    h = np.asarray(h)
+    np.testing.assert_array_equal(h[:, ~on], 0.0)
+    np.testing.assert_array_equal(h[:, on], numpy_top_k_relu(pre[:, on], k))
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_masked_gradient_is_finite_and_zero_on_masked_units(
+    key: jax.Array, activation: str
+) -> None:
+    model = build(activation, k=5)
+    params = init(model, key)
+    x = inputs()
+
+    def loss(p: Any) -> jax.Array:
+        return jnp.mean(jnp.square(model.apply(p, x, jnp.asarray(MASK))[0] - x))
+
+    grads = jax.jit(jax.grad(loss))(params)["params"]
+    chex.assert_tree_all_finite(grads)
+    off = MASK == 0
+    np.testing.assert_array_equal(np.asarray(grads["encoder"]["kernel"])[:, off], 0.0)
+    np.testing.assert_array_equal(np.asarray(grads["encoder"]["bias"])[off], 0.0)
+    np.testing.assert_array_equal(np.asarray(grads["decoder"]["kernel"])[off, :], 0.0)

@@ -1,0 +1,308 @@
+"""`jaxae.report`: figures and report.md of a run directory, and the reproduction report.
+
+The run directories are written by the real writer (`results.write_run`, which renders inside its
+staging directory and renames it afterwards) from synthetic per-seed results that follow
+`ArmResult`, so the schema is the one `jaxae run` writes without training. One test trains for
+real (a few epochs) to check the whole path end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import jax
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+
+from jaxae import experiments, metrics, report, results
+from jaxae.experiments import ArmResult, RunOutput
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+N_SEEDS = 12
+EPOCHS = 20
+NAMES = ("multiples", "offset", "noise", "overcomplete")
+EXPECTED_FIGURES = {
+    "multiples": {"loss.png", "convergence.png", "weights.png"},
+    "offset": {"loss.png", "fvu_vs_hidden.png", "convergence_vs_hidden.png", "weights.png"},
+    "noise": {"loss.png", "fvu_vs_hidden.png", "convergence_vs_hidden.png", "weights.png"},
+    "overcomplete": {"loss.png", "similarity.png", "weights.png"},
+}
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def _fake_arm(arm: experiments.Arm, n: int, rng: np.random.Generator, index: int) -> ArmResult:
+    """Per-seed figures of one arm: some seeds converge, one diverges, some have dead units."""
+    cfg = arm.config
+    d, width, h = cfg.data.n_features, cfg.model.n_hidden, arm.n_hidden
+    floor = [0.3, 1e-32, 0.0][index % 3]
+    fvu = np.where(
+        np.arange(n) < (index + 1) * n // 8,
+        floor + rng.uniform(0, 0.005, n),  # converged seeds
+        rng.uniform(0.05, 3.0, n) * 10.0 ** rng.integers(-3, 1, n),
+    )
+    diverged = np.zeros(n, bool)
+    diverged[-1] = True
+    fvu[-1] = np.nan
+    active = rng.uniform(0.1, 1.0, (n, width))
+    active[:, h:] = 0.0  # masked units never fire
+    active[: n // 3, 0] = 0.0  # a dead unit in the first third of the seeds
+    history = np.exp(-np.linspace(0, 3, EPOCHS))[None, :] * rng.uniform(0.5, 2.0, (n, 1))
+    history[-1, EPOCHS // 2 :] = np.nan  # the diverged seed
+    params = {
+        "params": {
+            "encoder": {"kernel": rng.normal(size=(n, d, width)), "bias": np.zeros((n, width))},
+            "decoder": {"kernel": rng.normal(size=(n, width, d)), "bias": np.zeros((n, d))},
+        }
+    }
+    return ArmResult(
+        arm=arm,
+        params=params,
+        history_SxE=history.astype(np.float32),
+        figures={
+            "final_loss": fvu * 2.0,
+            "final_mse": fvu * 2.0,
+            "fvu": fvu,
+            "unit_active_fraction": active,
+            "dead_at_init": np.arange(n) < n // 4,
+        },
+        diverged=diverged,
+        pca_floor_fvu=floor,
+        convergence_tol=0.01,
+        x=np.zeros((4, d), np.float32),
+    )
+
+
+def fake_run(out_dir: Path, name: str, n_seeds: int = N_SEEDS) -> dict[str, Any]:
+    """Write a run directory of experiment `name` with `results.write_run` and `render_run`."""
+    exp = experiments.get(name)
+    rng = np.random.default_rng(len(name))
+    arm_results = {}
+    for i, arm in enumerate(exp.arms):
+        n = min(experiments.CONTROL_SEEDS, n_seeds) if arm.label == "control" else n_seeds
+        arm_results[arm.label] = _fake_arm(arm, n, rng, i)
+    if "control" in arm_results:  # the control repeats the first seeds: identical weights
+        seeds, control = arm_results["seeds"], arm_results["control"]
+        control.params = jax.tree.map(lambda v: v[: len(control.diverged)].copy(), seeds.params)
+    timing = {"compile_s": 1.234, "train_s": 0.5678, "seed_steps_per_s": 123456.7}
+    out = RunOutput(exp, n_seeds, 7, [], arm_results, timing)
+    return results.write_run(
+        out_dir, out, exp.analyse(exp, arm_results), [], render=report.render_run
+    )
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A reproduction directory holding one synthetic run per experiment."""
+    base = tmp_path_factory.mktemp("repro")
+    for name in NAMES:
+        fake_run(base / name, name)
+    return base
+
+
+def read_metrics(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / results.METRICS).read_text())
+
+
+def links(markdown: str) -> list[str]:
+    return LINK.findall(markdown)
+
+
+def assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC, path
+    assert len(data) > 1000, path
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_figures_are_the_applicable_pngs(root: Path, name: str) -> None:
+    figures = root / name / report.FIGURES
+    assert {p.name for p in figures.iterdir()} == EXPECTED_FIGURES[name]
+    for path in figures.iterdir():
+        assert_png(path)
+    assert not plt.get_fignums(), "render_run left figures open"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_report_links_are_relative_and_resolve(root: Path, name: str) -> None:
+    run_dir = root / name
+    text = (run_dir / report.REPORT).read_text()
+    targets = links(text)
+    assert {Path(t).name for t in targets} == EXPECTED_FIGURES[name]
+    for target in targets:
+        assert target.startswith(f"{report.FIGURES}/"), target
+        assert (run_dir / target).is_file(), target
+    assert str(root) not in text  # written in a staging directory: no absolute paths
+    assert text == report.report_markdown(run_dir)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_report_numbers_come_from_metrics(root: Path, name: str) -> None:
+    run_dir = root / name
+    m = read_metrics(run_dir)
+    text = (run_dir / report.REPORT).read_text()
+    assert text.startswith(f"## {m['section']} {m['experiment']}\n")
+    assert f"> {m['claim']}" in text
+    assert f"{m['n_seeds']} seeds (base seed {m['seed']})" in text
+    for label, a in m["arms"].items():
+        k, n = sum(a["converged"]), len(a["converged"])
+        lo, hi = a["convergence_ci95"]
+        q = a["fvu_quantiles"]
+        row = next(line for line in text.splitlines() if line.startswith(f"| {label} |"))
+        assert f"{k}/{n} = {a['convergence_rate']:.3f} [{lo:.3f}, {hi:.3f}]" in row
+        assert f"{a['reconstruction_rate']:.3f}" in row
+        assert f"{q['q50']:.3g} [{q['q10']:.3g}, {q['q90']:.3g}]" in row
+        assert f"| {a['pca_floor_fvu']:.3g} |" in row
+        assert f"| {np.mean(a['dead_units']):.2f} |" in row
+        assert f"| {sum(a['diverged'])}/{n} |" in row
+    t = m["timing"]
+    assert f"compile {t['compile_s']:.3g} s, train {t['train_s']:.3g} s" in text
+    assert f"{t['seed_steps_per_s']:,.0f} seed-steps/s" in text
+    assert f"reconstructs = FVU <= {m['reconstruction_tol']:g}" in text
+    assert "converged = FVU <= PCA floor + convergence tol" in text
+    assert "**Verdict.**" in text
+
+
+def test_multiples_analysis_in_text(root: Path) -> None:
+    m = read_metrics(root / "multiples")
+    text = (root / "multiples" / report.REPORT).read_text()
+    for label, a in m["analysis"].items():
+        assert f"**{label}**: {a['failed']} of " in text
+        assert f"{a['failed_with_dead_unit']} of them" in text
+        assert f"already dead at initialisation: {a['dead_at_init_fraction']:.3f}" in text
+        assert f"Dead unit after training: {a['dead_unit_fraction']:.3f}" in text
+    failed = sum(a["failed"] for a in m["analysis"].values())
+    dead = sum(a["failed_with_dead_unit"] for a in m["analysis"].values())
+    assert f"{dead}/{failed} ({dead / failed:.3f}) have a dead hidden unit" in text
+
+
+def test_overcomplete_analysis_in_text(root: Path) -> None:
+    m = read_metrics(root / "overcomplete")
+    a = m["analysis"]
+    text = (root / "overcomplete" / report.REPORT).read_text()
+    assert f"over {a['pairs']} pairs of different seeds" in text
+    for name, q in a["similarity_quantiles"].items():
+        row = next(line for line in text.splitlines() if line.startswith(f"| {name} |"))
+        for key in ("q10", "q25", "q50", "q75", "q90"):
+            assert f"{q[key]:.3f}" in row
+        assert f"| {a['control_min'][name]:.3f} |" in row
+    assert "different seeds end at different weights" in text
+
+
+def test_sweep_verdict_follows_the_numbers(root: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "offset"
+    shutil.copytree(root / "offset", run_dir)
+    m = read_metrics(run_dir)
+    for label, a in m["arms"].items():
+        a["convergence_rate"] = 0.75 if a["n_hidden"] >= 2 else 0.25
+        a["reconstruction_rate"] = 0.0
+        a["reconstructs"] = [False] * len(a["reconstructs"])
+        a["reconstructs"][0] = label == "3"
+    results.write_json(run_dir / results.METRICS, m)
+    text = report.report_markdown(run_dir)
+    assert "converges in at least half of the seeds is 2 (0.750)" in text
+    assert (
+        "No hidden size reconstructs the data (FVU <= reconstruction tol) in half of the seeds."
+        in text
+    )
+    n = len(m["arms"]["3"]["reconstructs"])
+    assert f"reconstruct at least one seed: 3 (1/{n})" in text
+
+    for a in m["arms"].values():
+        a["convergence_rate"] = 0.0
+        a["reconstructs"] = [False] * len(a["reconstructs"])
+    results.write_json(run_dir / results.METRICS, m)
+    text = report.report_markdown(run_dir)
+    assert "No hidden size converges in at least half of the seeds." in text
+    features = m["config"]["data"]["n_features"]
+    assert f"No hidden size below the {features} input features reconstructs any seed." in text
+
+
+def test_run_dir_can_be_moved_after_rendering(root: Path, tmp_path: Path) -> None:
+    moved = tmp_path / "elsewhere" / "renamed"
+    shutil.copytree(root / "noise", moved)
+    text = (moved / report.REPORT).read_text()
+    assert all((moved / t).is_file() for t in links(text))
+
+
+def test_render_run_without_history_or_params(root: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "bare"
+    run_dir.mkdir()
+    shutil.copy(root / "multiples" / results.METRICS, run_dir / results.METRICS)
+    report.render_run(run_dir)
+    assert {p.name for p in (run_dir / report.FIGURES).iterdir()} == {"convergence.png"}
+    text = (run_dir / report.REPORT).read_text()
+    assert links(text) == [f"{report.FIGURES}/convergence.png"]
+    assert not plt.get_fignums()
+
+
+def test_render_reproduction_links_resolve_from_root(root: Path, tmp_path: Path) -> None:
+    repro = tmp_path / "repro"
+    shutil.copytree(root, repro)
+    other = repro / "custom"  # an experiment jaxae does not know: listed after the tutorial's
+    shutil.copytree(root / "noise", other)
+    m = read_metrics(other)
+    m["experiment"] = "aaa_custom"
+    results.write_json(other / results.METRICS, m)
+    (other / report.REPORT).unlink()  # not rendered yet: render_reproduction renders it
+    (repro / ".staging-leftover").mkdir()  # hidden directories are not runs
+
+    report.render_reproduction(repro)
+    text = (repro / report.REPORT).read_text()
+    assert text.startswith("# ")
+    targets = links(text)
+    assert targets
+    for target in targets:
+        assert not target.startswith("/"), target
+        assert (repro / target).is_file(), target
+    for name in NAMES:
+        for fig in EXPECTED_FIGURES[name]:
+            assert f"{name}/{report.FIGURES}/{fig}" in targets
+    order = [text.index(f"## {read_metrics(repro / n)['section']} {n}\n") for n in NAMES]
+    order.append(text.index("aaa_custom\n"))
+    assert order == sorted(order)
+    overview = text[: order[0]]
+    for name in NAMES:
+        m = read_metrics(repro / name)
+        row = next(line for line in overview.splitlines() if line.startswith(f"| [{name}]("))
+        assert f"| {m['n_seeds']} |" in row
+        for label, a in m["arms"].items():
+            assert f"{label}: {a['convergence_rate']:.2f}" in row
+
+
+def test_missing_metrics_is_a_value_error(tmp_path: Path) -> None:
+    message = (
+        f"run_dir={str(tmp_path)!r} is invalid: no metrics.json there; allowed is a run "
+        "directory written by `jaxae run`"
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
+        report.render_run(tmp_path)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        report.report_markdown(tmp_path)
+    with pytest.raises(ValueError, match="no run directory"):
+        report.render_reproduction(tmp_path)
+
+
+def test_real_run_renders(tmp_path: Path) -> None:
+    """A few epochs of the real overcomplete experiment, written and rendered by `write_run`."""
+    exp = experiments.with_overrides(experiments.get("overcomplete"), ["train.epochs=3"])
+    out = experiments.run(exp, 4)
+    analysis = exp.analyse(exp, out.results)
+    data = results.write_run(tmp_path / "r", out, analysis, [], render=report.render_run)
+    run_dir = tmp_path / "r"
+    assert {p.name for p in (run_dir / report.FIGURES).iterdir()} == EXPECTED_FIGURES[
+        "overcomplete"
+    ]
+    for path in (run_dir / report.FIGURES).iterdir():
+        assert_png(path)
+    text = (run_dir / report.REPORT).read_text()
+    assert all((run_dir / t).is_file() for t in links(text))
+    assert f"> {data['claim']}" in text
+    rate = data["arms"]["seeds"]["convergence_rate"]
+    assert f"= {rate:.3f} [" in text
+    assert data["reconstruction_tol"] == metrics.RECONSTRUCTION_TOL
+    assert data["convergence_fraction"] == metrics.CONVERGENCE_FRACTION

@@ -1,0 +1,240 @@
+"""Training: seeds are independent of batching and devices, the step compiles once, the shuffle is a
+uniform permutation, divergence stays with its seed, chunks and resumes change nothing."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.stats
+
+from jaxae import train
+from jaxae.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
+
+TINY = Config(
+    data=DataConfig(kind="multiples", n_samples=200),
+    model=ModelConfig(n_hidden=2, activation="relu", init="torch"),
+    optim=OptimConfig(learning_rate=1e-2, weight_decay=1e-3),
+    train=TrainConfig(epochs=6, batch_size=50, chunk_epochs=3),
+)
+
+
+def _tiny(**train_fields) -> Config:
+    return dataclasses.replace(TINY, train=dataclasses.replace(TINY.train, **train_fields))
+
+
+def _close(a, b) -> None:
+    chex.assert_trees_all_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def base() -> train.TrainResult:
+    """TINY on seeds 0..3: the reference several tests compare against (compiled once)."""
+    return train.train_seeds(TINY, 4)
+
+
+def test_seed_in_batch_equals_seed_alone():
+    batch = train.train_seeds(TINY, 8, seed=3)
+    keys = train.seed_keys(3, 8)
+    for i in (0, 5, 7):
+        alone = train.train_seeds(TINY, 1, keys=keys[i : i + 1])
+        _close(jax.tree.map(lambda v, i=i: v[i : i + 1], batch.state.params), alone.state.params)
+        np.testing.assert_allclose(batch.history_SxE[i], alone.history_SxE[0], rtol=1e-5)
+
+
+def test_seed_keys_do_not_depend_on_count():
+    np.testing.assert_array_equal(
+        jax.random.key_data(train.seed_keys(7, 3)), jax.random.key_data(train.seed_keys(7, 10))[:3]
+    )
+
+
+def test_make_train_matches_host_loop():
+    key = train.seed_keys(0, 1)
+    state, loss_E = jax.jit(jax.vmap(train.make_train(TINY)))(key)
+    looped = train.train_seeds(TINY, 1, seed=0)
+    _close(state.params, looped.state.params)
+    np.testing.assert_allclose(loss_E, looped.history_SxE, rtol=1e-5)
+
+
+def test_outputs_have_shapes_and_are_finite(base):
+    res = base
+    chex.assert_shape(res.history_SxE, (4, TINY.train.epochs))
+    chex.assert_tree_shape_prefix(res.state.params, (4,))
+    chex.assert_tree_all_finite(res.state.params)
+    assert np.all(np.isfinite(res.history_SxE))
+    assert res.finished and not res.diverged.any()
+    assert set(res.timing) == {"compile_s", "train_s", "seed_steps_per_s"}
+    assert all(v > 0 for v in res.timing.values())
+
+
+def test_step_traces_once(monkeypatch):
+    counted = chex.assert_max_traces(train.train_step, n=1)
+    monkeypatch.setattr(train, "train_step", counted)
+    cfg = _tiny(epochs=7, chunk_epochs=2)  # four chunks, the last one partial
+    train.programs.cache_clear()
+    try:
+        train.train_seeds(cfg, 3, seed=0)
+        train.train_seeds(cfg, 3, seed=1)
+    finally:
+        train.programs.cache_clear()
+        chex.clear_trace_counter()
+
+
+def test_chunking_changes_nothing(base):
+    """TINY runs 6 epochs in chunks of 3; one chunk of 4 (the last one partial) must agree."""
+    chunked = train.train_seeds(_tiny(chunk_epochs=4), 4)
+    chex.assert_trees_all_equal(base.state.params, chunked.state.params)
+    np.testing.assert_array_equal(base.history_SxE, chunked.history_SxE)
+
+
+def test_stop_and_resume_equals_uninterrupted(base):
+    whole = base
+    stopped = train.train_seeds(TINY, 4, callback=lambda p: p.epochs_done >= 3)
+    assert not stopped.finished and stopped.epochs_done == 3
+    assert np.isnan(stopped.history_SxE[:, 3:]).all()
+    resumed = train.train_seeds(
+        TINY, 4, resume=(stopped.state, stopped.history_SxE, stopped.epochs_done)
+    )
+    chex.assert_trees_all_equal(whole.state.params, resumed.state.params)
+    np.testing.assert_array_equal(whole.history_SxE, resumed.history_SxE)
+
+
+def test_diverging_seed_is_isolated(base):
+    cfg = TINY
+    lrs = jnp.asarray([1e-2, 1e12, 1e-2, 1e-2], jnp.float32)
+    hyper = jax.tree.map(lambda v: jnp.broadcast_to(v, (4,)), train.Hyper.from_config(cfg))
+    hyper = hyper.replace(learning_rate=lrs)
+    res = train.train_seeds(cfg, 4, hyper=hyper)
+    np.testing.assert_array_equal(res.diverged, [False, True, False, False])
+    chex.assert_tree_all_finite(res.state.params)
+    assert np.isnan(res.history_SxE[1, -1])
+    calm = base
+    keep = np.array([0, 2, 3])
+    _close(
+        jax.tree.map(lambda v: v[keep], res.state.params),
+        jax.tree.map(lambda v: v[keep], calm.state.params),
+    )
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 10, 1000, 1797])
+def test_permutation_is_a_bijection(n):
+    shuffle = jax.jit(train.shuffle_indices, static_argnums=1)
+    for key in train.seed_keys(0, 5):
+        np.testing.assert_array_equal(np.sort(np.asarray(shuffle(key, n))), np.arange(n))
+
+
+def test_permutation_positions_are_uniform():
+    """Chi-square over 4,000 shuffles of 10: each (element, position) cell expects 400 hits."""
+    n, draws = 10, 4000
+    perms = np.asarray(jax.vmap(lambda k: train.shuffle_indices(k, n))(train.seed_keys(1, draws)))
+    counts = np.zeros((n, n))
+    np.add.at(counts, (perms, np.tile(np.arange(n), (draws, 1))), 1)
+    # Rows and columns each sum to `draws`, so (n-1)^2 degrees of freedom.
+    stat = np.sum((counts - draws / n) ** 2 / (draws / n))
+    assert scipy.stats.chi2.sf(stat, (n - 1) ** 2) > 1e-3
+
+
+def test_whole_permutations_are_uniform():
+    """All 24 orders of 4 elements are equally likely (chi-square with 23 degrees of freedom)."""
+    draws = 24 * 300
+    perms = np.asarray(jax.vmap(lambda k: train.shuffle_indices(k, 4))(train.seed_keys(2, draws)))
+    codes = perms @ (4 ** np.arange(4))
+    _, counts = np.unique(codes, return_counts=True)
+    assert len(counts) == 24
+    assert scipy.stats.chisquare(counts).pvalue > 1e-3
+
+
+def test_tied_pair_is_ordered_by_the_coin():
+    """Elements 1 and 2 share their random bits and sit at sorted positions 1 and 2, so bit 0 of
+    word 1 (a bit no sort key uses) decides their order."""
+    n = 4
+    high = np.array([3, 1, 1, 0], np.uint32) << np.uint32(8)  # sorted order: 3, {1, 2}, 0
+    orders = set()
+    for coin in (0, 1):
+        bits = (high | np.array([0, coin, 0, 0], np.uint32))[None]
+        perm = np.asarray(train.permutation_from_bits(jnp.asarray(bits)))
+        assert sorted(perm.tolist()) == list(range(n))
+        orders.add(tuple(perm.tolist()))
+    # ascending random keys: element 3 (key 0), then the tied pair, then element 0
+    assert orders == {(3, 1, 2, 0), (3, 2, 1, 0)}
+
+
+def test_full_ties_still_give_a_bijection():
+    for n in (3, 7, 100):
+        perm = train.permutation_from_bits(jnp.zeros((1, n), jnp.uint32))
+        assert sorted(np.asarray(perm).tolist()) == list(range(n))
+
+
+def test_partial_last_batch_covers_every_sample_once():
+    idx, w = train.epoch_batches(jax.random.key(0), 250, 100)
+    chex.assert_shape(idx, (3, 100))
+    chex.assert_shape(w, (3, 100))
+    np.testing.assert_array_equal(np.sort(np.asarray(idx)[np.asarray(w) > 0]), np.arange(250))
+    res = train.train_seeds(
+        dataclasses.replace(TINY, data=dataclasses.replace(TINY.data, n_samples=250)), 2
+    )
+    chex.assert_tree_all_finite(res.state.params)
+
+
+def test_per_seed_data_differs_between_seeds():
+    cfg = dataclasses.replace(TINY, data=dataclasses.replace(TINY.data, per_seed=True))
+    res = train.train_seeds(cfg, 3)
+    chex.assert_shape(res.x, (3, 200, 10))
+    assert not np.array_equal(res.x[0], res.x[1])
+    np.testing.assert_array_equal(res.x[2], train.seed_data(train.seed_keys(0, 3)[2], cfg))
+
+
+def test_tiny_run_learns():
+    cfg = _tiny(epochs=40, chunk_epochs=40)
+    res = train.train_seeds(cfg, 8)
+    first, last = res.history_SxE[:, 0], res.history_SxE[:, -1]
+    assert np.median(last) < 0.1 * np.median(first)
+
+
+def test_bad_seed_count_raises():
+    with pytest.raises(ValueError, match="n_seeds"):
+        train.train_seeds(TINY, 0)
+
+
+_DEVICE_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import jax, numpy as np
+    from tests.test_train import TINY
+    from jaxae import train
+    res = train.train_seeds(TINY, 6, seed=11)
+    leaves = [np.asarray(v).tolist() for v in jax.tree.leaves(res.state.params)]
+    json.dump({"devices": len(jax.devices()), "leaves": leaves,
+               "history": res.history_SxE.tolist()}, sys.stdout)
+    """
+)
+
+
+def test_same_run_on_one_and_four_devices():
+    """6 seeds over 4 XLA CPU devices (so padded to 8) in a subprocess, against 1 device here."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(
+        [sys.executable, "-c", _DEVICE_SCRIPT],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    got = json.loads(out.stdout)
+    assert got["devices"] == 4
+    here = train.train_seeds(TINY, 6, seed=11, devices=jax.devices()[:1])
+    for leaf, ref in zip(got["leaves"], jax.tree.leaves(here.state.params), strict=True):
+        np.testing.assert_allclose(np.asarray(leaf), np.asarray(ref), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["history"], here.history_SxE, rtol=1e-5)
