@@ -70,6 +70,7 @@ class ArmResult:
     diverged: np.ndarray
     pca_floor_fvu: float
     convergence_tol: float
+    reconstruction_tol: float
     x: np.ndarray
 
     @property
@@ -79,7 +80,7 @@ class ArmResult:
 
     @property
     def reconstructs(self) -> np.ndarray:
-        return (self.figures["fvu"] <= metrics.RECONSTRUCTION_TOL) & ~self.diverged
+        return (self.figures["fvu"] <= self.reconstruction_tol) & ~self.diverged
 
     def summary(self) -> dict[str, Any]:
         """Per-seed lists and the summary figures every arm reports (JSON-ready)."""
@@ -103,6 +104,7 @@ class ArmResult:
             "reconstruction_rate": float(np.mean(self.reconstructs)),
             "pca_floor_fvu": self.pca_floor_fvu,
             "convergence_tol": self.convergence_tol,
+            "reconstruction_tol": self.reconstruction_tol,
             "fvu_quantiles": metrics.quantiles(self.figures["fvu"]),
             "final_loss_quantiles_converged": metrics.quantiles(
                 self.figures["final_loss"][converged]
@@ -388,11 +390,14 @@ def run(
     *,
     callback: Callable[[int, train.Progress], bool | None] | None = None,
     resume: list[GroupCheckpoint] | None = None,
+    devices: list[jax.Device] | None = None,
 ) -> RunOutput:
     """Train every arm of `exp` on seeds `0..n_seeds-1`; evaluate and analyse when finished.
 
     `callback(group_index, progress)` runs after each chunk; returning True stops at that chunk
     boundary and returns a `RunOutput` with `results=None` whose `groups` can be passed as `resume`.
+    `devices` (default: all) carry the seed axis; the same seeds on other devices agree to float
+    rounding, not bit for bit.
     """
     if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds <= 0:
         raise ValueError(f"n_seeds={n_seeds!r} is invalid: allowed is a positive integer")
@@ -413,6 +418,7 @@ def run(
                 seed,
                 hyper=hyper,
                 keys=keys,
+                devices=devices,
                 callback=None if callback is None else (lambda p, g=g: callback(g, p)),
                 resume=None
                 if previous is None
@@ -460,6 +466,7 @@ def _evaluate_group(arms, counts, cfg, keys, state, history, x, hyper) -> dict[s
             diverged=np.asarray(state.diverged)[sl],
             pca_floor_fvu=metrics.pca_floor_fvu(floor_x, arm.n_hidden),
             convergence_tol=metrics.convergence_tol(floor_x, arm.n_hidden),
+            reconstruction_tol=metrics.reconstruction_tol(floor_x),
             x=x_arm,
         )
     return out

@@ -17,8 +17,9 @@ Definitions used everywhere in jaxae:
   unexplained stays above the floor by that direction's whole share. (A fixed absolute tolerance
   cannot do this across data sets: the offset data's second direction carries 0.56% of the
   variance, Gaussian data's tenth about 8%.)
-- `reconstructs` = `fvu <= RECONSTRUCTION_TOL`: the seed reproduces the data to within 1% of its
-  variance, the tutorial's sense of "converges". Where the floor is 0 the two usually agree.
+- `reconstructs` = `fvu <= reconstruction_tol(x)`, the same rule with every principal direction of
+  the data needed: the seed reproduces the data (the tutorial's sense of "converges"), missing less
+  than a tenth of the weakest direction's variance.
 """
 
 from __future__ import annotations
@@ -36,8 +37,6 @@ from jaxae.model import Autoencoder
 
 # `converged`: within this fraction of the weakest needed component's variance share of the floor.
 CONVERGENCE_FRACTION = 0.1
-# `reconstructs`: FVU at most this (1% of the data's variance left unexplained).
-RECONSTRUCTION_TOL = 0.01
 # Principal components with a smaller variance share than this count as absent (float32 data).
 RANK_TOL = 1e-9
 
@@ -66,6 +65,11 @@ def convergence_tol(x_NxD: np.ndarray, n_components: int) -> float:
     shares = component_shares(x_NxD)
     needed = shares[: max(1, n_components)]
     return float(CONVERGENCE_FRACTION * needed[needed > RANK_TOL].min(initial=shares[0]))
+
+
+def reconstruction_tol(x_NxD: np.ndarray) -> float:
+    """The FVU below which a seed `reconstructs` x: `convergence_tol` with all components needed."""
+    return convergence_tol(x_NxD, np.asarray(x_NxD).shape[-1])
 
 
 def evaluate(

@@ -897,8 +897,9 @@ def report_markdown(run_dir: Path) -> str:
         "units with a linear decoder); converged = FVU <= PCA floor + convergence tol, where the "
         f"tol is {_fmt(fraction, 'g')} x the variance share of the weakest principal component "
         "the arm's units must capture (so a seed converges only if it uses all of them); "
-        f"reconstructs = FVU <= {_fmt(tol, 'g')}; a dead unit is never active on any sample; a "
-        "diverged seed hit a non-finite loss.",
+        f"reconstructs = FVU <= {_fmt(tol, 'g')} (the same rule with every principal direction "
+        "of the data needed); a dead unit is never active on any sample; a diverged seed hit a "
+        "non-finite loss.",
         "",
     ]
     return "\n".join(lines)

@@ -131,7 +131,6 @@ def metrics_dict(out: RunOutput, analysis: dict[str, Any], overrides: list[str])
         "seed": out.seed,
         "arm_axis": exp.arm_axis,
         "convergence_fraction": metrics.CONVERGENCE_FRACTION,
-        "reconstruction_tol": metrics.RECONSTRUCTION_TOL,
         **primary,
         "arms": {label: r.summary() for label, r in results.items()},
         "analysis": {k: v for k, v in analysis.items() if k != "cross_seed_similarity"},

@@ -73,6 +73,7 @@ def _fake_arm(arm: experiments.Arm, n: int, rng: np.random.Generator, index: int
         diverged=diverged,
         pca_floor_fvu=floor,
         convergence_tol=0.01,
+        reconstruction_tol=0.001,
         x=np.zeros((4, d), np.float32),
     )
 
@@ -304,5 +305,5 @@ def test_real_run_renders(tmp_path: Path) -> None:
     assert f"> {data['claim']}" in text
     rate = data["arms"]["seeds"]["convergence_rate"]
     assert f"= {rate:.3f} [" in text
-    assert data["reconstruction_tol"] == metrics.RECONSTRUCTION_TOL
+    assert data["reconstruction_tol"] == metrics.reconstruction_tol(out.results["seeds"].x)
     assert data["convergence_fraction"] == metrics.CONVERGENCE_FRACTION
