@@ -158,7 +158,8 @@ def _print_summary(data: dict[str, Any], out_dir: Path) -> None:
         lo, hi = arm["convergence_ci95"]
         print(
             f"  {data['arm_axis']}={label}: converged {arm['convergence_rate']:.3f} "
-            f"[{lo:.3f}, {hi:.3f}]  median fvu {arm['fvu_quantiles']['q50']:.3g} "
+            f"[{lo:.3f}, {hi:.3f}]  reconstructs {arm['reconstruction_rate']:.3f}  "
+            f"median fvu {arm['fvu_quantiles']['q50']:.3g} "
             f"(pca floor {arm['pca_floor_fvu']:.3g})  diverged {sum(arm['diverged'])}"
         )
     print(
