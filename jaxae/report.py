@@ -358,6 +358,17 @@ def plot_convergence_vs_hidden(m: dict[str, Any], path: Path) -> None:
     _save(fig, path)
 
 
+def _share_panel(ax: Any, xs: np.ndarray, labels: list[str], ylabel: str, title: str) -> None:
+    """Axes, labels, legend and grid of a panel of shares (0 to 1) per initialiser."""
+    ax.set_ylim(0, 1.1)
+    ax.set_xticks(xs, labels)
+    ax.set_xlabel("init")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize="small", loc="upper right")
+    ax.grid(True, axis="y", alpha=0.3)
+
+
 def plot_convergence_init(m: dict[str, Any], path: Path) -> None:
     """Per initialiser: convergence rate with 95% CI; dead-unit shares at the end and at init."""
     arms, analysis = m["arms"], m.get("analysis", {})
@@ -389,13 +400,7 @@ def plot_convergence_init(m: dict[str, Any], path: Path) -> None:
             ha="center",
             fontsize="small",
         )
-    left.set_ylim(0, 1.1)
-    left.set_xticks(xs, labels)
-    left.set_xlabel("init")
-    left.set_ylabel("share of seeds converged")
-    left.set_title("convergence rate")
-    left.legend(fontsize="small", loc="upper right")
-    left.grid(True, axis="y", alpha=0.3)
+    _share_panel(left, xs, labels, "share of seeds converged", "convergence rate")
 
     bars = [
         ("dead unit at the end", "dead_unit_fraction", "C3"),
@@ -417,13 +422,7 @@ def plot_convergence_init(m: dict[str, Any], path: Path) -> None:
         color="C1",
         label="failed seeds with a dead unit (share of failed)",
     )
-    right.set_ylim(0, 1.1)
-    right.set_xticks(xs, labels)
-    right.set_xlabel("init")
-    right.set_ylabel("share of seeds")
-    right.set_title("dead hidden units")
-    right.legend(fontsize="small", loc="upper right")
-    right.grid(True, axis="y", alpha=0.3)
+    _share_panel(right, xs, labels, "share of seeds", "dead hidden units")
     fig.suptitle(f"{m['section']} {m['experiment']}: {m['n_seeds']} seeds per init")
     _save(fig, path)
 
