@@ -35,6 +35,7 @@ class Arm:
     label: str
     config: Config
     n_active: int | None = None  # hidden units in use (None: all of config.model.n_hidden)
+    max_seeds: int | None = None  # train only the first seeds (a control needs only a few)
 
     @property
     def n_hidden(self) -> int:
@@ -290,7 +291,10 @@ OVERCOMPLETE = Experiment(
         "An overcomplete autoencoder (hidden >= input) always converges, but to different weights "
         "every run, so it extracts nothing useful."
     ),
-    arms=(Arm("seeds", _gaussian_config(10, 300)), Arm("control", _gaussian_config(10, 300))),
+    arms=(
+        Arm("seeds", _gaussian_config(10, 300)),
+        Arm("control", _gaussian_config(10, 300), max_seeds=CONTROL_SEEDS),
+    ),
     analyse=analyse_overcomplete,
     arm_axis="run",
 )
@@ -364,10 +368,12 @@ def groups_of(exp: Experiment) -> list[list[Arm]]:
     return list(groups.values())
 
 
-def _group_layout(exp: Experiment, arms: list[Arm], n_seeds: int, seed: int):
-    """Keys and per-run hyperparameters of a group: arm-major, seed i's key in every arm."""
-    counts = [CONTROL_SEEDS if arm.label == "control" else n_seeds for arm in arms]
-    counts = [min(c, n_seeds) for c in counts]
+def group_layout(
+    arms: list[Arm], n_seeds: int, seed: int
+) -> tuple[jax.Array, train.Hyper, list[int]]:
+    """Keys, per-run hyperparameters and run counts of a group: arm-major, seed i's key in every
+    arm (an arm with `max_seeds` takes the first seeds only)."""
+    counts = [min(n_seeds, arm.max_seeds or n_seeds) for arm in arms]
     base = train.seed_keys(seed, n_seeds)
     keys = jnp.concatenate([base[:c] for c in counts])
     cfg = arms[0].config
@@ -407,7 +413,7 @@ def run(
     results: dict[str, ArmResult] = {}
     for g, arms in enumerate(groups):
         cfg = arms[0].config
-        keys, hyper, counts = _group_layout(exp, arms, n_seeds, seed)
+        keys, hyper, counts = group_layout(arms, n_seeds, seed)
         previous = resume[g] if resume is not None and g < len(resume) else None
         if previous is not None and previous.epochs_done >= cfg.train.epochs:
             state, history, x = previous.state, previous.history_SxE, None

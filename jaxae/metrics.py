@@ -32,6 +32,7 @@ import numpy as np
 import scipy.optimize
 import scipy.stats
 
+from jaxae.config import LossConfig
 from jaxae.losses import total_loss
 from jaxae.model import Autoencoder
 
@@ -77,7 +78,7 @@ def evaluate(
     x_NxD: jax.Array,
     *,
     model: Autoencoder,
-    loss_cfg: Any,
+    loss_cfg: LossConfig,
     sparsity_weight: jax.Array,
     mask_H: jax.Array,
 ) -> dict[str, jax.Array]:

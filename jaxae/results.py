@@ -24,7 +24,14 @@ import orbax.checkpoint as ocp
 
 import jaxae
 from jaxae import metrics, train
-from jaxae.experiments import ArmResult, Experiment, GroupCheckpoint, RunOutput, groups_of
+from jaxae.experiments import (
+    ArmResult,
+    Experiment,
+    GroupCheckpoint,
+    RunOutput,
+    group_layout,
+    groups_of,
+)
 
 METRICS = "metrics.json"
 HISTORY = "history.npz"
@@ -227,12 +234,10 @@ def _storable(state: train.TrainState) -> train.TrainState:
 
 def load_partial(out_dir: Path, exp: Experiment, progress: dict[str, Any]) -> list[GroupCheckpoint]:
     """The group states of a stopped run of `exp`, restored with their original structure."""
-    from jaxae.experiments import _group_layout
-
     targets = []
     for g in range(len(progress["groups"])):
         arms = groups_of(exp)[g]
-        keys, hyper, _ = _group_layout(exp, arms, progress["n_seeds"], progress["seed"])
+        keys, hyper, _ = group_layout(arms, progress["n_seeds"], progress["seed"])
         init = train.programs(arms[0].config).init
         abstract = jax.eval_shape(lambda k, h, init=init: _storable(init(k, h)), keys, hyper)
         state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract)

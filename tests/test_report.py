@@ -84,7 +84,7 @@ def fake_run(out_dir: Path, name: str, n_seeds: int = N_SEEDS) -> dict[str, Any]
     rng = np.random.default_rng(len(name))
     arm_results = {}
     for i, arm in enumerate(exp.arms):
-        n = min(experiments.CONTROL_SEEDS, n_seeds) if arm.label == "control" else n_seeds
+        n = min(arm.max_seeds or n_seeds, n_seeds)
         arm_results[arm.label] = _fake_arm(arm, n, rng, i)
     if "control" in arm_results:  # the control repeats the first seeds: identical weights
         seeds, control = arm_results["seeds"], arm_results["control"]
