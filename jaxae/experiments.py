@@ -67,7 +67,9 @@ class ArmResult:
     arm: Arm
     params: Any
     history_SxE: np.ndarray
-    figures: dict[str, np.ndarray]  # final_loss, final_mse, fvu, unit_active_fraction, l0, ...
+    # final_loss, final_mse, fvu, unit_active_fraction, l0 and dead_at_init (unit 0 never active
+    # at initialisation), each with a leading seed axis
+    figures: dict[str, np.ndarray]
     diverged: np.ndarray
     pca_floor_fvu: float
     convergence_tol: float
@@ -416,6 +418,7 @@ def run(
         keys, hyper, counts = group_layout(arms, n_seeds, seed)
         previous = resume[g] if resume is not None and g < len(resume) else None
         if previous is not None and previous.epochs_done >= cfg.train.epochs:
+            done.append(previous)  # finished before the stop: nothing left to train
             state, history, x = previous.state, previous.history_SxE, None
         else:
             res = train.train_seeds(
@@ -437,8 +440,6 @@ def run(
             if not res.finished:
                 return RunOutput(exp, n_seeds, seed, done, None, timing)
             state, history, x = res.state, res.history_SxE, res.x
-        if previous is not None and previous.epochs_done >= cfg.train.epochs:
-            done.append(previous)
         results.update(_evaluate_group(arms, counts, cfg, keys, state, history, x, hyper))
     timing["seed_steps_per_s"] = (
         timing["seed_steps"] / timing["train_s"] if timing["train_s"] > 0 else float("nan")
@@ -447,7 +448,17 @@ def run(
     return RunOutput(exp, n_seeds, seed, done, results, timing)
 
 
-def _evaluate_group(arms, counts, cfg, keys, state, history, x, hyper) -> dict[str, ArmResult]:
+def _evaluate_group(
+    arms: list[Arm],
+    counts: list[int],
+    cfg: Config,
+    keys: jax.Array,
+    state: train.TrainState,
+    history: np.ndarray,
+    x: jax.Array | None,
+    hyper: train.Hyper,
+) -> dict[str, ArmResult]:
+    """Full-data figures of every run of a group (and of unit 0 at initialisation), split by arm."""
     progs = train.programs(cfg)
     if x is None:
         x = progs.seed_data(keys) if cfg.data.per_seed else train.shared_data(cfg)
