@@ -237,11 +237,11 @@ def load_partial(out_dir: Path, exp: Experiment, progress: dict[str, Any]) -> li
     targets = []
     for g in range(len(progress["groups"])):
         arms = groups_of(exp)[g]
-        keys, hyper, _ = group_layout(arms, progress["n_seeds"], progress["seed"])
+        keys, hyper = group_layout(arms, progress["n_seeds"], progress["seed"])
         init = train.programs(arms[0].config).init
         abstract = jax.eval_shape(lambda k, h, init=init: _storable(init(k, h)), keys, hyper)
         state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract)
-        history = np.zeros((keys.shape[0], arms[0].config.train.epochs), np.float32)
+        history = np.zeros((*abstract.diverged.shape, arms[0].config.train.epochs), np.float32)
         targets.append({"state": state, "history": history})
     restored = load_checkpoint(partial_dir(out_dir) / STATE, targets)
     groups = []

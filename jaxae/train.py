@@ -11,6 +11,9 @@ The pieces, from the inside out:
   minibatches; it returns the per-epoch mean loss as history.
 - `make_train(cfg) -> train(key)`: init plus all epochs for one seed, pure;
   `jax.jit(jax.vmap(train))` is a sweep.
+- Arms: a state whose leaves carry a leading arm axis A (from a `Hyper` with one value per arm) is
+  a sweep inside each seed: the arms share the seed's initial key and its shuffle (computed once),
+  and differ only in their hyperparameters.
 - `train_seeds`: the host loop. Seed i's key is `fold_in(key(seed), i)`, whatever the number of
   seeds or devices; the seed axis is sharded over `jax.devices()`; the loop runs in chunks of epochs
   so the caller can show progress, checkpoint or stop between chunks without changing any result.
@@ -157,6 +160,11 @@ def hidden_mask(n_active: jax.Array, n_hidden: int) -> jax.Array:
     return (jnp.arange(n_hidden) < n_active).astype(jnp.float32)
 
 
+def _arm_shape(per_run: jax.Array) -> tuple[int, ...]:
+    """() for a plain run, (A,) for a run with an arm axis (a per-run leaf of a seed's state)."""
+    return tuple(per_run.shape)
+
+
 def _all_finite(tree: Any) -> jax.Array:
     leaves = jax.tree.leaves(tree)
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
@@ -165,10 +173,15 @@ def _all_finite(tree: Any) -> jax.Array:
 def init_state(key: jax.Array, hyper: Hyper, *, model: Autoencoder, cfg: Config) -> TrainState:
     """A fresh seed: parameters from `key`, an empty optimizer, its own shuffle key.
 
+    With one `hyper` value per arm (leaves of shape [A]) it returns the arms' states stacked, all
+    from the same key.
+
     With fewer active units than `n_hidden`, the decoder is rescaled by sqrt(H / n_active), so its
     initial scale is that of a model built with `n_active` units (both initialisers scale as
     1 / sqrt(fan_in)).
     """
+    if _arm_shape(hyper.n_active):
+        return jax.vmap(lambda h: init_state(key, h, model=model, cfg=cfg))(hyper)
     init_key, shuffle_key = jax.random.split(key)
     params = model.init(init_key, jnp.zeros((1, model.n_features)))
     scale = jnp.sqrt(model.n_hidden / hyper.n_active.astype(jnp.float32))
@@ -232,28 +245,33 @@ def run_epochs(
     """Epochs `first_epoch .. first_epoch + n_epochs - 1` of one seed; returns `(state, loss_E)`.
 
     `loss_E` is each epoch's mean minibatch loss, NaN once the seed has diverged. Epochs at or past
-    `cfg.train.epochs` (the tail of a last, partial chunk) leave the state untouched.
+    `cfg.train.epochs` (the tail of a last, partial chunk) leave the state untouched. With an arm
+    axis, every arm takes the same minibatches and `loss_E` is `loss_ExA`.
     """
     n, batch_size = x_NxD.shape[0], cfg.train.batch_size
+    arms = _arm_shape(state.diverged)
     step = functools.partial(train_step, x_NxD=x_NxD, model=model, cfg=cfg)
+    if arms:
+        step = jax.vmap(step, in_axes=(0, None))  # one shuffled batch, every arm's own step
+    key = state.key[0] if arms else state.key  # arms share their seed's key
 
     def one_epoch(state: TrainState, epoch_and_key: tuple) -> tuple[TrainState, jax.Array]:
         idx_KxB, w_KxB = epoch_batches(epoch_and_key[1], n, batch_size)
         state, loss_K = lax.scan(step, state, (idx_KxB, w_KxB))
-        return state, jnp.where(state.diverged, jnp.nan, jnp.mean(loss_K))
+        return state, jnp.where(state.diverged, jnp.nan, jnp.mean(loss_K, axis=0))
 
     def guarded_epoch(state: TrainState, epoch_and_key: tuple) -> tuple[TrainState, jax.Array]:
         return lax.cond(
             epoch_and_key[0] < cfg.train.epochs,
             one_epoch,
-            lambda state, _: (state, jnp.float32(jnp.nan)),
+            lambda state, _: (state, jnp.full(arms, jnp.nan, jnp.float32)),
             state,
             epoch_and_key,
         )
 
     epochs = first_epoch + jnp.arange(n_epochs)
     # Epoch e shuffles with fold_in(key, e); all of a chunk's keys in one call, outside the loop.
-    epoch_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(state.key, epochs)
+    epoch_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, epochs)
     body = one_epoch if cfg.train.epochs % n_epochs == 0 else guarded_epoch
     return lax.scan(body, state, (epochs, epoch_keys))
 
@@ -306,6 +324,8 @@ def evaluate_state(
     state: TrainState, x_NxD: jax.Array, *, model: Autoencoder, cfg: Config
 ) -> dict[str, jax.Array]:
     """`metrics.evaluate` on the whole data set with the seed's own mask and sparsity weight."""
+    if _arm_shape(state.diverged):
+        return jax.vmap(lambda s: evaluate_state(s, x_NxD, model=model, cfg=cfg))(state)
     return metrics.evaluate(
         state.params,
         x_NxD,
@@ -393,7 +413,9 @@ def train_seeds(
 ) -> TrainResult:
     """Train seeds `0..n_seeds-1` of `cfg` as one sharded program, chunk by chunk.
 
-    `hyper`, if given, holds per-seed values with a leading axis S (e.g. a learning-rate sweep);
+    `hyper`, if given, holds per-seed values with a leading axis S (e.g. a learning-rate sweep), or
+    [S, A] for A arms per seed that share its key and shuffle (state and history then carry the
+    arm axis after the seed axis);
     `keys`, if given, replaces `seed_keys(seed, n_seeds)` (e.g. the same seeds repeated per arm).
     `callback(progress)` runs after every chunk; returning True stops the run at that chunk boundary
     (the result then has `finished == False` and can be resumed). `resume=(state, history, epochs)`
@@ -424,7 +446,7 @@ def train_seeds(
         if hyper is None:
             hyper = jax.tree.map(lambda v: jnp.broadcast_to(v, (n_seeds,)), Hyper.from_config(cfg))
         state = progs.init(keys, hyper)
-        history = np.full((n_seeds, total), np.nan, np.float32)
+        history = np.full((*state.diverged.shape, total), np.nan, np.float32)
         epochs_done = 0
     else:
         state, history, epochs_done = resume
@@ -435,9 +457,10 @@ def train_seeds(
 
     t1 = time.perf_counter()
     while epochs_done < total:
-        state, loss_SxC = run_chunk(state, x_dev, jnp.int32(epochs_done))
+        state, loss_SxC = run_chunk(state, x_dev, jnp.int32(epochs_done))  # [S, C] or [S, C, A]
         n_new = min(chunk, total - epochs_done)
-        history[:, epochs_done : epochs_done + n_new] = np.asarray(loss_SxC)[:n_seeds, :n_new]
+        loss = np.moveaxis(np.asarray(loss_SxC)[:n_seeds, :n_new], 1, -1)
+        history[..., epochs_done : epochs_done + n_new] = loss
         epochs_done += n_new
         if callback is not None:
             seeds_state = jax.tree.map(lambda leaf: leaf[:n_seeds], state)
@@ -459,6 +482,9 @@ def train_seeds(
         timing={
             "compile_s": compile_s,
             "train_s": train_s,
-            "seed_steps_per_s": n_seeds * steps / train_s if train_s > 0 else float("nan"),
+            # every arm of every seed is a run of its own
+            "seed_steps_per_s": history[..., 0].size * steps / train_s
+            if train_s > 0
+            else float("nan"),
         },
     )

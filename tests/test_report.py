@@ -84,9 +84,9 @@ def fake_run(out_dir: Path, name: str, n_seeds: int = N_SEEDS) -> dict[str, Any]
     rng = np.random.default_rng(len(name))
     arm_results = {}
     for i, arm in enumerate(exp.arms):
-        n = min(arm.max_seeds or n_seeds, n_seeds)
+        n = n_seeds
         arm_results[arm.label] = _fake_arm(arm, n, rng, i)
-    if "control" in arm_results:  # the control repeats the first seeds: identical weights
+    if "control" in arm_results:  # the control repeats the same seeds: identical weights
         seeds, control = arm_results["seeds"], arm_results["control"]
         control.params = jax.tree.map(lambda v: v[: len(control.diverged)].copy(), seeds.params)
     timing = {"compile_s": 1.234, "train_s": 0.5678, "seed_steps_per_s": 123456.7}

@@ -126,6 +126,28 @@ def test_diverging_seed_is_isolated(base):
     )
 
 
+def test_arms_share_the_seed_and_equal_their_own_runs(base):
+    """Two arms per seed (learning rates) in one program: each equals a plain run with its value,
+    and the arm with TINY's own value is TINY's run."""
+    cfg = TINY
+    lrs = jnp.asarray([cfg.optim.learning_rate, 3e-3], jnp.float32)
+    one = train.Hyper.from_config(cfg)
+    hyper = jax.tree.map(lambda v: jnp.broadcast_to(v, (4, 2)), one).replace(
+        learning_rate=jnp.broadcast_to(lrs, (4, 2))
+    )
+    res = train.train_seeds(cfg, 4, hyper=hyper)
+    chex.assert_shape(res.history_SxE, (4, 2, cfg.train.epochs))
+    chex.assert_tree_shape_prefix(res.state.params, (4, 2))
+    assert res.diverged.shape == (4, 2)
+    _close(jax.tree.map(lambda v: v[:, 0], res.state.params), base.state.params)
+    np.testing.assert_allclose(res.history_SxE[:, 0], base.history_SxE, rtol=1e-5)
+    other = jax.tree.map(lambda v: jnp.broadcast_to(v, (4,)), one).replace(
+        learning_rate=jnp.full((4,), 3e-3, jnp.float32)
+    )
+    alone = train.train_seeds(cfg, 4, hyper=other)
+    _close(jax.tree.map(lambda v: v[:, 1], res.state.params), alone.state.params)
+
+
 @pytest.mark.parametrize("n", [1, 2, 3, 10, 1000, 1797])
 def test_permutation_is_a_bijection(n):
     shuffle = jax.jit(train.shuffle_indices, static_argnums=1)
