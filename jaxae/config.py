@@ -143,7 +143,7 @@ class TrainConfig:
 
     epochs: int = 1500
     batch_size: int = 100  # B; a last partial batch is kept (masked), as DataLoader does
-    chunk_epochs: int = 25  # epochs per compiled call; between calls the host reports progress
+    chunk_epochs: int = 50  # epochs per compiled call; between calls the host reports progress
 
     def __post_init__(self) -> None:
         _positive_int("train.epochs", self.epochs)

@@ -21,9 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import re
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -904,15 +902,6 @@ def report_markdown(run_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Atomic text write: a temporary file beside `path`, then rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.chmod(tmp, 0o644)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def render_run(run_dir: Path) -> None:
     """Write `run_dir/figures/*.png` and `run_dir/report.md` from the run's files."""
     run_dir = Path(run_dir)
@@ -921,7 +910,7 @@ def render_run(run_dir: Path) -> None:
     figures.mkdir(exist_ok=True)
     for spec in _figure_plan(m, run_dir):
         _draw(m, run_dir, spec, figures / spec.name)
-    _write_text(run_dir / REPORT, report_markdown(run_dir))
+    results.write_text(run_dir / REPORT, report_markdown(run_dir))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -990,4 +979,4 @@ def render_reproduction(root: Path) -> None:
         sections.append(_relink((run_dir / REPORT).read_text(), run_dir.name))
     lines.append("")
     text = "\n".join(lines) + "\n" + "\n".join(s.rstrip("\n") + "\n" for s in sections)
-    _write_text(root / REPORT, text)
+    results.write_text(root / REPORT, text)

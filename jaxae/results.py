@@ -73,14 +73,18 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Atomic JSON write: a temporary file in the same directory, then rename."""
+def write_text(path: Path, text: str) -> None:
+    """Atomic text write: a temporary file in the same directory, then rename."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.chmod(tmp, 0o644)  # mkstemp makes it private; a result file is for everyone to read
     with os.fdopen(fd, "w") as f:
-        json.dump(_jsonable(data), f, indent=1, allow_nan=False)
-        f.write("\n")
+        f.write(text)
     os.replace(tmp, path)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Atomic JSON write (NaN and infinities as null)."""
+    write_text(path, json.dumps(_jsonable(data), indent=1, allow_nan=False) + "\n")
 
 
 def versions() -> dict[str, Any]:
