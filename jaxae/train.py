@@ -416,7 +416,7 @@ def train_seeds(
     `hyper`, if given, holds per-seed values with a leading axis S (e.g. a learning-rate sweep), or
     [S, A] for A arms per seed that share its key and shuffle (state and history then carry the
     arm axis after the seed axis);
-    `keys`, if given, replaces `seed_keys(seed, n_seeds)` (e.g. the same seeds repeated per arm).
+    `keys`, if given, replaces `seed_keys(seed, n_seeds)` (e.g. to train a chosen subset of seeds).
     `callback(progress)` runs after every chunk; returning True stops the run at that chunk boundary
     (the result then has `finished == False` and can be resumed). `resume=(state, history, epochs)`
     continues such a run and ends with the same parameters as an uninterrupted one.
