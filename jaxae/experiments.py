@@ -374,9 +374,7 @@ def group_layout(arms: list[Arm], n_seeds: int, seed: int) -> tuple[jax.Array, t
     """
     cfg = arms[0].config
     per_arm = [train.Hyper.from_config(cfg, arm.n_hidden) for arm in arms]
-    hyper_A = jax.tree.map(lambda *vs: jnp.stack(vs), *per_arm)
-    if len(arms) == 1:
-        hyper_A = per_arm[0]
+    hyper_A = per_arm[0] if len(arms) == 1 else jax.tree.map(lambda *v: jnp.stack(v), *per_arm)
     hyper = jax.tree.map(lambda v: jnp.broadcast_to(v, (n_seeds, *v.shape)), hyper_A)
     return train.seed_keys(seed, n_seeds), hyper
 

@@ -239,8 +239,7 @@ def _storable(state: train.TrainState) -> train.TrainState:
 def load_partial(out_dir: Path, exp: Experiment, progress: dict[str, Any]) -> list[GroupCheckpoint]:
     """The group states of a stopped run of `exp`, restored with their original structure."""
     targets = []
-    for g in range(len(progress["groups"])):
-        arms = groups_of(exp)[g]
+    for arms in groups_of(exp)[: len(progress["groups"])]:
         keys, hyper = group_layout(arms, progress["n_seeds"], progress["seed"])
         init = train.programs(arms[0].config).init
         abstract = jax.eval_shape(lambda k, h, init=init: _storable(init(k, h)), keys, hyper)
