@@ -16,12 +16,14 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
-DataKind = Literal["multiples", "offset", "gaussian"]
+DataKind = Literal["multiples", "offset", "gaussian", "sparse"]
+Magnitude = Literal["halfnormal", "uniform", "exponential"]
 Activation = Literal["relu", "sigmoid", "identity", "topk"]
 Init = Literal["torch", "flax"]
 Sparsity = Literal["none", "kl", "l1"]
 
 DATA_KINDS: tuple[str, ...] = typing.get_args(DataKind)
+MAGNITUDES: tuple[str, ...] = typing.get_args(Magnitude)
 ACTIVATIONS: tuple[str, ...] = typing.get_args(Activation)
 INITS: tuple[str, ...] = typing.get_args(Init)
 SPARSITIES: tuple[str, ...] = typing.get_args(Sparsity)
@@ -67,6 +69,11 @@ class DataConfig:
     max_value: int = 200  # multiples/offset: base values are round(U[0,1) * max_value)
     seed: int = 0  # the data set's own key: key(seed); independent of the training seeds
     per_seed: bool = False  # draw a fresh data set for every training seed instead of one shared
+    # sparse: M unit-norm atoms in D dimensions; every sample sums `active` of them (no repeats)
+    n_atoms: int = 20  # M, ground-truth features (may exceed n_features: superposition)
+    active: int = 3  # atoms per sample, chosen uniformly without replacement
+    magnitude: Magnitude = "halfnormal"  # each active atom's coefficient: |N(0,1)|, U(0,1), Exp(1)
+    noise: float = 0.0  # standard deviation of Gaussian noise added to every feature
 
     def __post_init__(self) -> None:
         _one_of("data.kind", self.kind, DATA_KINDS)
@@ -75,6 +82,12 @@ class DataConfig:
         _positive_int("data.max_value", self.max_value)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             _fail("data.seed", self.seed, "an integer >= 0")
+        _positive_int("data.n_atoms", self.n_atoms)
+        _positive_int("data.active", self.active)
+        if self.active > self.n_atoms:
+            _fail("data.active", self.active, f"at most data.n_atoms={self.n_atoms}")
+        _one_of("data.magnitude", self.magnitude, MAGNITUDES)
+        _non_negative_float("data.noise", self.noise)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,13 +96,23 @@ class ModelConfig:
 
     n_hidden: int = 1  # H, hidden units
     activation: Activation = "relu"  # hidden nonlinearity; "topk" keeps the k largest (after ReLU)
-    k: int | None = None  # active units per sample for "topk"; must be None otherwise
+    # active units per sample for "topk" (None otherwise). It is the program's largest k: a seed's
+    # own k (`train.Hyper.k`) may be smaller, so one program sweeps k without recompiling.
+    k: int | None = None
     init: Init = "torch"  # "torch": nn.Linear's default uniform(+-1/sqrt(fan_in)); "flax": Dense's
+    # Decoder rows used as unit vectors (a reparameterisation: W_d[j] / |W_d[j]|), so a sparsity
+    # penalty on the code cannot be dodged by shrinking the code and growing the decoder.
+    unit_norm_decoder: bool = False
+    pre_bias: bool = False  # encode x - b_d (the decoder bias) instead of x
+    tied_init: bool = False  # the encoder starts as the (unit-normed, if so) decoder transposed
 
     def __post_init__(self) -> None:
         _positive_int("model.n_hidden", self.n_hidden)
         _one_of("model.activation", self.activation, ACTIVATIONS)
         _one_of("model.init", self.init, INITS)
+        for name in ("unit_norm_decoder", "pre_bias", "tied_init"):
+            if not isinstance(getattr(self, name), bool):
+                _fail(f"model.{name}", getattr(self, name), "true or false")
         if self.activation == "topk":
             if isinstance(self.k, bool) or not isinstance(self.k, int):
                 _fail("model.k", self.k, f"an integer in 1..{self.n_hidden} for activation 'topk'")
@@ -106,6 +129,11 @@ class LossConfig:
     sparsity: Sparsity = "none"  # "kl": beta * sum_j KL(rho || rho_hat_j); "l1": beta * mean |h|_1
     weight: float = 0.0  # beta, the penalty's weight
     rho: float = 0.05  # KL target mean activation, in (0, 1)
+    # Auxiliary top-k loss for dead units (Gao et al. 2024): the aux_k largest pre-activations of
+    # dead units reconstruct the main model's residual. 0 turns it off; only with "topk".
+    aux_k: int = 0
+    aux_weight: float = 1.0 / 32.0  # its coefficient (the paper's 1/32)
+    dead_steps: int = 100  # a unit is dead after this many training steps without firing
 
     def __post_init__(self) -> None:
         _one_of("loss.sparsity", self.sparsity, SPARSITIES)
@@ -114,6 +142,10 @@ class LossConfig:
             _fail("loss.rho", self.rho, "a number in (0, 1)")
         if not 0 < self.rho < 1:
             _fail("loss.rho", self.rho, "a number in (0, 1)")
+        if isinstance(self.aux_k, bool) or not isinstance(self.aux_k, int) or self.aux_k < 0:
+            _fail("loss.aux_k", self.aux_k, "an integer >= 0 (0: no auxiliary loss)")
+        _non_negative_float("loss.aux_weight", self.aux_weight)
+        _positive_int("loss.dead_steps", self.dead_steps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,6 +208,14 @@ class Config:
                 + ", ".join(repr(a) for a in UNIT_INTERVAL_ACTIVATIONS)
                 + f" (model.activation is {self.model.activation!r})",
             )
+        if self.loss.aux_k > 0 and self.model.activation != "topk":
+            _fail(
+                "loss.aux_k",
+                self.loss.aux_k,
+                f"0 unless model.activation is 'topk' (it is {self.model.activation!r})",
+            )
+        if self.loss.aux_k > self.model.n_hidden:
+            _fail("loss.aux_k", self.loss.aux_k, f"at most model.n_hidden={self.model.n_hidden}")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready nested dict."""

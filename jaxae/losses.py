@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxae.config import LossConfig
-from jaxae.model import Autoencoder
+from jaxae.model import Autoencoder, top_k_relu
 
 # Mean activations are clipped this far inside (0, 1) so the KL stays finite.
 _KL_EPS = 1e-6
@@ -54,10 +54,38 @@ def l1_sparsity(h_BxH: jax.Array, w_B: jax.Array | None = None) -> jax.Array:
     return _weighted_mean(jnp.sum(jnp.abs(h_BxH), axis=-1), w_B)
 
 
-def sparsity_penalty(h_BxH: jax.Array, cfg: LossConfig, w_B: jax.Array | None = None) -> jax.Array:
-    """The unweighted sparsity term the config names (0 for "none")."""
+def auxk_loss(
+    pre_BxH: jax.Array,
+    dead_H: jax.Array,
+    residual_BxD: jax.Array,
+    decoder_HxD: jax.Array,
+    k_aux: int,
+    w_B: jax.Array | None = None,
+) -> jax.Array:
+    """Auxiliary top-k loss (Gao et al. 2024, "Scaling and evaluating sparse autoencoders").
+
+    The `k_aux` largest pre-activations among dead units (ReLU'd) reconstruct the main model's
+    residual `e = x - x_hat` through the decoder (no bias); the loss is `|e_hat - e|^2 / |e|^2`
+    summed over the batch, so it is scale-free, and 0 when no unit is dead. Only dead units get a
+    gradient from it; the caller passes `e` with its gradient stopped.
+    """
+    dead_pre_BxH = jnp.where(jnp.broadcast_to(dead_H, pre_BxH.shape), pre_BxH, -jnp.inf)
+    e_hat_BxD = top_k_relu(dead_pre_BxH, k_aux) @ decoder_HxD
+    error = _weighted_mean(jnp.sum(jnp.square(e_hat_BxD - residual_BxD), axis=-1), w_B)
+    energy = _weighted_mean(jnp.sum(jnp.square(residual_BxD), axis=-1), w_B)
+    ratio = error / jnp.maximum(energy, jnp.finfo(energy.dtype).tiny)
+    return jnp.where(jnp.any(dead_H), ratio, 0.0)
+
+
+def sparsity_penalty(
+    h_BxH: jax.Array,
+    cfg: LossConfig,
+    w_B: jax.Array | None = None,
+    rho: jax.Array | float | None = None,
+) -> jax.Array:
+    """The unweighted sparsity term the config names (0 for "none"); `rho` overrides `cfg.rho`."""
     if cfg.sparsity == "kl":
-        return kl_sparsity(h_BxH, cfg.rho, w_B)
+        return kl_sparsity(h_BxH, cfg.rho if rho is None else rho, w_B)
     if cfg.sparsity == "l1":
         return l1_sparsity(h_BxH, w_B)
     return jnp.zeros((), h_BxH.dtype)
@@ -72,13 +100,30 @@ def total_loss(
     sparsity_weight: jax.Array | float,
     mask_H: jax.Array | None = None,
     w_B: jax.Array | None = None,
+    rho: jax.Array | float | None = None,
+    k: jax.Array | None = None,
+    dead_H: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """`mse + sparsity_weight * penalty` and `aux` (the terms), for `value_and_grad(has_aux=True)`.
+    """`mse + sparsity_weight * penalty (+ aux_weight * auxk)` and `aux`, for
+    `value_and_grad(has_aux=True)`.
 
-    `sparsity_weight` is an argument (not read from `cfg`) so it can be a traced, vmapped value.
+    `sparsity_weight`, `rho` and `k` are arguments (not read from the configs) so they can be
+    traced, per-seed values. `dead_H` (units that have not fired for `cfg.dead_steps` steps)
+    switches the auxiliary top-k loss on where `cfg.aux_k > 0`. `aux["fired_H"]` says which units
+    fired on a (non-zero-weight) row of this batch, for the caller's dead-unit count.
     """
-    x_hat_BxD, h_BxH = model.apply(params, x_BxD, mask_H)
+    x_hat_BxD, h_BxH, pre_BxH = model.apply(params, x_BxD, mask_H, k, method="forward")
     reconstruction = mse(x_hat_BxD, x_BxD, w_B)
-    penalty = sparsity_penalty(h_BxH, cfg, w_B)
+    penalty = sparsity_penalty(h_BxH, cfg, w_B, rho)
     loss = reconstruction + sparsity_weight * penalty
-    return loss, {"mse": reconstruction, "sparsity": penalty}
+    terms = {"mse": reconstruction, "sparsity": penalty}
+    if cfg.aux_k > 0 and dead_H is not None:
+        residual_BxD = jax.lax.stop_gradient(x_BxD - x_hat_BxD)
+        decoder_HxD = model.apply(params, method="decoder_weights")
+        terms["auxk"] = auxk_loss(pre_BxH, dead_H, residual_BxD, decoder_HxD, cfg.aux_k, w_B)
+        loss = loss + cfg.aux_weight * terms["auxk"]
+    fired_BxH = model.is_active(h_BxH)
+    if w_B is not None:
+        fired_BxH = fired_BxH & (w_B[:, None] > 0)
+    terms["fired_H"] = jnp.any(fired_BxH, axis=0)
+    return loss, terms

@@ -81,13 +81,26 @@ def evaluate(
     loss_cfg: LossConfig,
     sparsity_weight: jax.Array,
     mask_H: jax.Array,
+    k: jax.Array | None = None,
+    rho: jax.Array | None = None,
 ) -> dict[str, jax.Array]:
-    """Full-data figures of one seed: loss, MSE, FVU, per-unit activity, mean active units (L0)."""
+    """Full-data figures of one seed: loss, MSE, FVU, per-unit activity, mean active units (L0).
+
+    A unit is active on a sample when `model.is_active` says so (its pre-activation is positive and,
+    for top-k, it is among the k largest).
+    """
     loss, aux = total_loss(
-        params, x_NxD, model=model, cfg=loss_cfg, sparsity_weight=sparsity_weight, mask_H=mask_H
+        params,
+        x_NxD,
+        model=model,
+        cfg=loss_cfg,
+        sparsity_weight=sparsity_weight,
+        mask_H=mask_H,
+        k=k,
+        rho=rho,
     )
-    x_hat_NxD, h_NxH = model.apply(params, x_NxD, mask_H)
-    active_NxH = (h_NxH != 0) & (mask_H[None, :] > 0)
+    x_hat_NxD, h_NxH = model.apply(params, x_NxD, mask_H, k)
+    active_NxH = model.is_active(h_NxH) & (mask_H[None, :] > 0)
     return {
         "final_loss": loss,
         "final_mse": aux["mse"],
@@ -129,31 +142,108 @@ def quantiles(values: np.ndarray, qs: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75,
 
 
 def _unit_vectors(w_SxHxF: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(w_SxHxF, axis=-1, keepdims=True)
-    return w_SxHxF / np.where(norms == 0, 1.0, norms)
+    w = np.asarray(w_SxHxF, np.float64)
+    norms = np.linalg.norm(w, axis=-1, keepdims=True)
+    return w / np.where(norms == 0, 1.0, norms)
+
+
+def matched_cosines(a_HxF: np.ndarray, b_GxF: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The best one-to-one matching of the rows of `a` to rows of `b` on **signed** cosine.
+
+    Hungarian assignment (`scipy.optimize.linear_sum_assignment`) maximising the total cosine of
+    unit-normalised rows. Returns `(cos_H, partner_H)`: each row of `a` gets its partner's cosine
+    and index; with fewer rows in `b` (G < H) the unmatched rows of `a` get cosine 0 and partner -1.
+    The sign counts: a unit matched to its negation scores -1 (with ReLU codes it is another unit).
+    """
+    cos_HxG = _unit_vectors(a_HxF) @ _unit_vectors(b_GxF).T
+    rows, cols = scipy.optimize.linear_sum_assignment(cos_HxG, maximize=True)
+    cos_H = np.zeros(cos_HxG.shape[0])
+    partner_H = np.full(cos_HxG.shape[0], -1)
+    cos_H[rows], partner_H[rows] = cos_HxG[rows, cols], cols
+    return cos_H, partner_H
 
 
 def matched_similarity(a_HxF: np.ndarray, b_HxF: np.ndarray) -> np.ndarray:
-    """Cosine similarities of hidden units after the best one-to-one matching (Hungarian, on |cos|).
+    """Cosine similarity of each row of `a` with its matched row of `b` (see `matched_cosines`)."""
+    return matched_cosines(a_HxF, b_HxF)[0]
 
-    Units are rows (one weight vector per hidden unit). The sign is kept, so a unit matched to its
-    negation scores -1; with ReLU units a flipped unit is a different unit.
+
+# A true atom counts as recovered when some unit's direction is matched to it at least this closely.
+RECOVERED_COSINE = 0.9
+# Two units are "shared" between seeds (Paulo & Belrose 2025) when both their decoder and encoder
+# directions agree beyond this cosine.
+SHARED_COSINE = 0.7
+
+
+def ground_truth_mcc(w_SxHxD: np.ndarray, atoms_MxD: np.ndarray) -> dict[str, np.ndarray]:
+    """Ground-truth MCC of every seed: its unit directions matched to the true atoms.
+
+    Each atom is matched to one unit (Hungarian, signed cosine, maximising the total; more units
+    than atoms is fine, and with fewer the unmatched atoms score 0). Per seed: `gt_mcc`, the mean
+    matched cosine over the atoms, and `recovered`, the share of atoms matched at cosine >=
+    `RECOVERED_COSINE`. `atom_cos_SxM` keeps every atom's matched cosine.
     """
-    cos_HxH = _unit_vectors(a_HxF) @ _unit_vectors(b_HxF).T
-    rows, cols = scipy.optimize.linear_sum_assignment(-np.abs(cos_HxH))
-    return cos_HxH[rows, cols]
+    atom_cos_SxM = np.stack([matched_cosines(atoms_MxD, w_HxD)[0] for w_HxD in w_SxHxD])
+    return {
+        "gt_mcc": atom_cos_SxM.mean(axis=-1),
+        "recovered": (atom_cos_SxM >= RECOVERED_COSINE).mean(axis=-1),
+        "atom_cos_SxM": atom_cos_SxM,
+    }
+
+
+def seed_pairs(n_seeds: int, max_pairs: int | None = None) -> np.ndarray:
+    """Pairs `(i, j)`, i < j, row-major; the first `max_pairs` of them if given: `pairs_Px2`."""
+    i, j = np.triu_indices(n_seeds, k=1)
+    pairs = np.stack([i, j], axis=-1)
+    return pairs if max_pairs is None else pairs[:max_pairs]
+
+
+def pairwise_mcc(
+    decoder_SxHxD: np.ndarray,
+    encoder_SxHxD: np.ndarray | None = None,
+    max_pairs: int | None = None,
+) -> dict[str, np.ndarray]:
+    """Cross-seed agreement for every pair of seeds (`seed_pairs` order), matched on the decoder.
+
+    Per pair: `pw_mcc`, the mean matched decoder cosine (PW-MCC); with encoders, `pw_mcc_encoder`
+    (matched on the encoder on its own) and `shared`, the share of units whose decoder match also
+    agrees in the encoder, both beyond `SHARED_COSINE` (Paulo & Belrose 2025).
+    """
+    pairs = seed_pairs(len(decoder_SxHxD), max_pairs)
+    out: dict[str, list[float]] = {"pw_mcc": [], "pw_mcc_encoder": [], "shared": []}
+    enc = None if encoder_SxHxD is None else _unit_vectors(encoder_SxHxD)
+    for i, j in pairs:
+        cos_H, partner_H = matched_cosines(decoder_SxHxD[i], decoder_SxHxD[j])
+        out["pw_mcc"].append(float(cos_H.mean()))
+        if enc is None:
+            continue
+        out["pw_mcc_encoder"].append(float(matched_similarity(enc[i], enc[j]).mean()))
+        matched = partner_H >= 0
+        enc_cos_H = np.zeros_like(cos_H)
+        enc_cos_H[matched] = np.sum(enc[i][matched] * enc[j][partner_H[matched]], axis=-1)
+        out["shared"].append(float(np.mean((cos_H > SHARED_COSINE) & (enc_cos_H > SHARED_COSINE))))
+    return {k: np.asarray(v) for k, v in out.items() if v or k == "pw_mcc"}
 
 
 def pairwise_matched_similarity(w_SxHxF: np.ndarray, max_pairs: int | None = None) -> np.ndarray:
-    """Mean matched cosine similarity for every pair of seeds (i < j), as a flat array.
+    """Mean matched cosine similarity (PW-MCC) for every pair of seeds (i < j), as a flat array.
 
     `max_pairs` keeps the first pairs in a fixed order (row-major over i < j) to bound the cost.
     """
-    s = w_SxHxF.shape[0]
-    out = []
-    for i in range(s):
-        for j in range(i + 1, s):
-            out.append(float(np.mean(matched_similarity(w_SxHxF[i], w_SxHxF[j]))))
-            if max_pairs is not None and len(out) >= max_pairs:
-                return np.asarray(out)
-    return np.asarray(out)
+    return pairwise_mcc(w_SxHxF, max_pairs=max_pairs)["pw_mcc"]
+
+
+def random_unit_mcc_chance(n_units: int, dim: int, n_atoms: int | None = None) -> float:
+    """Expected mean matched cosine between two sets of independent random unit vectors.
+
+    A Monte Carlo estimate (fixed generator, 200 draws) of the chance level of `pairwise_mcc` (two
+    sets of `n_units`) or of `ground_truth_mcc` (`n_atoms` atoms against `n_units` units) when no
+    direction is learned: what matching alone finds.
+    """
+    rng = np.random.default_rng(0)
+    m = n_units if n_atoms is None else n_atoms
+    draws = [
+        matched_similarity(rng.normal(size=(m, dim)), rng.normal(size=(n_units, dim))).mean()
+        for _ in range(200)
+    ]
+    return float(np.mean(draws))

@@ -10,6 +10,7 @@ which lets one compiled program train several hidden sizes (units past the size 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import chex
 import flax.linen as nn
@@ -45,36 +46,104 @@ def _initialisers(init: str, fan_in: int):
     return nn.initializers.lecun_normal(), nn.initializers.zeros_init()
 
 
-def top_k_relu(pre_BxH: jax.Array, k: int) -> jax.Array:
+# Widths up to this many units find each row's top k by counting, for every unit, the units above
+# it (H x H comparisons, all vectorised); wider models use `lax.top_k`, whose sort costs more than
+# the counting at these widths on CPU.
+RANK_COUNT_MAX_UNITS = 64
+
+
+def top_k_mask(pre_BxH: jax.Array, k: jax.Array | int, k_max: int | None = None) -> jax.Array:
+    """Boolean `keep_BxH`: the k largest entries of each row (every unit tied with the k-th too).
+
+    `k` may be traced (a per-seed value under `vmap`) as long as it is at most `k_max`, the static
+    largest k; one compiled program then serves every k of a sweep. A unit is kept exactly when
+    fewer than k units of its row are strictly larger, which is the same as `pre >= k-th largest`.
+    """
+    h = pre_BxH.shape[-1]
+    if h <= RANK_COUNT_MAX_UNITS:
+        above_BxH = jnp.sum(pre_BxH[..., None, :] > pre_BxH[..., :, None], axis=-1)
+        return above_BxH < k
+    values_BxK = jax.lax.top_k(pre_BxH, h if k_max is None else k_max)[0]
+    index = jnp.broadcast_to(jnp.asarray(k, jnp.int32) - 1, (*pre_BxH.shape[:-1], 1))
+    return pre_BxH >= jnp.take_along_axis(values_BxK, index, axis=-1)
+
+
+def top_k_relu(pre_BxH: jax.Array, k: jax.Array | int, k_max: int | None = None) -> jax.Array:
     """Keep the k largest pre-activations of each row (then ReLU), zero the rest.
 
     Exact ties at the k-th value keep every tied unit; for continuous inputs that has probability 0.
     """
-    kth_Bx1 = jax.lax.top_k(pre_BxH, k)[0][..., -1:]
-    return jnp.where(pre_BxH >= kth_Bx1, jax.nn.relu(pre_BxH), 0.0)
+    return jnp.where(top_k_mask(pre_BxH, k, k_max), jax.nn.relu(pre_BxH), 0.0)
+
+
+def unit_rows(w_HxD: jax.Array) -> jax.Array:
+    """Rows scaled to unit length (a zero row stays zero)."""
+    norm_Hx1 = jnp.linalg.norm(w_HxD, axis=-1, keepdims=True)
+    return w_HxD / jnp.where(norm_Hx1 > 0, norm_Hx1, 1.0)
+
+
+class Decoder(nn.Module):
+    """`h -> h @ W_d + b_d`, as `nn.Dense` (same parameters, same initial values), with the option
+    of using W_d's rows as unit vectors (`unit_norm`): a reparameterisation, so every optimizer step
+    already sees the normalised weights and no projection step is needed."""
+
+    n_features: int
+    n_hidden: int
+    initializer: str = "torch"
+    unit_norm: bool = False
+
+    def setup(self) -> None:
+        kernel_init, bias_init = _initialisers(self.initializer, self.n_hidden)
+        self.kernel = self.param("kernel", kernel_init, (self.n_hidden, self.n_features))
+        self.bias = self.param("bias", bias_init, (self.n_features,))
+
+    def weights(self) -> jax.Array:
+        """The decoder matrix `w_HxD` in use: one row (a dictionary direction) per hidden unit."""
+        return unit_rows(self.kernel) if self.unit_norm else self.kernel
+
+    def __call__(self, h_BxH: jax.Array) -> jax.Array:
+        x_BxD = h_BxH @ self.weights()
+        return x_BxD + jnp.broadcast_to(self.bias, x_BxD.shape)
 
 
 class Autoencoder(nn.Module):
-    """`x -> h = act(W_e x + b_e) -> x_hat = W_d h + b_d`."""
+    """`x -> h = act(W_e (x - b_pre) + b_e) -> x_hat = W_d h + b_d`.
+
+    `b_pre` is the decoder bias with `pre_bias`, else 0. For "topk", `k` (the module field) is the
+    largest k the program supports and every call may pass a smaller, possibly traced, `k`.
+    """
 
     n_features: int
     n_hidden: int
     activation: str = "relu"
     k: int | None = None
     initializer: str = "torch"  # "torch" or "flax"
+    unit_norm_decoder: bool = False
+    pre_bias: bool = False
+    tied_init: bool = False
 
     def setup(self) -> None:
         self.encoder = _dense(self.n_hidden, self.n_features, self.initializer)
-        self.decoder = _dense(self.n_features, self.n_hidden, self.initializer)
+        self.decoder = Decoder(
+            self.n_features, self.n_hidden, self.initializer, self.unit_norm_decoder
+        )
 
-    def encode(self, x_BxD: jax.Array, mask_H: jax.Array | None = None) -> jax.Array:
-        """The hidden code `h_BxH`; units where `mask_H` is 0 are held at 0."""
+    def pre_activations(self, x_BxD: jax.Array, mask_H: jax.Array | None = None) -> jax.Array:
+        """`pre_BxH`, the encoder's output; masked units read -inf for top-k (they never win a
+        slot) and 0 otherwise."""
         chex.assert_shape(x_BxD, (..., self.n_features))
+        if self.pre_bias:
+            x_BxD = x_BxD - jnp.broadcast_to(self.decoder.bias, x_BxD.shape)
         pre_BxH = self.encoder(x_BxD)
-        if mask_H is not None:
-            mask_H = jnp.broadcast_to(mask_H, pre_BxH.shape)
-            # Masked units must never win a top-k slot, so mask before the activation too.
-            pre_BxH = jnp.where(mask_H > 0, pre_BxH, -jnp.inf if self.activation == "topk" else 0.0)
+        if mask_H is None:
+            return pre_BxH
+        mask_H = jnp.broadcast_to(mask_H, pre_BxH.shape)
+        return jnp.where(mask_H > 0, pre_BxH, -jnp.inf if self.activation == "topk" else 0.0)
+
+    def activate(
+        self, pre_BxH: jax.Array, mask_H: jax.Array | None = None, k: jax.Array | None = None
+    ) -> jax.Array:
+        """The hidden code `h_BxH` from pre-activations; units where `mask_H` is 0 are held at 0."""
         if self.activation == "relu":
             h_BxH = jax.nn.relu(pre_BxH)
         elif self.activation == "sigmoid":
@@ -82,20 +151,54 @@ class Autoencoder(nn.Module):
         elif self.activation == "identity":
             h_BxH = pre_BxH
         else:
-            h_BxH = top_k_relu(pre_BxH, self.k)
-        return h_BxH if mask_H is None else h_BxH * mask_H
+            h_BxH = top_k_relu(pre_BxH, self.k if k is None else k, self.k)
+        return h_BxH if mask_H is None else h_BxH * jnp.broadcast_to(mask_H, h_BxH.shape)
+
+    def encode(
+        self, x_BxD: jax.Array, mask_H: jax.Array | None = None, k: jax.Array | None = None
+    ) -> jax.Array:
+        """The hidden code `h_BxH`; units where `mask_H` is 0 are held at 0."""
+        return self.activate(self.pre_activations(x_BxD, mask_H), mask_H, k)
+
+    def is_active(self, h_BxH: jax.Array) -> jax.Array:
+        """Whether each unit fires: its pre-activation is positive (h > 0.5 for sigmoid, h != 0
+        otherwise, so a masked or top-k-dropped unit never counts)."""
+        return h_BxH > 0.5 if self.activation == "sigmoid" else h_BxH != 0
 
     def decode(self, h_BxH: jax.Array) -> jax.Array:
         """The reconstruction `x_hat_BxD`."""
         chex.assert_shape(h_BxH, (..., self.n_hidden))
         return self.decoder(h_BxH)
 
+    def decoder_weights(self) -> jax.Array:
+        """`w_HxD`, the decoder rows in use (unit vectors with `unit_norm_decoder`)."""
+        return self.decoder.weights()
+
+    def forward(
+        self, x_BxD: jax.Array, mask_H: jax.Array | None = None, k: jax.Array | None = None
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """`(x_hat_BxD, h_BxH, pre_BxH)`: what the auxiliary top-k loss needs besides the code."""
+        pre_BxH = self.pre_activations(x_BxD, mask_H)
+        h_BxH = self.activate(pre_BxH, mask_H, k)
+        return self.decode(h_BxH), h_BxH, pre_BxH
+
     def __call__(
-        self, x_BxD: jax.Array, mask_H: jax.Array | None = None
+        self, x_BxD: jax.Array, mask_H: jax.Array | None = None, k: jax.Array | None = None
     ) -> tuple[jax.Array, jax.Array]:
         """Returns `(x_hat_BxD, h_BxH)`."""
-        h_BxH = self.encode(x_BxD, mask_H)
+        h_BxH = self.encode(x_BxD, mask_H, k)
         return self.decode(h_BxH), h_BxH
+
+
+def init_params(model: Autoencoder, key: jax.Array) -> Any:
+    """`model.init`, then, with `tied_init`, the encoder kernel set to the decoder rows in use,
+    transposed (so each unit starts by reading the direction it writes)."""
+    params = model.init(key, jnp.zeros((1, model.n_features)))
+    if not model.tied_init:
+        return params
+    w_HxD = model.apply(params, method="decoder_weights")
+    encoder = {**params["params"]["encoder"], "kernel": w_HxD.T}
+    return {"params": {**params["params"], "encoder": encoder}}
 
 
 def make_model(cfg: ModelConfig, n_features: int) -> Autoencoder:
@@ -106,4 +209,7 @@ def make_model(cfg: ModelConfig, n_features: int) -> Autoencoder:
         activation=cfg.activation,
         k=cfg.k,
         initializer=cfg.init,
+        unit_norm_decoder=cfg.unit_norm_decoder,
+        pre_bias=cfg.pre_bias,
+        tied_init=cfg.tied_init,
     )

@@ -40,7 +40,7 @@ from jaxae import metrics
 from jaxae.config import Config
 from jaxae.data import make_data
 from jaxae.losses import total_loss
-from jaxae.model import Autoencoder, make_model
+from jaxae.model import Autoencoder, init_params, make_model
 from jaxae.optim import make_optimizer
 
 
@@ -52,15 +52,23 @@ class Hyper:
     weight_decay: jax.Array  # float32
     sparsity_weight: jax.Array  # float32, beta of the sparsity penalty
     n_active: jax.Array  # int32, hidden units in use; units >= n_active are held at zero
+    k: jax.Array  # int32, top-k's k (at most model.k, the program's largest); unused otherwise
+    rho: jax.Array  # float32, the KL penalty's target mean activation
 
     @classmethod
-    def from_config(cls, cfg: Config, n_active: int | None = None) -> Hyper:
-        """The config's own values (all units active unless `n_active` is given)."""
-        return cls(
+    def from_config(cls, cfg: Config, n_active: int | None = None, **values: float) -> Hyper:
+        """The config's own values (all units active unless `n_active` is given); keyword
+        `values` (e.g. `k=2`, `rho=0.1`) replace single fields."""
+        hyper = cls(
             learning_rate=jnp.float32(cfg.optim.learning_rate),
             weight_decay=jnp.float32(cfg.optim.weight_decay),
             sparsity_weight=jnp.float32(cfg.loss.weight),
             n_active=jnp.int32(cfg.model.n_hidden if n_active is None else n_active),
+            k=jnp.int32(cfg.model.n_hidden if cfg.model.k is None else cfg.model.k),
+            rho=jnp.float32(cfg.loss.rho),
+        )
+        return hyper.replace(
+            **{name: jnp.asarray(v, getattr(hyper, name).dtype) for name, v in values.items()}
         )
 
 
@@ -73,6 +81,7 @@ class TrainState:
     key: jax.Array  # the seed's shuffle key; epoch e uses fold_in(key, e)
     hyper: Hyper
     diverged: jax.Array  # bool: a non-finite loss or parameter was met; updates stopped there
+    since_fired: jax.Array  # int32 [H]: training steps since each unit last fired (dead-unit count)
 
 
 def seed_keys(seed: int, n_seeds: int) -> jax.Array:
@@ -183,7 +192,7 @@ def init_state(key: jax.Array, hyper: Hyper, *, model: Autoencoder, cfg: Config)
     if _arm_shape(hyper.n_active):
         return jax.vmap(lambda h: init_state(key, h, model=model, cfg=cfg))(hyper)
     init_key, shuffle_key = jax.random.split(key)
-    params = model.init(init_key, jnp.zeros((1, model.n_features)))
+    params = init_params(model, init_key)
     scale = jnp.sqrt(model.n_hidden / hyper.n_active.astype(jnp.float32))
     decoder = jax.tree.map(lambda p: p * scale, params["params"]["decoder"])
     params = {"params": {**params["params"], "decoder": decoder}}
@@ -194,6 +203,7 @@ def init_state(key: jax.Array, hyper: Hyper, *, model: Autoencoder, cfg: Config)
         key=shuffle_key,
         hyper=hyper,
         diverged=jnp.zeros((), bool),
+        since_fired=jnp.zeros((model.n_hidden,), jnp.int32),
     )
 
 
@@ -208,7 +218,7 @@ def train_step(
     """One Adam step on the minibatch `x_NxD[idx_B]`; returns the new state and the batch loss."""
     idx_B, w_B = batch
     loss_and_grad = jax.value_and_grad(total_loss, has_aux=True)
-    (loss, _), grads = loss_and_grad(
+    (loss, terms), grads = loss_and_grad(
         state.params,
         x_NxD[idx_B],
         model=model,
@@ -216,6 +226,9 @@ def train_step(
         sparsity_weight=state.hyper.sparsity_weight,
         mask_H=hidden_mask(state.hyper.n_active, model.n_hidden),
         w_B=w_B,
+        rho=state.hyper.rho,
+        k=state.hyper.k,
+        dead_H=state.since_fired >= cfg.loss.dead_steps,
     )
     opt = make_optimizer(cfg.optim, state.hyper.learning_rate, state.hyper.weight_decay)
     updates, opt_state = opt.update(grads, state.opt_state, state.params)
@@ -229,6 +242,7 @@ def train_step(
         params=jax.tree.map(keep, params, state.params),
         opt_state=jax.tree.map(keep, opt_state, state.opt_state),
         diverged=~ok,
+        since_fired=jnp.where(terms["fired_H"], 0, state.since_fired + 1),
     )
     return state, loss
 
@@ -333,6 +347,8 @@ def evaluate_state(
         loss_cfg=cfg.loss,
         sparsity_weight=state.hyper.sparsity_weight,
         mask_H=hidden_mask(state.hyper.n_active, model.n_hidden),
+        k=state.hyper.k,
+        rho=state.hyper.rho,
     )
 
 

@@ -142,3 +142,66 @@ def test_make_data_dispatch(key: jax.Array, kind: str, generate: Callable[..., j
     assert x.shape == (N, D)
     assert x.dtype == jnp.float32
     np.testing.assert_array_equal(as_np(x), as_np(generate(key, N, n_features=D)))
+
+
+# ------------------------------------------------------------------------------------------------
+# Sparse superposition with its ground truth
+
+M, ACTIVE = 24, 3
+
+
+@pytest.mark.parametrize("magnitude", ["halfnormal", "uniform", "exponential"])
+def test_sparse_codes_have_exactly_active_distinct_atoms(key: jax.Array, magnitude: str) -> None:
+    codes = as_np(data.sparse_codes(key, 5000, M, ACTIVE, magnitude))
+    assert codes.shape == (5000, M)
+    np.testing.assert_array_equal(np.sum(codes != 0, axis=1), ACTIVE)
+    assert np.all(codes >= 0)
+    # Every atom is chosen with probability ACTIVE / M: 625 expected per atom, sd ~ 24.
+    per_atom = np.sum(codes != 0, axis=0)
+    np.testing.assert_array_less(np.abs(per_atom - 5000 * ACTIVE / M), 6 * np.sqrt(625))
+
+
+def test_sparse_magnitude_distributions(key: jax.Array) -> None:
+    """Means of the non-zero coefficients: sqrt(2/pi), 1/2 and 1 (5 standard errors)."""
+    for magnitude, mean, sd in [
+        ("halfnormal", np.sqrt(2 / np.pi), np.sqrt(1 - 2 / np.pi)),
+        ("uniform", 0.5, np.sqrt(1 / 12)),
+        ("exponential", 1.0, 1.0),
+    ]:
+        codes = as_np(data.sparse_codes(key, 5000, M, ACTIVE, magnitude))
+        values = codes[codes != 0]
+        assert abs(values.mean() - mean) < 5 * sd / np.sqrt(values.size), magnitude
+
+
+def test_sparse_is_codes_times_unit_norm_atoms(key: jax.Array) -> None:
+    x, atoms = data.sparse(key, 500, D, M, ACTIVE)
+    atoms = as_np(atoms)
+    assert atoms.shape == (M, D)
+    np.testing.assert_allclose(np.linalg.norm(atoms, axis=1), 1.0, rtol=1e-6)
+    _, code_key, _ = jax.random.split(key, 3)
+    codes = as_np(data.sparse_codes(code_key, 500, M, ACTIVE))
+    np.testing.assert_allclose(as_np(x), codes @ atoms, rtol=1e-5, atol=1e-6)
+
+
+def test_sparse_noise_is_added_with_its_standard_deviation(key: jax.Array) -> None:
+    clean, _ = data.sparse(key, N, D, M, ACTIVE)
+    noisy, _ = data.sparse(key, N, D, M, ACTIVE, noise=0.5)
+    residual = as_np(noisy) - as_np(clean)
+    assert abs(residual.std() - 0.5) < 0.01
+
+
+def test_sparse_is_deterministic_in_the_key(key: jax.Array) -> None:
+    a, atoms_a = data.sparse(key, 100, D, M, ACTIVE)
+    b, atoms_b = data.sparse(jax.random.key(0), 100, D, M, ACTIVE)
+    np.testing.assert_array_equal(as_np(a), as_np(b))
+    np.testing.assert_array_equal(as_np(atoms_a), as_np(atoms_b))
+    _, atoms_c = data.sparse(jax.random.key(1), 100, D, M, ACTIVE)
+    assert not np.array_equal(as_np(atoms_a), as_np(atoms_c))
+
+
+def test_make_data_and_ground_truth_of_sparse(key: jax.Array) -> None:
+    cfg = DataConfig(kind="sparse", n_samples=100, n_features=D, n_atoms=M, active=ACTIVE)
+    x, atoms = data.sparse(key, 100, D, M, ACTIVE)
+    np.testing.assert_array_equal(as_np(data.make_data(key, cfg)), as_np(x))
+    np.testing.assert_array_equal(as_np(data.ground_truth(key, cfg)), as_np(atoms))
+    assert data.ground_truth(key, DataConfig(kind="gaussian")) is None

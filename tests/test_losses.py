@@ -220,8 +220,9 @@ def test_zero_weight_gradient_equals_mse_gradient(cfg: LossConfig) -> None:
 def test_total_loss_is_mse_plus_weighted_penalty(cfg: LossConfig, beta: float) -> None:
     model, params, x = setup_model()
     loss, aux = losses.total_loss(params, x, model=model, cfg=cfg, sparsity_weight=beta)
-    assert set(aux) == {"mse", "sparsity"}
+    assert set(aux) == {"mse", "sparsity", "fired_H"}
     x_hat, h = model.apply(params, x)
+    np.testing.assert_array_equal(aux["fired_H"], np.any(np.asarray(h) != 0, axis=0))
     np.testing.assert_allclose(aux["mse"], np.mean((f64(x_hat) - f64(x)) ** 2), rtol=RTOL)
     expected_penalty = {
         "none": 0.0,
@@ -249,3 +250,82 @@ def test_total_loss_traced_weight_and_row_weights() -> None:
             params, x[keep], model=model, cfg=cfg, sparsity_weight=float(beta)
         )
         np.testing.assert_allclose(got, expected, rtol=RTOL)
+
+
+# ------------------------------------------------------------------------------------------------
+# The auxiliary top-k loss for dead units and per-seed rho
+
+
+def dead_unit_setup() -> tuple[Any, Any, jax.Array]:
+    """A top-2 model whose last unit has a small positive pre-activation on every row, below the
+    other units' (bias 5), so it never wins a slot: dead, but revivable."""
+    model = make_model(ModelConfig(n_hidden=H, activation="topk", k=2), D)
+    params = jax.tree.map(np.array, model.init(jax.random.key(3), jnp.zeros((1, D))))
+    params["params"]["encoder"]["kernel"][:, -1] = 0.0
+    params["params"]["encoder"]["bias"][:] = 5.0
+    params["params"]["encoder"]["bias"][-1] = 0.01
+    return model, params, f32(normal(B, D, seed=4))
+
+
+def last_unit_grads(cfg: LossConfig, dead: jax.Array) -> dict[str, np.ndarray]:
+    model, params, x = dead_unit_setup()
+    grads = jax.grad(
+        lambda p: losses.total_loss(p, x, model=model, cfg=cfg, sparsity_weight=0.0, dead_H=dead)[0]
+    )(params)["params"]
+    return {
+        "encoder": np.asarray(grads["encoder"]["kernel"])[:, -1],
+        "encoder_bias": np.asarray(grads["encoder"]["bias"])[-1:],
+        "decoder": np.asarray(grads["decoder"]["kernel"])[-1],
+    }
+
+
+def test_auxk_gives_a_dead_unit_a_gradient_and_nothing_else_does() -> None:
+    dead = jnp.arange(H) == H - 1
+    model, params, x = dead_unit_setup()
+    _, h = model.apply(params, x)
+    assert np.all(np.asarray(h)[:, -1] == 0)  # the unit never fires
+    with_aux = last_unit_grads(LossConfig(aux_k=1), dead)
+    assert all(np.any(np.abs(g) > 1e-6) for g in with_aux.values()), with_aux
+    for cfg, mask in [(LossConfig(aux_k=0), dead), (LossConfig(aux_k=1), jnp.zeros(H, bool))]:
+        for g in last_unit_grads(cfg, mask).values():
+            np.testing.assert_array_equal(g, 0.0)
+
+
+def test_auxk_matches_hand_computation() -> None:
+    pre = normal(B, H, seed=5)
+    dead = np.array([True, False, True, True, False])
+    residual, decoder = normal(B, D, seed=6), normal(H, D, seed=7)
+    got = losses.auxk_loss(f32(pre), jnp.asarray(dead), f32(residual), f32(decoder), 2)
+    masked = np.where(dead, pre, -np.inf)
+    top = np.argsort(-masked, axis=1)[:, :2]
+    code = np.zeros_like(pre)
+    rows = np.arange(B)[:, None]
+    code[rows, top] = np.maximum(masked[rows, top], 0.0)
+    e_hat = code @ decoder
+    expected = np.sum((e_hat - residual) ** 2) / np.sum(residual**2)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    no_dead = losses.auxk_loss(f32(pre), jnp.zeros(H, bool), f32(residual), f32(decoder), 2)
+    assert float(no_dead) == 0.0
+
+
+def test_auxk_adds_its_weighted_term_to_the_total() -> None:
+    model, params, x = dead_unit_setup()
+    dead = jnp.arange(H) == H - 1
+    cfg = LossConfig(aux_k=1, aux_weight=0.25)
+    loss, aux = losses.total_loss(params, x, model=model, cfg=cfg, sparsity_weight=0.0, dead_H=dead)
+    assert float(aux["auxk"]) > 0
+    np.testing.assert_allclose(loss, aux["mse"] + 0.25 * aux["auxk"], rtol=RTOL)
+    fired = np.any(np.asarray(model.apply(params, x)[1]) != 0, axis=0)
+    assert not fired[-1]
+    np.testing.assert_array_equal(aux["fired_H"], fired)
+
+
+def test_traced_rho_equals_the_config_rho() -> None:
+    h = f32(hidden(3))
+    for rho in (0.02, 0.3):
+        traced = jax.jit(lambda r: losses.sparsity_penalty(h, LossConfig(sparsity="kl"), rho=r))
+        np.testing.assert_allclose(
+            traced(jnp.float32(rho)),
+            losses.sparsity_penalty(h, LossConfig(sparsity="kl", rho=rho)),
+            rtol=1e-6,
+        )

@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.integrate
+import scipy.special
 
 from jaxae import metrics
 
@@ -55,7 +57,9 @@ def test_matching_undoes_a_permutation_of_units():
     a = rng.normal(size=(8, 5))
     perm = rng.permutation(8)
     np.testing.assert_allclose(metrics.matched_similarity(a, a[perm] * 3.0), np.ones(8), atol=1e-12)
-    np.testing.assert_allclose(metrics.matched_similarity(a, -a[perm]), -np.ones(8), atol=1e-12)
+    # Signed matching: negated orthonormal units match nothing (every cosine is 0 or -1).
+    q = np.linalg.qr(rng.normal(size=(8, 8)))[0]
+    assert np.all(metrics.matched_similarity(q, -q[perm]) <= 1e-12)
 
 
 def test_pairwise_similarity_counts_every_pair_once():
@@ -69,3 +73,72 @@ def test_pairwise_similarity_counts_every_pair_once():
 def test_dead_units_counts_only_units_in_use():
     activity = np.array([[0.0, 0.5, 0.0, 0.0], [0.2, 0.0, 0.1, 0.0]])
     np.testing.assert_array_equal(metrics.dead_units(activity, np.array([2, 4])), [1, 2])
+
+
+# ------------------------------------------------------------------------------------------------
+# Ground-truth and cross-seed matching
+
+
+def test_permuted_rescaled_copy_of_the_atoms_scores_one():
+    rng = np.random.default_rng(3)
+    atoms = rng.normal(size=(12, 6))
+    w = np.stack([atoms[rng.permutation(12)] * rng.uniform(0.1, 5.0, (12, 1)) for _ in range(3)])
+    g = metrics.ground_truth_mcc(w, atoms)
+    np.testing.assert_allclose(g["gt_mcc"], 1.0, atol=1e-12)
+    np.testing.assert_array_equal(g["recovered"], 1.0)
+    basis = np.linalg.qr(rng.normal(size=(6, 6)))[0]
+    flipped = metrics.ground_truth_mcc(-basis[None, rng.permutation(6)], basis)
+    assert np.all(flipped["gt_mcc"] <= 1e-12) and np.all(flipped["recovered"] == 0)
+
+
+def test_rectangular_matching_more_units_than_atoms():
+    rng = np.random.default_rng(4)
+    atoms = rng.normal(size=(5, 8))
+    units = np.concatenate([rng.normal(size=(7, 8)), atoms[::-1] * 2.0])[rng.permutation(12)]
+    g = metrics.ground_truth_mcc(units[None], atoms)
+    np.testing.assert_allclose(g["gt_mcc"], [1.0], atol=1e-12)
+    # Fewer units than atoms: the unmatched atoms score 0.
+    few = metrics.ground_truth_mcc(atoms[None, :3], atoms)
+    np.testing.assert_allclose(few["atom_cos_SxM"][0], [1, 1, 1, 0, 0], atol=1e-12)
+    np.testing.assert_allclose(few["gt_mcc"], [0.6], atol=1e-12)
+
+
+def expected_max_cosine(n_units: int, dim: int) -> float:
+    """E[max of the cosines of one fixed direction with n independent uniform directions in R^dim].
+
+    The cosine t has density c (1 - t^2)^((dim - 3) / 2) on [-1, 1]; E[max] = 1 - int F(t)^n dt.
+    """
+    c = 1.0 / scipy.special.beta(0.5, (dim - 1) / 2)
+
+    def cdf(t: float) -> float:
+        return scipy.integrate.quad(lambda u: c * (1 - u * u) ** ((dim - 3) / 2), -1, t)[0]
+
+    return 1.0 - scipy.integrate.quad(lambda t: cdf(t) ** n_units, -1, 1)[0]
+
+
+@pytest.mark.parametrize(("n_units", "dim"), [(1, 5), (10, 10), (32, 16)])
+def test_random_dictionaries_score_their_analytic_chance(n_units, dim):
+    """One true atom against random units: gt_mcc is the largest of n cosines, whose mean has the
+    closed form above; 4,000 random seeds agree within 5 standard errors."""
+    rng = np.random.default_rng(n_units)
+    atoms = rng.normal(size=(1, dim))
+    g = metrics.ground_truth_mcc(rng.normal(size=(4000, n_units, dim)), atoms)["gt_mcc"]
+    expected = expected_max_cosine(n_units, dim)
+    assert abs(g.mean() - expected) < 5 * g.std() / np.sqrt(g.size), (g.mean(), expected)
+
+
+def test_pairwise_mcc_and_shared_units():
+    rng = np.random.default_rng(5)
+    dec = rng.normal(size=(4, 6, 9))
+    enc = rng.normal(size=(4, 6, 9))
+    same = metrics.pairwise_mcc(np.stack([dec[0]] * 3), np.stack([enc[0]] * 3))
+    for key in ("pw_mcc", "pw_mcc_encoder", "shared"):
+        np.testing.assert_allclose(same[key], 1.0, atol=1e-12)
+    assert same["pw_mcc"].shape == (3,)
+    # Same decoders, unrelated encoders: decoders agree, but no unit is shared.
+    mixed = metrics.pairwise_mcc(np.stack([dec[0]] * 4), enc)
+    np.testing.assert_allclose(mixed["pw_mcc"], 1.0, atol=1e-12)
+    assert np.all(mixed["shared"] < 0.5)
+    random = metrics.pairwise_mcc(dec, enc, max_pairs=4)
+    assert random["pw_mcc"].shape == (4,) and np.all(random["pw_mcc"] < 0.9)
+    np.testing.assert_array_equal(metrics.seed_pairs(4, 4), [[0, 1], [0, 2], [0, 3], [1, 2]])

@@ -267,3 +267,106 @@ def test_masked_gradient_is_finite_and_zero_on_masked_units(
     np.testing.assert_array_equal(np.asarray(grads["encoder"]["kernel"])[:, off], 0.0)
     np.testing.assert_array_equal(np.asarray(grads["encoder"]["bias"])[off], 0.0)
     np.testing.assert_array_equal(np.asarray(grads["decoder"]["kernel"])[off, :], 0.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Sparse-autoencoder options: traced k, unit-norm decoder, tied init, pre-encoder bias
+
+
+@pytest.mark.parametrize("width", [12, 80], ids=["counting", "lax.top_k"])
+def test_traced_k_equals_static_k(width: int) -> None:
+    """One program with k traced (vmapped over a sweep, up to k_max) gives every static-k result,
+    on both the rank-counting path (narrow) and the `lax.top_k` path (wide)."""
+    pre = jnp.asarray(np.random.default_rng(width).normal(size=(32, width)), jnp.float32)
+    ks = jnp.arange(1, 8, dtype=jnp.int32)
+    traced = jax.jit(jax.vmap(lambda k: top_k_relu(pre, k, 7)))(ks)
+    for k, h in zip(np.asarray(ks), np.asarray(traced), strict=True):
+        np.testing.assert_array_equal(h, np.asarray(top_k_relu(pre, int(k))))
+        np.testing.assert_array_equal(h, numpy_top_k_relu(np.asarray(pre), int(k)))
+
+
+def test_traced_k_through_the_model(key: jax.Array) -> None:
+    model = build("topk", k=4)
+    params = init(model, key)
+    x = inputs()
+    for k in (1, 2, 4):
+        _, h = model.apply(params, x, None, jnp.int32(k))
+        np.testing.assert_array_equal(h, numpy_top_k_relu(pre_activation(model, params, x), k))
+
+
+def sae(**options: Any) -> Autoencoder:
+    return make_model(ModelConfig(n_hidden=H, activation="relu", **options), D)
+
+
+def test_unit_norm_decoder_is_a_reparameterisation(key: jax.Array) -> None:
+    model = sae(unit_norm_decoder=True)
+    params = model.init(key, jnp.zeros((1, D)))
+    w = np.asarray(model.apply(params, method="decoder_weights"))
+    np.testing.assert_allclose(np.linalg.norm(w, axis=1), 1.0, rtol=1e-6)
+    raw = np.asarray(params["params"]["decoder"]["kernel"])
+    np.testing.assert_allclose(w, raw / np.linalg.norm(raw, axis=1, keepdims=True), rtol=1e-6)
+    # Scaling a raw decoder row changes nothing: the code cannot shrink while the decoder grows.
+    scaled = jax.tree.map(np.array, params)
+    scaled["params"]["decoder"]["kernel"] *= np.arange(1.0, H + 1.0)[:, None] * 7.0
+    x = inputs()
+    x_hat, h = model.apply(params, x)
+    x_hat_scaled, h_scaled = model.apply(scaled, x)
+    np.testing.assert_allclose(x_hat_scaled, x_hat, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(h_scaled, h)
+    bias = np.asarray(params["params"]["decoder"]["bias"])
+    np.testing.assert_allclose(x_hat, np.asarray(h) @ w + bias, rtol=1e-5, atol=1e-6)
+
+
+def test_plain_decoder_uses_its_raw_kernel(key: jax.Array) -> None:
+    model = sae()
+    params = model.init(key, jnp.zeros((1, D)))
+    np.testing.assert_array_equal(
+        model.apply(params, method="decoder_weights"), params["params"]["decoder"]["kernel"]
+    )
+
+
+@pytest.mark.parametrize("unit_norm", [False, True])
+def test_tied_init_starts_the_encoder_at_the_decoder_transposed(
+    key: jax.Array, unit_norm: bool
+) -> None:
+    from jaxae.model import init_params
+
+    model = sae(tied_init=True, unit_norm_decoder=unit_norm)
+    params = init_params(model, key)
+    w = np.asarray(model.apply(params, method="decoder_weights"))
+    np.testing.assert_array_equal(params["params"]["encoder"]["kernel"], w.T)
+    untied = init_params(sae(unit_norm_decoder=unit_norm), key)
+    assert not np.allclose(untied["params"]["encoder"]["kernel"], w.T)
+    # Only the encoder kernel changes; everything else is the untied draw.
+    for layer, leaf in [("encoder", "bias"), ("decoder", "kernel"), ("decoder", "bias")]:
+        np.testing.assert_array_equal(params["params"][layer][leaf], untied["params"][layer][leaf])
+
+
+def test_pre_bias_subtracts_the_decoder_bias_before_encoding(key: jax.Array) -> None:
+    model = sae(pre_bias=True)
+    params = jax.tree.map(np.array, model.init(key, jnp.zeros((1, D))))
+    params["params"]["decoder"]["bias"] = np.linspace(-2.0, 3.0, D).astype(np.float32)
+    p = params["params"]
+    x = np.asarray(inputs())
+    pre = (x - p["decoder"]["bias"]) @ p["encoder"]["kernel"] + p["encoder"]["bias"]
+    np.testing.assert_allclose(
+        model.apply(params, jnp.asarray(x), method="encode"),
+        np.maximum(pre, 0),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    plain = sae().apply(params, jnp.asarray(x), method="encode")
+    assert not np.allclose(plain, np.maximum(pre, 0))
+
+
+@pytest.mark.parametrize(
+    ("activation", "h", "active"),
+    [
+        ("relu", [0.0, 0.1, 2.0], [False, True, True]),
+        ("topk", [0.0, 0.1, 2.0], [False, True, True]),
+        ("sigmoid", [0.2, 0.5, 0.7], [False, False, True]),
+    ],
+)
+def test_is_active_means_positive_pre_activation(activation, h, active) -> None:
+    model = build(activation)
+    np.testing.assert_array_equal(model.is_active(jnp.asarray([h])), [active])
