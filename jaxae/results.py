@@ -24,7 +24,7 @@ import orbax.checkpoint as ocp
 
 import jaxae
 from jaxae import metrics, train
-from jaxae.experiments import (
+from jaxae.experiments.base import (
     ArmResult,
     Experiment,
     GroupCheckpoint,
@@ -134,6 +134,7 @@ def metrics_dict(out: RunOutput, analysis: dict[str, Any], overrides: list[str])
     primary = results[exp.arms[0].label].summary()
     data: dict[str, Any] = {
         "experiment": exp.name,
+        "family": exp.family,
         "section": exp.section,
         "claim": exp.claim,
         "config": exp.config.to_dict(),

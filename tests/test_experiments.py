@@ -1,7 +1,9 @@
-"""Experiments: the presets, their grouping into programs, and that arms trained together stay
-independent."""
+"""Experiments: the registry and its families, the presets, their grouping into programs, and that
+arms trained together stay independent."""
 
 from __future__ import annotations
+
+import importlib
 
 import chex
 import jax
@@ -10,6 +12,8 @@ import numpy as np
 import pytest
 
 from jaxae import experiments, train
+from jaxae.experiments import tutorial
+from tests.imports import ROOT, outside_base
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +26,25 @@ def test_registry_and_unknown_name():
     assert list(experiments.EXPERIMENTS) == ["multiples", "offset", "noise", "overcomplete"]
     with pytest.raises(ValueError, match=r"experiment='nope' is invalid: allowed is one of multi"):
         experiments.get("nope")
+
+
+def test_every_experiment_comes_from_its_family_module():
+    for name, exp in experiments.EXPERIMENTS.items():
+        assert exp.name == name
+        family = importlib.import_module(f"jaxae.experiments.{exp.family}")
+        assert exp in family.EXPERIMENTS
+    assert experiments.FAMILIES[0] is tutorial
+    assert [e.family for e in experiments.EXPERIMENTS.values()] == ["tutorial"] * 4
+
+
+def test_a_name_registered_twice_raises():
+    with pytest.raises(ValueError, match="'noise' is registered twice"):
+        experiments._by_name([tutorial.NOISE, tutorial.OFFSET, tutorial.NOISE])
+
+
+def test_base_imports_no_family_and_no_registry():
+    path = ROOT / "jaxae" / "experiments" / "base.py"
+    assert outside_base(path, ("jaxae.experiments", "jaxae.report")) == set()
 
 
 @pytest.mark.parametrize(

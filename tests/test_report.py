@@ -8,6 +8,7 @@ real (a few epochs) to check the whole path end to end.
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import shutil
@@ -21,6 +22,8 @@ import pytest
 
 from jaxae import experiments, metrics, report, results
 from jaxae.experiments import ArmResult, RunOutput
+from jaxae.report import tutorial
+from tests.imports import ROOT, outside_base
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 N_SEEDS = 12
@@ -146,6 +149,7 @@ def test_report_numbers_come_from_metrics(root: Path, name: str) -> None:
     run_dir = root / name
     m = read_metrics(run_dir)
     text = (run_dir / report.REPORT).read_text()
+    assert m["family"] == experiments.get(name).family
     assert text.startswith(f"## {m['section']} {m['experiment']}\n")
     assert f"> {m['claim']}" in text
     assert f"{m['n_seeds']} seeds (base seed {m['seed']})" in text
@@ -273,6 +277,43 @@ def test_render_reproduction_links_resolve_from_root(root: Path, tmp_path: Path)
         assert f"| {m['n_seeds']} |" in row
         for label, a in m["arms"].items():
             assert f"{label}: {a['convergence_rate']:.2f}" in row
+
+
+def test_every_experiment_has_the_page_of_its_family() -> None:
+    assert set(report.PAGES) == set(experiments.EXPERIMENTS)
+    for name, exp in experiments.EXPERIMENTS.items():
+        family = importlib.import_module(f"jaxae.report.{exp.family}")
+        assert report.PAGES[name] is family.PAGES[name]
+    assert report.PAGES["offset"] is report.PAGES["noise"]  # one page for both sweeps
+
+
+def test_an_experiment_with_two_pages_raises() -> None:
+    with pytest.raises(ValueError, match="'multiples' has two report pages"):
+        report._by_experiment((tutorial, tutorial))
+
+
+def test_base_imports_no_family_and_no_registry() -> None:
+    path = ROOT / "jaxae" / "report" / "base.py"
+    assert outside_base(path, ("jaxae.experiments", "jaxae.report")) == set()
+
+
+def test_unknown_experiment_gets_the_generic_page(root: Path, tmp_path: Path) -> None:
+    """Whatever its metrics hold (here a sweep's), an unregistered experiment gets the loss
+    figure, the arm table and the convergence rates."""
+    run_dir = tmp_path / "custom"
+    shutil.copytree(root / "noise", run_dir)
+    shutil.rmtree(run_dir / report.FIGURES)
+    m = read_metrics(run_dir)
+    m["experiment"] = "aaa_custom"
+    results.write_json(run_dir / results.METRICS, m)
+    report.render_run(run_dir)
+    assert {p.name for p in (run_dir / report.FIGURES).iterdir()} == {"loss.png"}
+    text = (run_dir / report.REPORT).read_text()
+    assert links(text) == [f"{report.FIGURES}/loss.png"]
+    assert f"seeds (base seed {m['seed']}); arms: {', '.join(m['arms'])};" in text
+    assert "| arm | seeds | converged [95% CI] |" in text
+    rates = ", ".join(f"{label}: {a['convergence_rate']:.3f}" for label, a in m["arms"].items())
+    assert f"**Verdict.** Convergence rate per arm: {rates}." in text
 
 
 def test_missing_metrics_is_a_value_error(tmp_path: Path) -> None:

@@ -1,0 +1,628 @@
+"""The tutorial family's pages: the figures and texts of `multiples`, `offset`, `noise` and
+`overcomplete`.
+
+Besides the loss curves every report gets, each page draws:
+
+- `multiples`: `convergence.png`, convergence and dead units per initialiser;
+- `offset` and `noise` (one sweep page): `fvu_vs_hidden.png` and `convergence_vs_hidden.png`,
+  FVU and convergence per hidden size;
+- `overcomplete`: `similarity.png`, matched weight similarity across seeds vs. the control;
+- and all of them `weights.png`, encoder weights of the first seeds (when the checkpoint is there).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from jaxae.report.base import (
+    LOG_FLOOR,
+    LOG_RANGE,
+    Figure,
+    Metrics,
+    Page,
+    arm_colors,
+    clip_log,
+    count,
+    fmt,
+    fmt_rate,
+    has_params,
+    judge,
+    metrics_only,
+    num,
+    nums,
+    read_params,
+    save,
+    units,
+)
+
+# Seeds whose encoder weights `weights.png` shows.
+WEIGHT_SEEDS = 4
+
+# ----------------------------------------------------------------------------------------------
+# Figures
+
+
+def plot_fvu_vs_hidden(m: Metrics, path: Path) -> None:
+    """Per hidden size: FVU of every seed, median with 25-75% and 10-90% bars, and the PCA floor."""
+    arms = m["arms"]
+    labels = list(arms)
+    xs = np.arange(len(labels))
+    tol = num(m.get("reconstruction_tol"))
+    fvus = [nums(arms[label]["fvu"]) for label in labels]
+    floors = np.asarray([num(arms[label]["pca_floor_fvu"]) for label in labels])
+    q = {
+        k: np.asarray([num(arms[label]["fvu_quantiles"][k]) for label in labels])
+        for k in ("q10", "q25", "q50", "q75", "q90")
+    }
+    seeds = clip_log(np.concatenate([f[np.isfinite(f)] for f in fvus]))
+    shown_floors = floors[np.isfinite(floors) & (floors >= LOG_FLOOR)]
+    values = np.concatenate([seeds, shown_floors])
+    log = bool(values.size) and values.max() / values.min() > LOG_RANGE
+    fig, ax = plt.subplots(figsize=(9.5, 4.5), layout="constrained")
+    if log:
+        ax.set_yscale("log")
+        extent = np.concatenate([values, [tol] if math.isfinite(tol) else []])
+        bottom, top = extent.min() / 3, extent.max() * 3
+    else:
+        extent = np.concatenate([values, [0.0, tol] if math.isfinite(tol) else [0.0]])
+        pad = 0.05 * (extent.max() - extent.min() or 1.0)
+        bottom, top = extent.min() - pad, extent.max() + pad
+    ax.set_ylim(bottom, top)
+
+    def show(v: np.ndarray) -> np.ndarray:
+        return clip_log(v) if log else v
+
+    rng = np.random.default_rng(0)
+    for x, f in zip(xs, fvus, strict=True):
+        f = f[np.isfinite(f)]
+        jitter = rng.uniform(-0.18, 0.18, f.size)
+        ax.scatter(x + jitter, show(f), s=6, color="0.55", alpha=0.35, linewidths=0, zorder=1)
+    ax.vlines(xs, show(q["q10"]), show(q["q90"]), color="C0", linewidth=1.2, zorder=2)
+    ax.vlines(xs, show(q["q25"]), show(q["q75"]), color="C0", linewidth=5, alpha=0.6, zorder=2)
+    ax.scatter(
+        xs, show(q["q50"]), color="C0", edgecolor="white", s=40, zorder=3, label="median FVU"
+    )
+    ax.plot([], [], color="C0", linewidth=5, alpha=0.6, label="25-75% / 10-90% of seeds")
+    below = np.isfinite(floors) & (floors < bottom)
+    drawn = np.where(below, bottom, floors)
+    ax.plot(
+        xs,
+        drawn,
+        color="C3",
+        marker="_",
+        markersize=14,
+        linewidth=1.4,
+        zorder=4,
+        label="PCA floor (best rank-h linear)",
+        clip_on=False,
+    )
+    if below.any():
+        ax.scatter(
+            xs[below],
+            np.full(int(below.sum()), bottom),
+            marker="v",
+            color="C3",
+            s=60,
+            zorder=5,
+            clip_on=False,
+            label="PCA floor below the axis (see table)",
+        )
+    if math.isfinite(tol):
+        ax.axhline(
+            tol,
+            color="0.3",
+            linestyle="--",
+            linewidth=1,
+            label=f"reconstruction tol = {tol:g} (reconstructs below)",
+        )
+    if log:
+        ax.set_ylabel(f"FVU (log; values below {LOG_FLOOR:g} drawn at {LOG_FLOOR:g})")
+    else:
+        ax.set_ylabel("FVU")
+    ax.set_xticks(xs, labels)
+    ax.set_xlabel("hidden units")
+    ax.set_title(f"{m['section']} {m['experiment']}: FVU per hidden size ({m['n_seeds']} seeds)")
+    ax.grid(True, axis="y", which="major", alpha=0.3)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    save(fig, path)
+
+
+def plot_convergence_vs_hidden(m: Metrics, path: Path) -> None:
+    """Per hidden size: convergence and reconstruction rates with their 95% intervals."""
+    arms, analysis = m["arms"], m.get("analysis", {})
+    labels = list(arms)
+    xs = np.arange(len(labels))
+    fig, ax = plt.subplots(figsize=(9.5, 4.2), layout="constrained")
+    series = [
+        (
+            "converged (fvu <= floor + convergence tol)",
+            "convergence_rate",
+            "convergence_ci95",
+            "C0",
+            "o",
+            -0.12,
+        ),
+        (
+            "reconstructs (fvu <= reconstruction tol)",
+            "reconstruction_rate",
+            "reconstruction_ci95",
+            "C1",
+            "s",
+            0.12,
+        ),
+    ]
+    for name, key, ci_key, color, marker, dx in series:
+        rates = np.asarray([num(arms[label][key]) for label in labels])
+        cis = [analysis.get(label, {}).get(ci_key) or arms[label].get(ci_key) for label in labels]
+        if all(ci is not None for ci in cis):
+            lo = np.asarray([num(ci[0]) for ci in cis])
+            hi = np.asarray([num(ci[1]) for ci in cis])
+            yerr = np.vstack([np.maximum(rates - lo, 0), np.maximum(hi - rates, 0)])
+        else:
+            yerr = None
+        ax.errorbar(
+            xs + dx,
+            rates,
+            yerr=yerr,
+            fmt=marker,
+            color=color,
+            capsize=3,
+            markersize=6,
+            label=name + (" with 95% CI" if yerr is not None else ""),
+        )
+    ax.set_ylim(-0.04, 1.04)
+    ax.set_xlim(-0.6, len(labels) - 0.4)
+    ax.set_xticks(xs, labels)
+    ax.set_xlabel("hidden units")
+    ax.set_ylabel("share of seeds")
+    ax.set_title(
+        f"{m['section']} {m['experiment']}: convergence per hidden size ({m['n_seeds']} seeds)"
+    )
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    save(fig, path)
+
+
+def _share_panel(ax: Any, xs: np.ndarray, labels: list[str], ylabel: str, title: str) -> None:
+    """Axes, labels, legend and grid of a panel of shares (0 to 1) per initialiser."""
+    ax.set_ylim(0, 1.1)
+    ax.set_xticks(xs, labels)
+    ax.set_xlabel("init")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize="small", loc="upper right")
+    ax.grid(True, axis="y", alpha=0.3)
+
+
+def plot_convergence_init(m: Metrics, path: Path) -> None:
+    """Per initialiser: convergence rate with 95% CI; dead-unit shares at the end and at init."""
+    arms, analysis = m["arms"], m.get("analysis", {})
+    labels = list(arms)
+    xs = np.arange(len(labels))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, 4.2), layout="constrained")
+
+    rates = np.asarray([num(arms[label]["convergence_rate"]) for label in labels])
+    lo = np.asarray([num(arms[label]["convergence_ci95"][0]) for label in labels])
+    hi = np.asarray([num(arms[label]["convergence_ci95"][1]) for label in labels])
+    colors = [arm_colors(labels, ordered=False)[label] for label in labels]
+    left.bar(xs, rates, width=0.6, color=colors, alpha=0.8)
+    left.errorbar(
+        xs,
+        rates,
+        yerr=np.vstack([rates - lo, hi - rates]),
+        fmt="none",
+        ecolor="black",
+        capsize=5,
+        label="95% CI",
+    )
+    for x, label in zip(xs, labels, strict=True):
+        k, n = count(arms[label]["converged"])
+        left.annotate(
+            f"{k}/{n}",
+            (x, hi[x]),
+            textcoords="offset points",
+            xytext=(0, 4),
+            ha="center",
+            fontsize="small",
+        )
+    _share_panel(left, xs, labels, "share of seeds converged", "convergence rate")
+
+    bars = [
+        ("dead unit at the end", "dead_unit_fraction", "C3"),
+        ("dead unit at init", "dead_at_init_fraction", "C7"),
+    ]
+    width = 0.8 / (len(bars) + 1)
+    for i, (name, key, color) in enumerate(bars):
+        vals = [num(analysis.get(label, {}).get(key)) for label in labels]
+        right.bar(xs + (i - len(bars) / 2) * width, vals, width=width, color=color, label=name)
+    shares = []
+    for label in labels:
+        a = analysis.get(label, {})
+        failed = a.get("failed") or 0
+        shares.append(a.get("failed_with_dead_unit", 0) / failed if failed else float("nan"))
+    right.bar(
+        xs + width * len(bars) / 2,
+        shares,
+        width=width,
+        color="C1",
+        label="failed seeds with a dead unit (share of failed)",
+    )
+    _share_panel(right, xs, labels, "share of seeds", "dead hidden units")
+    fig.suptitle(f"{m['section']} {m['experiment']}: {m['n_seeds']} seeds per init")
+    save(fig, path)
+
+
+def plot_similarity(m: Metrics, path: Path) -> None:
+    """Histograms of matched similarity between seeds, with the control (same seed twice) marked."""
+    sim = m["cross_seed_similarity"]
+    control = m.get("analysis", {}).get("control_similarity", {})
+    names = list(sim)
+    fig, axes = plt.subplots(
+        1, len(names), figsize=(4.8 * len(names), 4.0), layout="constrained", squeeze=False
+    )
+    bins = np.linspace(-1, 1, 41)
+    for ax, name in zip(axes[0], names, strict=True):
+        values = nums(sim[name])
+        values = values[np.isfinite(values)]
+        ax.hist(
+            values, bins=bins, color="C0", alpha=0.8, label=f"different seeds ({values.size} pairs)"
+        )
+        ctrl = nums(control.get(name, []))
+        ctrl = ctrl[np.isfinite(ctrl)]
+        if ctrl.size:
+            for i, c in enumerate(ctrl):
+                ax.axvline(
+                    c,
+                    color="C3",
+                    linewidth=2,
+                    alpha=0.6,
+                    label=f"control: same seed twice ({ctrl.size} runs, min {ctrl.min():.3f})"
+                    if i == 0
+                    else None,
+                )
+        if values.size:
+            ax.axvline(
+                np.median(values),
+                color="black",
+                linestyle="--",
+                linewidth=1,
+                label=f"median {np.median(values):.3f}",
+            )
+        ax.set_xlim(-1.02, 1.02)
+        ax.set_xlabel("mean matched cosine similarity")
+        ax.set_ylabel("seed pairs")
+        ax.set_title(f"{name} weights")
+        ax.legend(fontsize="small", loc="upper left", framealpha=0.85)
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.35)  # room for the legend
+    fig.suptitle(f"{m['section']} {m['experiment']}: do different seeds learn the same units?")
+    save(fig, path)
+
+
+def _encoder_kernels(run_dir: Path, label: str, n_hidden: int) -> np.ndarray | None:
+    """Encoder kernels `[S, D, H]` of one arm (units past `n_hidden` dropped), if stored."""
+    tree = read_params(run_dir)
+    try:
+        kernel = tree[label]["params"]["encoder"]["kernel"]
+    except (KeyError, TypeError):
+        return None
+    return np.asarray(kernel)[:, :, :n_hidden]
+
+
+def plot_weights(m: Metrics, run_dir: Path, path: Path, *, label: str, phrase: str) -> bool:
+    """Encoder weights (features x units) of arm `label`'s first seeds side by side, titled with
+    `phrase` (how the text names the arm); False if not stored."""
+    kernels = _encoder_kernels(run_dir, label, int(m["arms"][label]["n_hidden"]))
+    if kernels is None or kernels.shape[0] == 0:
+        return False
+    n = min(WEIGHT_SEEDS, kernels.shape[0])
+    d, h = kernels.shape[1], kernels.shape[2]
+    cell = float(np.clip(5.0 / max(d, h), 0.02, 0.3))  # inches per matrix entry
+    panel_w, panel_h = max(h * cell + 0.8, 1.5), d * cell + 1.1
+    ncols = n if n * panel_w <= 10 else math.ceil(n / 2)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(ncols * panel_w + 1.4, nrows * panel_h + 0.4),
+        layout="constrained",
+        squeeze=False,
+    )
+    finite = kernels[:n][np.isfinite(kernels[:n])]
+    vmax = float(np.max(np.abs(finite))) if finite.size else 1.0
+    vmax = vmax if vmax > 0 else 1.0
+    image = None
+    for i, ax in enumerate(axes.flat):
+        if i >= n:
+            ax.set_axis_off()
+            continue
+        image = ax.imshow(
+            kernels[i], cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto", interpolation="nearest"
+        )
+        ax.set_title(f"seed {i}", fontsize="medium")
+        ax.set_xticks(range(h) if h <= 12 else np.linspace(0, h - 1, 5).round().astype(int))
+        ax.set_yticks(range(d) if d <= 12 else np.linspace(0, d - 1, 5).round().astype(int))
+        if i // ncols == nrows - 1 or i + ncols >= n:
+            ax.set_xlabel("hidden unit")
+        if i % ncols == 0:
+            ax.set_ylabel("input feature")
+        else:
+            ax.tick_params(labelleft=False)
+    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.9, label="weight")
+    fig.suptitle(f"encoder weights, {phrase}", fontsize="medium")
+    save(fig, path)
+    return True
+
+
+FVU_VS_HIDDEN = Figure(
+    name="fvu_vs_hidden.png",
+    alt="FVU per hidden size",
+    caption=(
+        "FVU per hidden size: every seed (grey dots), median (dot) with 25-75% (thick) and "
+        "10-90% (thin) of seeds, the PCA floor (red) and the reconstruction tolerance "
+        f"(dashed). On a log axis, FVU values below {LOG_FLOOR:g} (exact fits) are drawn "
+        f"at {LOG_FLOOR:g}, and a PCA floor below the axis (e.g. 0 for rank-deficient "
+        "data with enough units) is marked by a red triangle on its bottom edge."
+    ),
+    draw=metrics_only(plot_fvu_vs_hidden),
+)
+
+CONVERGENCE_VS_HIDDEN = Figure(
+    name="convergence_vs_hidden.png",
+    alt="convergence per hidden size",
+    caption=(
+        "Share of seeds that converged (reached the size's PCA floor + convergence "
+        "tol) and that reconstruct (FVU <= reconstruction tol), with 95% Wilson intervals."
+    ),
+    draw=metrics_only(plot_convergence_vs_hidden),
+)
+
+CONVERGENCE_INIT = Figure(
+    name="convergence.png",
+    alt="convergence per init",
+    caption=(
+        "Left: share of seeds converged per initialiser with its 95% Wilson interval. "
+        "Right: share of seeds whose hidden unit is dead (never active on any sample) "
+        "after training and at initialisation, and the share of failed seeds with a dead "
+        "unit."
+    ),
+    draw=metrics_only(plot_convergence_init),
+)
+
+SIMILARITY = Figure(
+    name="similarity.png",
+    alt="matched similarity across seeds",
+    caption=(
+        "Mean cosine similarity of hidden units after the best one-to-one matching, for "
+        "every pair of different seeds (histogram) and for each control seed against "
+        "itself trained a second time (red lines)."
+    ),
+    draw=metrics_only(plot_similarity),
+)
+
+
+def _weights(m: Metrics, run_dir: Path, label: str, phrase: str) -> list[Figure]:
+    """`weights.png` of arm `label` (named `phrase` in the text), if the checkpoint is there."""
+    if not has_params(run_dir):
+        return []
+    n = min(WEIGHT_SEEDS, len(m["arms"][label]["fvu"]))
+    return [
+        Figure(
+            name="weights.png",
+            alt="encoder weights",
+            caption=f"Encoder weight matrices (input features x hidden units) of seeds 0-{n - 1} "
+            f"({phrase}), on one symmetric colour scale.",
+            draw=functools.partial(plot_weights, label=label, phrase=phrase),
+        )
+    ]
+
+
+def _multiples_figures(m: Metrics, run_dir: Path) -> list[Figure]:
+    """Convergence per initialiser; the weights of the tutorial's own (first) initialiser."""
+    label = next(iter(m["arms"]))
+    return [CONVERGENCE_INIT, *_weights(m, run_dir, label, f"{label} init")]
+
+
+def _sweep_figures(m: Metrics, run_dir: Path) -> list[Figure]:
+    """FVU and convergence per hidden size; the weights of the largest size."""
+    arms = m["arms"]
+    label = max(arms, key=lambda label: arms[label]["n_hidden"])
+    return [
+        FVU_VS_HIDDEN,
+        CONVERGENCE_VS_HIDDEN,
+        *_weights(m, run_dir, label, units(arms[label]["n_hidden"])),
+    ]
+
+
+def _overcomplete_figures(m: Metrics, run_dir: Path) -> list[Figure]:
+    """Similarity across seeds; the weights of the main (first) arm, not of the control."""
+    label = next(iter(m["arms"]))
+    return [SIMILARITY, *_weights(m, run_dir, label, f"arm {label}")]
+
+
+# ----------------------------------------------------------------------------------------------
+# Text
+
+
+def _multiples_text(m: Metrics) -> tuple[list[str], str]:
+    """Failures and dead units per initialiser; verdict on the tutorial's initialiser."""
+    arms, analysis = m["arms"], m.get("analysis", {})
+    lines = ["Failures and dead units per initialiser:", ""]
+    for label, a in analysis.items():
+        if not isinstance(a, dict) or "failed" not in a:
+            continue
+        failed, with_dead = int(a["failed"]), int(a["failed_with_dead_unit"])
+        share = fmt_rate(with_dead / failed) if failed else "n/a"
+        loss_q = a.get("final_loss_quantiles_converged", {})
+        loss = (
+            f"; final loss of converged seeds: median {fmt(loss_q.get('q50'), '.3g')} "
+            f"(10-90%: {fmt(loss_q.get('q10'), '.3g')} to {fmt(loss_q.get('q90'), '.3g')})"
+            if math.isfinite(num(loss_q.get("q50")))
+            else "; no seed converged, so there is no converged final loss"
+        )
+        lines.append(
+            f"- **{label}**: {failed} of {len(arms[label]['converged'])} seeds failed to converge; "
+            f"{with_dead} of them ({share}) ended with a dead hidden unit (never active on any "
+            f"sample). Dead unit after training: {fmt_rate(a['dead_unit_fraction'])} of seeds; "
+            f"already dead at initialisation: {fmt_rate(a['dead_at_init_fraction'])}{loss}."
+        )
+    first = next(iter(arms))
+    rate = num(arms[first]["convergence_rate"])
+    parts = []
+    for label, a in arms.items():
+        k, n = count(a["converged"])
+        parts.append(f"{k}/{n} seeds with {label} init ({fmt_rate(a['convergence_rate'])})")
+    total_failed = sum(int(a.get("failed", 0)) for a in analysis.values() if isinstance(a, dict))
+    total_dead = sum(
+        int(a.get("failed_with_dead_unit", 0)) for a in analysis.values() if isinstance(a, dict)
+    )
+    dead = (
+        f" Of all failed seeds, {total_dead}/{total_failed} "
+        f"({fmt_rate(total_dead / total_failed)}) have a dead hidden unit."
+        if total_failed
+        else ""
+    )
+    verdict = (
+        f"With {units(m['arms'][first]['n_hidden'])} the run converged in "
+        f"{'; '.join(parts)}: with the tutorial's {first} initialisation the claim "
+        f"{judge(rate)}.{dead}"
+    )
+    return lines, verdict
+
+
+def _sweep_text(m: Metrics) -> tuple[list[str], str]:
+    """FVU beside the PCA floor per size; verdict: the smallest sizes that converge and
+    reconstruct, and whether any size below the input width reconstructs."""
+    arms, analysis = m["arms"], m.get("analysis", {})
+    sizes = sorted(arms, key=lambda label: arms[label]["n_hidden"])
+    lines = ["Per hidden size (FVU beside the PCA floor of that size):", ""]
+    for label in sizes:
+        a = arms[label]
+        an = analysis.get(label, {}) if isinstance(analysis.get(label), dict) else {}
+        dead = an.get("dead_units_mean")
+        lines.append(
+            f"- **{units(a['n_hidden'])}**: median FVU "
+            f"{fmt(a['fvu_quantiles']['q50'], '.3g')} vs "
+            f"PCA floor {fmt(a['pca_floor_fvu'], '.3g')}; converged "
+            f"{fmt_rate(a['convergence_rate'])}, reconstructs {fmt_rate(a['reconstruction_rate'])}"
+            + (f"; {fmt(dead, '.2f')} dead units per seed on average" if dead is not None else "")
+            + "."
+        )
+
+    def smallest(key: str) -> str | None:
+        for label in sizes:
+            if num(arms[label][key]) >= 0.5:
+                return label
+        return None
+
+    conv, recon = smallest("convergence_rate"), smallest("reconstruction_rate")
+    sentences = []
+    if conv is None:
+        sentences.append("No hidden size converges in at least half of the seeds.")
+    else:
+        sentences.append(
+            f"The smallest hidden size that converges in at least half of the seeds is "
+            f"{arms[conv]['n_hidden']} ({fmt_rate(arms[conv]['convergence_rate'])})."
+        )
+    if recon is None:
+        sentences.append(
+            "No hidden size reconstructs the data (FVU <= reconstruction tol) in half of the seeds."
+        )
+    else:
+        sentences.append(
+            f"The smallest that reconstructs the data in at least half of the seeds is "
+            f"{arms[recon]['n_hidden']} ({fmt_rate(arms[recon]['reconstruction_rate'])})."
+        )
+    n_features = m.get("config", {}).get("data", {}).get("n_features")
+    if n_features is not None:
+        below = [label for label in sizes if arms[label]["n_hidden"] < n_features]
+        any_recon = [label for label in below if count(arms[label]["reconstructs"])[0] > 0]
+        if below and not any_recon:
+            sentences.append(
+                f"No hidden size below the {n_features} input features reconstructs any seed."
+            )
+        elif any_recon:
+            listed = ", ".join(
+                f"{arms[label]['n_hidden']} ({count(arms[label]['reconstructs'])[0]}/"
+                f"{len(arms[label]['reconstructs'])})"
+                for label in any_recon
+            )
+            sentences.append(
+                f"Hidden sizes below the {n_features} input features that reconstruct at least "
+                f"one seed: {listed}."
+            )
+    return lines, " ".join(sentences)
+
+
+def _overcomplete_text(m: Metrics) -> tuple[list[str], str]:
+    """Matched similarity across seeds against the control; verdict: convergence and whether
+    the weights depend on the seed."""
+    analysis = m.get("analysis", {})
+    sim = m.get("cross_seed_similarity", {})
+    quant = analysis.get("similarity_quantiles", {})
+    control_min = analysis.get("control_min", {})
+    control = analysis.get("control_similarity", {})
+    pairs = analysis.get("pairs", len(next(iter(sim.values()), [])))
+    n_control = len(next(iter(control.values()), []))
+    lines = [
+        f"Matched similarity (mean cosine of hidden units after one-to-one matching) over "
+        f"{pairs} pairs of different seeds, against {n_control} control seeds each trained twice "
+        "with the same key:",
+        "",
+        "| weights | q10 | q25 | median | q75 | q90 | control min | pairs >= control min |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    reach_shares = []
+    for name, values in sim.items():
+        q = quant.get(name, {})
+        cmin = num(control_min.get(name))
+        v = nums(values)
+        v = v[np.isfinite(v)]
+        reach = int(np.sum(v >= cmin)) if math.isfinite(cmin) else 0
+        reach_shares.append(reach / v.size if v.size else float("nan"))
+        lines.append(
+            f"| {name} | "
+            + " | ".join(fmt(q.get(k), ".3f") for k in ("q10", "q25", "q50", "q75", "q90"))
+            + f" | {fmt(cmin, '.3f')} | {reach}/{v.size} |"
+        )
+    first = next(iter(m["arms"]))
+    a = m["arms"][first]
+    k, n = count(a["converged"])
+    medians = ", ".join(f"{fmt(quant.get(name, {}).get('q50'), '.3f')} ({name})" for name in sim)
+    mins = ", ".join(f"{fmt(control_min.get(name), '.3f')} ({name})" for name in sim)
+    same = all(math.isfinite(s) and s >= 0.5 for s in reach_shares) and reach_shares
+    conclusion = (
+        "most pairs of seeds end at the same units, so the weights do not depend on the seed"
+        if same
+        else "different seeds end at different weights"
+    )
+    verdict = (
+        f"{k}/{n} seeds of the {first} arm converged ({fmt_rate(a['convergence_rate'])}; the "
+        f"claim of always converging {judge(num(a['convergence_rate']))}). The median matched "
+        f"similarity between different seeds is {medians}, against a control minimum of {mins}: "
+        f"{conclusion}."
+    )
+    return lines, verdict
+
+
+# ----------------------------------------------------------------------------------------------
+# Pages
+
+MULTIPLES_PAGE = Page(figures=_multiples_figures, text=_multiples_text, arms_by="init")
+# offset and noise: one arm per hidden size
+SWEEP_PAGE = Page(
+    figures=_sweep_figures, text=_sweep_text, arms_by="hidden units", ordered_arms=True
+)
+OVERCOMPLETE_PAGE = Page(figures=_overcomplete_figures, text=_overcomplete_text)
+
+PAGES: dict[str, Page] = {
+    "multiples": MULTIPLES_PAGE,
+    "offset": SWEEP_PAGE,
+    "noise": SWEEP_PAGE,
+    "overcomplete": OVERCOMPLETE_PAGE,
+}
