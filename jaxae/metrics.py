@@ -181,9 +181,16 @@ def ground_truth_mcc(w_SxHxD: np.ndarray, atoms_MxD: np.ndarray) -> dict[str, np
     Each atom is matched to one unit (Hungarian, signed cosine, maximising the total; more units
     than atoms is fine, and with fewer the unmatched atoms score 0). Per seed: `gt_mcc`, the mean
     matched cosine over the atoms, and `recovered`, the share of atoms matched at cosine >=
-    `RECOVERED_COSINE`. `atom_cos_SxM` keeps every atom's matched cosine.
+    `RECOVERED_COSINE`. `atom_cos_SxM` keeps every atom's matched cosine. `atoms_MxD` may carry a
+    leading seed axis (a data set per seed).
     """
-    atom_cos_SxM = np.stack([matched_cosines(atoms_MxD, w_HxD)[0] for w_HxD in w_SxHxD])
+    atoms_SxMxD = np.broadcast_to(atoms_MxD, (len(w_SxHxD), *np.shape(atoms_MxD)[-2:]))
+    atom_cos_SxM = np.stack(
+        [
+            matched_cosines(a_MxD, w_HxD)[0]
+            for a_MxD, w_HxD in zip(atoms_SxMxD, w_SxHxD, strict=True)
+        ]
+    )
     return {
         "gt_mcc": atom_cos_SxM.mean(axis=-1),
         "recovered": (atom_cos_SxM >= RECOVERED_COSINE).mean(axis=-1),

@@ -35,6 +35,7 @@ from jaxae.experiments.base import (
 
 METRICS = "metrics.json"
 HISTORY = "history.npz"
+GROUND_TRUTH = "ground_truth.npy"  # the data's true dictionary (atoms_MxD), for data that has one
 PARAMS = "params"
 PROGRESS = "progress.json"
 STATE = "state"
@@ -181,6 +182,11 @@ def write_run(
         write_json(staging / METRICS, data)
         np.savez_compressed(staging / HISTORY, **_history_arrays(out.results))
         save_checkpoint(staging / PARAMS, {k: r.params for k, r in out.results.items()})
+        truth = next(
+            (r.ground_truth for r in out.results.values() if r.ground_truth is not None), None
+        )
+        if truth is not None:
+            np.save(staging / GROUND_TRUTH, truth, allow_pickle=False)
         if render is not None:
             render(staging)
         os.rename(staging, out_dir)  # fails rather than replace if out_dir appeared meanwhile

@@ -38,6 +38,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxae import metrics
 from jaxae.config import Config
+from jaxae.data import ground_truth as data_ground_truth
 from jaxae.data import make_data
 from jaxae.losses import total_loss
 from jaxae.model import Autoencoder, init_params, make_model
@@ -318,10 +319,23 @@ def shared_data(cfg: Config) -> jax.Array:
     return make_data(jax.random.key(cfg.data.seed), cfg.data)
 
 
+def _seed_data_key(key: jax.Array, cfg: Config) -> jax.Array:
+    return jax.random.fold_in(jax.random.key(cfg.data.seed), jax.random.key_data(key)[-1])
+
+
 def seed_data(key: jax.Array, cfg: Config) -> jax.Array:
     """A per-seed data set (`data.per_seed`): from `fold_in(key(data.seed), seed's key data)`."""
-    folded = jax.random.fold_in(jax.random.key(cfg.data.seed), jax.random.key_data(key)[-1])
-    return make_data(folded, cfg.data)
+    return make_data(_seed_data_key(key, cfg), cfg.data)
+
+
+def ground_truth(cfg: Config, keys: jax.Array | None = None) -> jax.Array | None:
+    """The true dictionary of the data set(s) trained on: `atoms_MxD` for shared data, one per
+    seed (`atoms_SxMxD`, for `keys`) with `data.per_seed`; None for data without one."""
+    if cfg.data.per_seed and keys is not None:
+        if data_ground_truth(jax.random.key(0), cfg.data) is None:
+            return None
+        return jax.vmap(lambda k: data_ground_truth(_seed_data_key(k, cfg), cfg.data))(keys)
+    return data_ground_truth(jax.random.key(cfg.data.seed), cfg.data)
 
 
 class Programs(NamedTuple):

@@ -1,10 +1,16 @@
 """What every family of experiments shares: arms, running them on many seeds, and evaluating them.
 
-An experiment is a tuple of `Arm`s (a label, a config, and optionally how many hidden units are in
-use) and an `analyse` function. Arms that share a config (a hidden-size sweep) are trained together
-in one compiled program: the model is built with the largest size and each arm masks the units it
-does not use. `run` trains every arm on the same seeds; `analyse` turns the per-seed figures into
-the answer to the experiment's claim.
+An experiment is a tuple of `Arm`s (a label, a config, optionally how many hidden units are in use
+and per-arm values of the settings that leave the program's shapes alone: k, rho, the sparsity
+weight, ...) and an `analyse` function. Arms that share a config (a sweep) are trained together in
+one compiled program: the model is built with the largest size and each arm masks the units it
+does not use, and each arm carries its own hyperparameters. `run` trains every arm on the same
+seeds, evaluates every arm (plus the experiment's own per-arm `measure`, e.g. agreement across
+seeds), and `analyse` turns the per-seed figures into the answer to the experiment's claim.
+
+Presets whose arms follow from the data (a width equal to the number of atoms, a k grid around the
+number of active atoms) give a `build(base) -> arms`; `with_overrides` then applies `--set` to the
+base config, rebuilds the arms, and applies `--set` again to every arm, so explicit settings win.
 
 The presets and their analyses live in one module per family (`tutorial`, ...), which builds on
 this module; this module knows no family and no registry.
@@ -31,10 +37,20 @@ class Arm:
     label: str
     config: Config
     n_active: int | None = None  # hidden units in use (None: all of config.model.n_hidden)
+    # Per-arm values of `train.Hyper` fields (("k", 2), ("sparsity_weight", 0.1), ...): arms of one
+    # config that differ only here share a program.
+    hyper: tuple[tuple[str, float], ...] = ()
 
     @property
     def n_hidden(self) -> int:
         return self.config.model.n_hidden if self.n_active is None else self.n_active
+
+    def value(self, name: str) -> float:
+        """The arm's value of a `train.Hyper` field: its own, else the config's."""
+        values = dict(self.hyper)
+        if name in values:
+            return values[name]
+        return float(getattr(train.Hyper.from_config(self.config, self.n_active), name))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +64,12 @@ class Experiment:
     claim: str
     arms: tuple[Arm, ...]
     analyse: Callable[[Experiment, dict[str, ArmResult]], dict[str, Any]]
-    arm_axis: str  # what distinguishes the arms, for metrics.json: "init", "n_hidden", "run"
+    arm_axis: str  # what distinguishes the arms, for metrics.json: "init", "n_hidden", "run", ...
+    # Figures of one arm beyond `ArmResult.summary` (they join it in metrics.json's `arms.<label>`).
+    measure: Callable[[ArmResult], dict[str, Any]] | None = None
+    # Arms built from a base config, so that `--set` on the data or width reaches every arm.
+    build: Callable[[Config], tuple[Arm, ...]] | None = None
+    base: Config | None = None
 
     @property
     def config(self) -> Config:
@@ -71,6 +92,9 @@ class ArmResult:
     convergence_tol: float
     reconstruction_tol: float
     x: np.ndarray
+    init_params: Any = None  # the same seeds' untrained weights: the chance level of agreement
+    ground_truth: np.ndarray | None = None  # the data's true dictionary `atoms_MxD`, if it has one
+    measures: dict[str, Any] = dataclasses.field(default_factory=dict)  # `Experiment.measure`
 
     @property
     def converged(self) -> np.ndarray:
@@ -89,8 +113,10 @@ class ArmResult:
         dead = metrics.dead_units(
             self.figures["unit_active_fraction"], np.full(n, self.arm.n_hidden)
         )
+        l0 = self.figures.get("l0", np.full(n, np.nan))
         return {
             "n_hidden": self.arm.n_hidden,
+            "hyper": dict(self.arm.hyper),
             "final_loss": self.figures["final_loss"].tolist(),
             "final_mse": self.figures["final_mse"].tolist(),
             "fvu": self.figures["fvu"].tolist(),
@@ -108,6 +134,9 @@ class ArmResult:
             "final_loss_quantiles_converged": metrics.quantiles(
                 self.figures["final_loss"][converged]
             ),
+            "l0": np.asarray(l0).tolist(),
+            "l0_quantiles": metrics.quantiles(l0),
+            **self.measures,
         }
 
 
@@ -151,16 +180,28 @@ def with_overrides(exp: Experiment, assignments: list[str]) -> Experiment:
     """
     if not assignments:
         return exp
+    built = exp.arms if exp.build is None else exp.build(override(exp.base, assignments))
     arms = []
-    for arm in exp.arms:
+    for arm in built:
         cfg = override(arm.config, assignments)
         if arm.n_active is not None and arm.n_active > cfg.model.n_hidden:
             raise ValueError(
                 f"model.n_hidden={cfg.model.n_hidden} is invalid: allowed is at least "
                 f"{arm.n_active}, the largest hidden size this experiment sweeps"
             )
+        k = dict(arm.hyper).get("k")
+        if k is not None and (cfg.model.k is None or k > cfg.model.k):
+            raise ValueError(
+                f"model.k={cfg.model.k} is invalid: allowed is at least {int(k)}, the largest k "
+                f"arm {arm.label!r} uses"
+            )
         arms.append(dataclasses.replace(arm, config=cfg))
     return dataclasses.replace(exp, arms=tuple(arms))
+
+
+def built(build: Callable[[Config], tuple[Arm, ...]], base: Config) -> dict[str, Any]:
+    """`Experiment` fields of a preset whose arms follow from a base config: `**built(fn, cfg)`."""
+    return {"arms": build(base), "build": build, "base": base}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -207,7 +248,7 @@ def group_layout(arms: list[Arm], n_seeds: int, seed: int) -> tuple[jax.Array, t
     A group of one arm gets `[S]` (no arm axis): a plain run, which is a few percent faster.
     """
     cfg = arms[0].config
-    per_arm = [train.Hyper.from_config(cfg, arm.n_hidden) for arm in arms]
+    per_arm = [train.Hyper.from_config(cfg, arm.n_hidden, **dict(arm.hyper)) for arm in arms]
     hyper_A = per_arm[0] if len(arms) == 1 else jax.tree.map(lambda *v: jnp.stack(v), *per_arm)
     hyper = jax.tree.map(lambda v: jnp.broadcast_to(v, (n_seeds, *v.shape)), hyper_A)
     return train.seed_keys(seed, n_seeds), hyper
@@ -262,7 +303,10 @@ def run(
             if not res.finished:
                 return RunOutput(exp, n_seeds, seed, done, None, timing)
             state, history, x = res.state, res.history_SxE, res.x
-        results.update(_evaluate_group(arms, cfg, keys, state, history, x, hyper))
+        group = _evaluate_group(arms, cfg, keys, state, history, x, hyper)
+        for r in group.values():
+            r.measures = {} if exp.measure is None else exp.measure(r)
+        results.update(group)
     timing["seed_steps_per_s"] = (
         timing["seed_steps"] / timing["train_s"] if timing["train_s"] > 0 else float("nan")
     )
@@ -289,8 +333,11 @@ def _evaluate_group(
         np.asarray(progs.evaluate(init_state, x)["unit_active_fraction"])[..., 0] == 0
     )
     if state.diverged.ndim == 1:  # a single-arm group runs without an arm axis: add it
-        state, figures = jax.tree.map(lambda v: v[:, None], (state, figures))
+        state, init_state, figures = jax.tree.map(
+            lambda v: v[:, None], (state, init_state, figures)
+        )
         history = history[:, None]
+    atoms = train.ground_truth(cfg, keys)
     x_np = np.asarray(x)
     floor_x = x_np[0] if cfg.data.per_seed else x_np
     out: dict[str, ArmResult] = {}
@@ -305,5 +352,7 @@ def _evaluate_group(
             convergence_tol=metrics.convergence_tol(floor_x, arm.n_hidden),
             reconstruction_tol=metrics.reconstruction_tol(floor_x),
             x=x_np,
+            init_params=jax.tree.map(lambda v, a=a: np.asarray(v[:, a]), init_state.params),
+            ground_truth=None if atoms is None else np.asarray(atoms),
         )
     return out
