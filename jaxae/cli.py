@@ -20,12 +20,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from jaxae import experiments, report, results
 
-DEFAULT_SEEDS = 256
 console = Console(stderr=True)
 
 
@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="the experiments, one line each")
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--seeds", type=int, default=None, help=f"seeds (default {DEFAULT_SEEDS})")
+        p.add_argument(
+            "--seeds", type=int, default=None, help="seeds (default: the experiment's, see list)"
+        )
         p.add_argument("--seed", type=int, default=0, help="base seed: seed i = fold_in(key(S), i)")
         p.add_argument("--out", type=Path, default=None, help="output directory (must not exist)")
 
@@ -156,12 +158,19 @@ def _print_summary(data: dict[str, Any], out_dir: Path) -> None:
     print(f"{data['experiment']} ({data['section']}): {data['n_seeds']} seeds -> {out_dir}")
     for label, arm in data["arms"].items():
         lo, hi = arm["convergence_ci95"]
-        print(
+        line = (
             f"  {data['arm_axis']}={label}: converged {arm['convergence_rate']:.3f} "
             f"[{lo:.3f}, {hi:.3f}]  reconstructs {arm['reconstruction_rate']:.3f}  "
             f"median fvu {arm['fvu_quantiles']['q50']:.3g} "
             f"(pca floor {arm['pca_floor_fvu']:.3g})  diverged {sum(arm['diverged'])}"
         )
+        for name in ("gt_mcc", "pw_mcc"):  # agreement figures, beside their chance level
+            if name in arm:
+                line += (
+                    f"  median {name} {np.median(arm[name]):.3f} "
+                    f"(chance {np.median(arm[name + '_null']):.3f})"
+                )
+        print(line)
     print(
         f"  compile {timing['compile_s']:.1f} s, train {timing['train_s']:.1f} s, "
         f"{timing['seed_steps_per_s']:,.0f} seed-steps/s"
@@ -170,7 +179,7 @@ def _print_summary(data: dict[str, Any], out_dir: Path) -> None:
 
 def cmd_list() -> int:
     for exp in experiments.EXPERIMENTS.values():
-        print(f"{exp.name:14s} {exp.section:5s} {exp.summary}")
+        print(f"{exp.name:13s} {exp.section:10s} {exp.default_seeds:4d} seeds  {exp.summary}")
     return 0
 
 
@@ -199,7 +208,7 @@ def cmd_run(args: argparse.Namespace, stop: StopFlag) -> int:
         if args.epochs is not None:
             overrides.append(f"train.epochs={args.epochs}")
         exp = _checked(lambda: experiments.with_overrides(experiments.get(args.name), overrides))
-        n_seeds = args.seeds or DEFAULT_SEEDS
+        n_seeds = args.seeds or exp.default_seeds
         seed = args.seed
         out_dir = args.out or Path("runs") / exp.name
         _checked(lambda: results.check_writable(out_dir))
@@ -218,8 +227,8 @@ def cmd_reproduce(args: argparse.Namespace, stop: StopFlag) -> int:
         _checked(lambda: results.check_writable(out_root))
     elif not out_root.exists():
         raise UsageError(f"--out={str(out_root)!r} is invalid with --resume: it does not exist")
-    n_seeds = args.seeds or DEFAULT_SEEDS
     for exp in experiments.EXPERIMENTS.values():
+        n_seeds = args.seeds or exp.default_seeds
         out_dir = out_root / exp.name
         if out_dir.exists():
             continue  # finished in an earlier, stopped reproduce

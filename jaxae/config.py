@@ -134,6 +134,9 @@ class LossConfig:
     aux_k: int = 0
     aux_weight: float = 1.0 / 32.0  # its coefficient (the paper's 1/32)
     dead_steps: int = 100  # a unit is dead after this many training steps without firing
+    # Resampling (Bricken et al. 2023, simplified): at the end of each epoch of the first half of
+    # training, every dead unit is re-aimed at the residual of a badly reconstructed sample.
+    resample_dead: bool = False
 
     def __post_init__(self) -> None:
         _one_of("loss.sparsity", self.sparsity, SPARSITIES)
@@ -146,6 +149,8 @@ class LossConfig:
             _fail("loss.aux_k", self.aux_k, "an integer >= 0 (0: no auxiliary loss)")
         _non_negative_float("loss.aux_weight", self.aux_weight)
         _positive_int("loss.dead_steps", self.dead_steps)
+        if not isinstance(self.resample_dead, bool):
+            _fail("loss.resample_dead", self.resample_dead, "true or false")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -146,12 +146,10 @@ def metrics_dict(out: RunOutput, analysis: dict[str, Any], overrides: list[str])
         "convergence_fraction": metrics.CONVERGENCE_FRACTION,
         **primary,
         "arms": {label: r.summary() for label, r in results.items()},
-        "analysis": {k: v for k, v in analysis.items() if k != "cross_seed_similarity"},
+        "analysis": analysis,
         "timing": out.timing,
         "versions": versions(),
     }
-    if "cross_seed_similarity" in analysis:
-        data["cross_seed_similarity"] = analysis["cross_seed_similarity"]
     return data
 
 

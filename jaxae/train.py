@@ -41,7 +41,7 @@ from jaxae.config import Config
 from jaxae.data import ground_truth as data_ground_truth
 from jaxae.data import make_data
 from jaxae.losses import total_loss
-from jaxae.model import Autoencoder, init_params, make_model
+from jaxae.model import Autoencoder, init_params, make_model, unit_rows
 from jaxae.optim import make_optimizer
 
 
@@ -248,6 +248,51 @@ def train_step(
     return state, loss
 
 
+def _column_norms(w_DxH: jax.Array, weight_H: jax.Array) -> jax.Array:
+    """The mean norm of the columns with weight 1 (1 if there are none)."""
+    norms_H = jnp.linalg.norm(w_DxH, axis=0)
+    total = jnp.sum(weight_H)
+    return jnp.where(total > 0, jnp.sum(norms_H * weight_H) / jnp.maximum(total, 1), 1.0)
+
+
+def resample_dead(
+    state: TrainState, x_NxD: jax.Array, *, model: Autoencoder, cfg: Config
+) -> TrainState:
+    """Re-aim every dead unit (no firing for `loss.dead_steps` steps) at a missing direction.
+
+    The n dead units take, in order, the residuals `x - x_hat` of the n worst-reconstructed samples
+    of the data set, normalised: the decoder row becomes that direction (at the mean norm of the
+    live rows), the encoder column the same direction at the live columns' mean norm, the encoder
+    bias 0, and the unit's dead count restarts. Adam's moments of a dead unit's weights have
+    already decayed (it had no gradient for `dead_steps` steps), so they are left as they are.
+    """
+    mask_H = hidden_mask(state.hyper.n_active, model.n_hidden)
+    dead_H = (state.since_fired >= cfg.loss.dead_steps) & (mask_H > 0)
+    live_H = ((~dead_H) & (mask_H > 0)).astype(jnp.float32)
+    x_hat_NxD, _ = model.apply(state.params, x_NxD, mask_H, state.hyper.k)
+    residual_NxD = x_NxD - x_hat_NxD
+    worst_H = lax.top_k(jnp.sum(jnp.square(residual_NxD), axis=-1), model.n_hidden)[1]
+    rank_H = jnp.cumsum(dead_H) - 1  # the i-th dead unit takes the i-th worst sample
+    direction_HxD = unit_rows(residual_NxD[worst_H[jnp.maximum(rank_H, 0)]])
+    p = state.params["params"]
+    encoder_DxH, decoder_HxD = p["encoder"]["kernel"], p["decoder"]["kernel"]
+    dead_1xH, dead_Hx1 = dead_H[None, :], dead_H[:, None]
+    encoder = {
+        "kernel": jnp.where(
+            dead_1xH, direction_HxD.T * _column_norms(encoder_DxH, live_H), encoder_DxH
+        ),
+        "bias": jnp.where(dead_H, 0.0, p["encoder"]["bias"]),
+    }
+    decoder = {
+        **p["decoder"],
+        "kernel": jnp.where(
+            dead_Hx1, direction_HxD * _column_norms(decoder_HxD.T, live_H), decoder_HxD
+        ),
+    }
+    params = {"params": {**p, "encoder": encoder, "decoder": decoder}}
+    return state.replace(params=params, since_fired=jnp.where(dead_H, 0, state.since_fired))
+
+
 def run_epochs(
     state: TrainState,
     x_NxD: jax.Array,
@@ -270,10 +315,17 @@ def run_epochs(
         step = jax.vmap(step, in_axes=(0, None))  # one shuffled batch, every arm's own step
     key = state.key[0] if arms else state.key  # arms share their seed's key
 
+    resample = functools.partial(resample_dead, x_NxD=x_NxD, model=model, cfg=cfg)
+    if arms:
+        resample = jax.vmap(resample)
+
     def one_epoch(state: TrainState, epoch_and_key: tuple) -> tuple[TrainState, jax.Array]:
         idx_KxB, w_KxB = epoch_batches(epoch_and_key[1], n, batch_size)
         state, loss_K = lax.scan(step, state, (idx_KxB, w_KxB))
-        return state, jnp.where(state.diverged, jnp.nan, jnp.mean(loss_K, axis=0))
+        loss = jnp.where(state.diverged, jnp.nan, jnp.mean(loss_K, axis=0))
+        if cfg.loss.resample_dead:
+            state = lax.cond(epoch_and_key[0] < cfg.train.epochs // 2, resample, lambda s: s, state)
+        return state, loss
 
     def guarded_epoch(state: TrainState, epoch_and_key: tuple) -> tuple[TrainState, jax.Array]:
         return lax.cond(

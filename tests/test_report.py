@@ -28,12 +28,14 @@ from tests.imports import ROOT, outside_base
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 N_SEEDS = 12
 EPOCHS = 20
-NAMES = ("multiples", "offset", "noise", "overcomplete")
+NAMES = ("multiples", "offset", "noise", "overcomplete", "sparse", "sparsity")
 EXPECTED_FIGURES = {
     "multiples": {"loss.png", "convergence.png", "weights.png"},
     "offset": {"loss.png", "fvu_vs_hidden.png", "convergence_vs_hidden.png", "weights.png"},
     "noise": {"loss.png", "fvu_vs_hidden.png", "convergence_vs_hidden.png", "weights.png"},
     "overcomplete": {"loss.png", "similarity.png", "weights.png"},
+    "sparse": {"loss.png", "agreement.png", "atoms.png", "tradeoff.png"},
+    "sparsity": {"loss.png", "agreement.png", "atoms.png", "tradeoff.png"},
 }
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 
@@ -56,12 +58,16 @@ def _fake_arm(arm: experiments.Arm, n: int, rng: np.random.Generator, index: int
     active[: n // 3, 0] = 0.0  # a dead unit in the first third of the seeds
     history = np.exp(-np.linspace(0, 3, EPOCHS))[None, :] * rng.uniform(0.5, 2.0, (n, 1))
     history[-1, EPOCHS // 2 :] = np.nan  # the diverged seed
-    params = {
-        "params": {
-            "encoder": {"kernel": rng.normal(size=(n, d, width)), "bias": np.zeros((n, width))},
-            "decoder": {"kernel": rng.normal(size=(n, width, d)), "bias": np.zeros((n, d))},
+    params, init_params = (
+        {
+            "params": {
+                "encoder": {"kernel": rng.normal(size=(n, d, width)), "bias": np.zeros((n, width))},
+                "decoder": {"kernel": rng.normal(size=(n, width, d)), "bias": np.zeros((n, d))},
+            }
         }
-    }
+        for _ in range(2)
+    )
+    atoms = rng.normal(size=(cfg.data.n_atoms, d)) if cfg.data.kind == "sparse" else None
     return ArmResult(
         arm=arm,
         params=params,
@@ -72,12 +78,15 @@ def _fake_arm(arm: experiments.Arm, n: int, rng: np.random.Generator, index: int
             "fvu": fvu,
             "unit_active_fraction": active,
             "dead_at_init": np.arange(n) < n // 4,
+            "l0": active.sum(axis=1),
         },
         diverged=diverged,
         pca_floor_fvu=floor,
         convergence_tol=0.01,
         reconstruction_tol=0.001,
         x=np.zeros((4, d), np.float32),
+        init_params=init_params,
+        ground_truth=atoms,
     )
 
 
@@ -92,6 +101,8 @@ def fake_run(out_dir: Path, name: str, n_seeds: int = N_SEEDS) -> dict[str, Any]
     if "control" in arm_results:  # the control repeats the same seeds: identical weights
         seeds, control = arm_results["seeds"], arm_results["control"]
         control.params = jax.tree.map(lambda v: v[: len(control.diverged)].copy(), seeds.params)
+    for r in arm_results.values():
+        r.measures = {} if exp.measure is None else exp.measure(r)
     timing = {"compile_s": 1.234, "train_s": 0.5678, "seed_steps_per_s": 123456.7}
     out = RunOutput(exp, n_seeds, 7, [], arm_results, timing)
     return results.write_run(
@@ -144,7 +155,10 @@ def test_report_links_are_relative_and_resolve(root: Path, name: str) -> None:
     assert text == report.report_markdown(run_dir)
 
 
-@pytest.mark.parametrize("name", NAMES)
+TUTORIAL = NAMES[:4]
+
+
+@pytest.mark.parametrize("name", TUTORIAL)
 def test_report_numbers_come_from_metrics(root: Path, name: str) -> None:
     run_dir = root / name
     m = read_metrics(run_dir)
@@ -189,13 +203,42 @@ def test_overcomplete_analysis_in_text(root: Path) -> None:
     m = read_metrics(root / "overcomplete")
     a = m["analysis"]
     text = (root / "overcomplete" / report.REPORT).read_text()
-    assert f"over {a['pairs']} pairs of different seeds" in text
-    for name, q in a["similarity_quantiles"].items():
-        row = next(line for line in text.splitlines() if line.startswith(f"| {name} |"))
-        for key in ("q10", "q25", "q50", "q75", "q90"):
-            assert f"{q[key]:.3f}" in row
-        assert f"| {a['control_min'][name]:.3f} |" in row
-    assert "different seeds end at different weights" in text
+    assert f"Agreement across {a['pairs']} pairs of seeds" in text
+    assert set(a["agreement"]) == {"seeds", "topk", "kl"}
+    for label, g in a["agreement"].items():
+        arm = m["arms"][label]
+        assert g["pw_mcc_median"] == pytest.approx(np.median(arm["pw_mcc"]))
+        assert g["pw_mcc_null_median"] == pytest.approx(np.median(arm["pw_mcc_null"]))
+        # the agreement table follows the arm table: its row is the arm's last
+        row = [line for line in text.splitlines() if line.startswith(f"| {label} |")][-1]
+        assert f"{g['pw_mcc_median']:.3f} ({g['pw_mcc_null_median']:.3f})" in row
+        assert f"{g['pw_mcc_encoder_median']:.3f} ({g['pw_mcc_encoder_null_median']:.3f})" in row
+    assert f"minimum of {a['control_min']['decoder']:.3f} (decoder)" in text
+    # random weights: nothing agrees beyond chance in the synthetic run
+    assert "neither the plain model nor its sparse versions" in text
+
+
+@pytest.mark.parametrize("name", ["sparse", "sparsity"])
+def test_sparse_report_numbers_come_from_metrics(root: Path, name: str) -> None:
+    m = read_metrics(root / name)
+    text = (root / name / report.REPORT).read_text()
+    stats, chosen = m["analysis"]["arms"], m["analysis"]["chosen"]
+    assert set(stats) == set(m["arms"])
+    for label, s in stats.items():
+        arm = m["arms"][label]
+        assert s["pw_mcc_median"] == pytest.approx(np.median(arm["pw_mcc"]))
+        assert s["gt_mcc_median"] == pytest.approx(np.median(arm["gt_mcc"]))
+        assert s["gt_share"] == pytest.approx(np.mean(np.asarray(arm["gt_mcc"]) >= 0.99))
+        row = next(line for line in text.splitlines() if line.startswith(f"| {label} |"))
+        assert f"{s['gt_mcc_median']:.3f} ({s['gt_mcc_null_median']:.3f})" in row
+        assert f"{s['pw_mcc_median']:.3f} ({s['pw_mcc_null_median']:.3f})" in row
+        assert ("| yes |" in row) == (label in chosen.values())
+    # the choice uses agreement across seeds only: the best median PW-MCC of each mechanism
+    for mech, label in chosen.items():
+        same = [lab for lab, s in stats.items() if s["mechanism"] == mech]
+        assert stats[label]["pw_mcc_median"] == max(stats[lab]["pw_mcc_median"] for lab in same)
+    assert "No mechanism reaches the cure" in text  # random weights recover nothing
+    assert "GT-MCC = the true atoms matched one-to-one" in text
 
 
 def test_sweep_verdict_follows_the_numbers(root: Path, tmp_path: Path) -> None:
@@ -275,8 +318,14 @@ def test_render_reproduction_links_resolve_from_root(root: Path, tmp_path: Path)
         m = read_metrics(repro / name)
         row = next(line for line in overview.splitlines() if line.startswith(f"| [{name}]("))
         assert f"| {m['n_seeds']} |" in row
-        for label, a in m["arms"].items():
-            assert f"{label}: {a['convergence_rate']:.2f}" in row
+        assert f"| {report.page_of(m).headline(m)} |" in row
+        if name in TUTORIAL:
+            for label, a in m["arms"].items():
+                assert f"{label}: {a['convergence_rate']:.2f}" in row
+        else:
+            for mech, label in m["analysis"]["chosen"].items():
+                s = m["analysis"]["arms"][label]
+                assert f"{mech}: GT {s['gt_share']:.2f}, PW {s['pw_share']:.2f}" in row
 
 
 def test_every_experiment_has_the_page_of_its_family() -> None:

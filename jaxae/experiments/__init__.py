@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from jaxae.experiments import tutorial
+from jaxae.experiments import sparse, tutorial
 from jaxae.experiments.base import (
     SIMILARITY_SEEDS,
     Arm,
@@ -18,6 +18,7 @@ from jaxae.experiments.base import (
     Experiment,
     GroupCheckpoint,
     RunOutput,
+    agreement,
     decoder_rows,
     encoder_rows,
     group_layout,
@@ -37,6 +38,7 @@ __all__ = [
     "Experiment",
     "GroupCheckpoint",
     "RunOutput",
+    "agreement",
     "decoder_rows",
     "encoder_rows",
     "get",
@@ -49,7 +51,7 @@ __all__ = [
 ]
 
 # The families, in the order their experiments are listed and reproduced: the tutorial's first.
-FAMILIES = (tutorial,)
+FAMILIES = (tutorial, sparse)
 
 
 def _by_name(experiments: Iterable[Experiment]) -> dict[str, Experiment]:

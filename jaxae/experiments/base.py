@@ -70,6 +70,7 @@ class Experiment:
     # Arms built from a base config, so that `--set` on the data or width reaches every arm.
     build: Callable[[Config], tuple[Arm, ...]] | None = None
     base: Config | None = None
+    default_seeds: int = 256  # seeds `jaxae run` and `jaxae reproduce` train without --seeds
 
     @property
     def config(self) -> Config:
@@ -170,6 +171,32 @@ def encoder_rows(params: Any) -> np.ndarray:
 def decoder_rows(params: Any) -> np.ndarray:
     """Decoder weights as one row per hidden unit: `w_SxHxD`."""
     return np.asarray(params["params"]["decoder"]["kernel"])
+
+
+def agreement(r: ArmResult) -> dict[str, Any]:
+    """Does this arm find the same units from every seed, and the true atoms if the data has them?
+
+    Per pair of the first `SIMILARITY_SEEDS` seeds (`metrics.seed_pairs` order): `pw_mcc`
+    (decoder directions matched one-to-one on signed cosine, mean matched cosine),
+    `pw_mcc_encoder`, and `shared` (share of units whose decoder and encoder both agree beyond
+    0.7), each beside its chance level `*_null`: the same figure between the same seeds' untrained
+    weights. With a ground truth, per seed: `gt_mcc` (the atoms matched to decoder directions, mean
+    cosine), `recovered` (share of atoms at cosine >= 0.9) and `gt_mcc_null` (the untrained
+    decoder's). Units past the arm's size are left out.
+    """
+    h = r.arm.n_hidden
+    m = min(len(r.diverged), SIMILARITY_SEEDS)
+    out: dict[str, Any] = {"pw_seeds": m}
+    for suffix, params in (("", r.params), ("_null", r.init_params)):
+        dec, enc = decoder_rows(params)[:, :h], encoder_rows(params)[:, :h]
+        for name, values in metrics.pairwise_mcc(dec[:m], enc[:m]).items():
+            out[name + suffix] = values.tolist()
+        if r.ground_truth is not None:
+            g = metrics.ground_truth_mcc(dec, r.ground_truth)
+            out["gt_mcc" + suffix] = g["gt_mcc"].tolist()
+            if not suffix:
+                out["recovered"] = g["recovered"].tolist()
+    return out
 
 
 def with_overrides(exp: Experiment, assignments: list[str]) -> Experiment:

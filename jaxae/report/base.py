@@ -289,6 +289,31 @@ def arm_table(m: Metrics, arm_name: str) -> list[str]:
     return lines
 
 
+def convergence_definitions(m: Metrics) -> str:
+    """FVU, PCA floor, converged, reconstructs, dead and diverged, with the run's tolerances."""
+    tol = num(m.get("reconstruction_tol"))
+    fraction = num(m.get("convergence_fraction"))
+    return (
+        "Definitions: FVU (fraction of variance unexplained) = sum of squared reconstruction "
+        "errors / sum of squared deviations from the feature means (0 perfect, 1 = predicting "
+        "the mean); "
+        "PCA floor = FVU of the best rank-h affine reconstruction (a lower bound for h hidden "
+        "units with a linear decoder); converged = FVU <= PCA floor + convergence tol, where the "
+        f"tol is {fmt(fraction, 'g')} x the variance share of the weakest principal component "
+        "the arm's units must capture (so a seed converges only if it uses all of them); "
+        f"reconstructs = FVU <= {fmt(tol, 'g')} (the same rule with every principal direction "
+        "of the data needed); a dead unit is never active on any sample; a diverged seed hit a "
+        "non-finite loss."
+    )
+
+
+def convergence_headline(m: Metrics) -> str:
+    """The convergence rate of every arm."""
+    return ", ".join(
+        f"{label}: {fmt(a['convergence_rate'], '.2f')}" for label, a in m["arms"].items()
+    )
+
+
 def no_figures(m: Metrics, run_dir: Path) -> list[Figure]:
     """The figures of a page that has none of its own."""
     return []
@@ -314,6 +339,10 @@ class Page:
     ordered_arms: bool = False
     # table(m, arm_name): the table under "Measured"
     table: Callable[[Metrics, str], list[str]] = arm_table
+    # definitions(m): the paragraph that defines the table's terms
+    definitions: Callable[[Metrics], str] = convergence_definitions
+    # headline(m): the run in one line of the reproduction's overview table
+    headline: Callable[[Metrics], str] = convergence_headline
 
     @property
     def arm_name(self) -> str:
@@ -367,10 +396,8 @@ def _setting(m: Metrics) -> str:
     return setting
 
 
-def _footer(m: Metrics) -> list[str]:
+def _footer(m: Metrics, page: Page) -> list[str]:
     """Timing, versions and the definitions of the table's terms."""
-    tol = num(m.get("reconstruction_tol"))
-    fraction = num(m.get("convergence_fraction"))
     timing = m.get("timing", {})
     versions = m.get("versions", {})
     device = versions.get("device_kind")
@@ -385,16 +412,7 @@ def _footer(m: Metrics) -> list[str]:
             else "."
         ),
         "",
-        "Definitions: FVU (fraction of variance unexplained) = sum of squared reconstruction "
-        "errors / sum of squared deviations from the feature means (0 perfect, 1 = predicting "
-        "the mean); "
-        "PCA floor = FVU of the best rank-h affine reconstruction (a lower bound for h hidden "
-        "units with a linear decoder); converged = FVU <= PCA floor + convergence tol, where the "
-        f"tol is {fmt(fraction, 'g')} x the variance share of the weakest principal component "
-        "the arm's units must capture (so a seed converges only if it uses all of them); "
-        f"reconstructs = FVU <= {fmt(tol, 'g')} (the same rule with every principal direction "
-        "of the data needed); a dead unit is never active on any sample; a diverged seed hit a "
-        "non-finite loss.",
+        page.definitions(m),
         "",
     ]
 
@@ -429,7 +447,7 @@ def page_markdown(m: Metrics, run_dir: Path, page: Page) -> str:
         lines += ["### Figures", ""]
         for figure in plan:
             lines += [f"![{figure.alt}]({FIGURES}/{figure.name})", "", f"*{figure.caption}*", ""]
-    lines += _footer(m)
+    lines += _footer(m, page)
     return "\n".join(lines)
 
 
@@ -485,17 +503,14 @@ def reproduction_markdown(runs: list[tuple[Path, Metrics, Page]]) -> str:
         "",
         "One run directory per experiment; every number below is read from its metrics.json.",
         "",
-        "| experiment | section | seeds | arms by | convergence rate per arm |",
+        "| experiment | section | seeds | arms by | result per arm |",
         "|---|---|---|---|---|",
     ]
     sections = []
     for run_dir, m, page in runs:
-        rates = ", ".join(
-            f"{label}: {fmt(a['convergence_rate'], '.2f')}" for label, a in m["arms"].items()
-        )
         lines.append(
             f"| [{m['experiment']}]({run_dir.name}/{REPORT}) | {m['section']} | {m['n_seeds']} | "
-            f"{page.arm_name} | {rates} |"
+            f"{page.arm_name} | {page.headline(m)} |"
         )
         sections.append(relink((run_dir / REPORT).read_text(), run_dir.name))
     lines.append("")

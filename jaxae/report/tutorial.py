@@ -259,48 +259,46 @@ def plot_convergence_init(m: Metrics, path: Path) -> None:
 
 
 def plot_similarity(m: Metrics, path: Path) -> None:
-    """Histograms of matched similarity between seeds, with the control (same seed twice) marked."""
-    sim = m["cross_seed_similarity"]
-    control = m.get("analysis", {}).get("control_similarity", {})
-    names = list(sim)
+    """Per arm (columns) and layer (rows): PW-MCC of every pair of seeds against its chance level
+    (the same pairs' untrained weights), and the control (same seed trained twice)."""
+    control_min = m.get("analysis", {}).get("control_min", {})
+    labels = [label for label in m["arms"] if label != "control" and "pw_mcc" in m["arms"][label]]
+    layers = [("decoder", "pw_mcc"), ("encoder", "pw_mcc_encoder")]
     fig, axes = plt.subplots(
-        1, len(names), figsize=(4.8 * len(names), 4.0), layout="constrained", squeeze=False
+        len(layers),
+        len(labels),
+        figsize=(3.6 * len(labels) + 0.6, 3.0 * len(layers) + 0.6),
+        layout="constrained",
+        squeeze=False,
+        sharex=True,
     )
-    bins = np.linspace(-1, 1, 41)
-    for ax, name in zip(axes[0], names, strict=True):
-        values = nums(sim[name])
-        values = values[np.isfinite(values)]
-        ax.hist(
-            values, bins=bins, color="C0", alpha=0.8, label=f"different seeds ({values.size} pairs)"
-        )
-        ctrl = nums(control.get(name, []))
-        ctrl = ctrl[np.isfinite(ctrl)]
-        if ctrl.size:
-            for i, c in enumerate(ctrl):
+    bins = np.linspace(-0.2, 1.0, 49)
+    for col, label in enumerate(labels):
+        arm = m["arms"][label]
+        for row, (layer, key) in enumerate(layers):
+            ax = axes[row, col]
+            values, null = nums(arm[key]), nums(arm[key + "_null"])
+            ax.hist(null, bins=bins, color="0.6", alpha=0.7, label="chance: untrained weights")
+            ax.hist(values, bins=bins, color=f"C{col}", alpha=0.75, label="trained")
+            ax.axvline(np.median(values), color="black", linestyle="--", linewidth=1)
+            if math.isfinite(num(control_min.get(layer))):
                 ax.axvline(
-                    c,
+                    num(control_min[layer]),
                     color="C3",
-                    linewidth=2,
-                    alpha=0.6,
-                    label=f"control: same seed twice ({ctrl.size} runs, min {ctrl.min():.3f})"
-                    if i == 0
-                    else None,
+                    linewidth=1.5,
+                    label="control min (same seed twice)",
                 )
-        if values.size:
-            ax.axvline(
-                np.median(values),
-                color="black",
-                linestyle="--",
-                linewidth=1,
-                label=f"median {np.median(values):.3f}",
-            )
-        ax.set_xlim(-1.02, 1.02)
-        ax.set_xlabel("mean matched cosine similarity")
-        ax.set_ylabel("seed pairs")
-        ax.set_title(f"{name} weights")
-        ax.legend(fontsize="small", loc="upper left", framealpha=0.85)
-        ax.set_ylim(0, ax.get_ylim()[1] * 1.35)  # room for the legend
-    fig.suptitle(f"{m['section']} {m['experiment']}: do different seeds learn the same units?")
+            ax.set_title(f"{label}: {layer}", fontsize="medium")
+            if col == 0:
+                ax.set_ylabel("seed pairs")
+            if row == len(layers) - 1:
+                ax.set_xlabel("PW-MCC (mean matched cosine)")
+            ax.grid(True, axis="y", alpha=0.3)
+    axes[0, 0].legend(fontsize="small", loc="upper left")
+    fig.suptitle(
+        f"{m['section']} {m['experiment']}: do different seeds learn the same units? "
+        f"({len(nums(m['arms'][labels[0]]['pw_mcc']))} pairs per arm)"
+    )
     save(fig, path)
 
 
@@ -396,11 +394,12 @@ CONVERGENCE_INIT = Figure(
 
 SIMILARITY = Figure(
     name="similarity.png",
-    alt="matched similarity across seeds",
+    alt="PW-MCC across seeds against chance",
     caption=(
-        "Mean cosine similarity of hidden units after the best one-to-one matching, for "
-        "every pair of different seeds (histogram) and for each control seed against "
-        "itself trained a second time (red lines)."
+        "PW-MCC (mean signed cosine of hidden units after the best one-to-one matching) of "
+        "every pair of seeds, per arm, for the decoder (top) and the encoder (bottom): trained "
+        "(colour, dashed line = median) against the same pairs' untrained weights (grey, the "
+        "chance level); red line: the control minimum (each seed against itself trained twice)."
     ),
     draw=metrics_only(plot_similarity),
 )
@@ -560,52 +559,61 @@ def _sweep_text(m: Metrics) -> tuple[list[str], str]:
 
 
 def _overcomplete_text(m: Metrics) -> tuple[list[str], str]:
-    """Matched similarity across seeds against the control; verdict: convergence and whether
-    the weights depend on the seed."""
+    """PW-MCC per arm against its chance level; verdict: convergence, and whether any arm's seeds
+    agree beyond chance."""
     analysis = m.get("analysis", {})
-    sim = m.get("cross_seed_similarity", {})
-    quant = analysis.get("similarity_quantiles", {})
+    agreement = analysis.get("agreement", {})
     control_min = analysis.get("control_min", {})
-    control = analysis.get("control_similarity", {})
-    pairs = analysis.get("pairs", len(next(iter(sim.values()), [])))
-    n_control = len(next(iter(control.values()), []))
     lines = [
-        f"Matched similarity (mean cosine of hidden units after one-to-one matching) over "
-        f"{pairs} pairs of different seeds, against {n_control} control seeds each trained twice "
-        "with the same key:",
+        f"Agreement across {analysis.get('pairs', '?')} pairs of seeds: PW-MCC, the mean cosine "
+        "of hidden units after the best one-to-one matching (signed), beside its chance level, "
+        "the same figure for the same pairs' untrained weights; 'above chance' is the share of "
+        "pairs beyond the 95th percentile of chance.",
         "",
-        "| weights | q10 | q25 | median | q75 | q90 | control min | pairs >= control min |",
-        "|---|---|---|---|---|---|---|---|",
+        "| arm | converged | median L0 | decoder PW-MCC (chance) | above chance | "
+        "encoder PW-MCC (chance) | above chance |",
+        "|---|---|---|---|---|---|---|",
     ]
-    reach_shares = []
-    for name, values in sim.items():
-        q = quant.get(name, {})
-        cmin = num(control_min.get(name))
-        v = nums(values)
-        v = v[np.isfinite(v)]
-        reach = int(np.sum(v >= cmin)) if math.isfinite(cmin) else 0
-        reach_shares.append(reach / v.size if v.size else float("nan"))
+    for label, a in agreement.items():
         lines.append(
-            f"| {name} | "
-            + " | ".join(fmt(q.get(k), ".3f") for k in ("q10", "q25", "q50", "q75", "q90"))
-            + f" | {fmt(cmin, '.3f')} | {reach}/{v.size} |"
+            f"| {label} | {fmt_rate(a['convergence_rate'])} | {fmt(a['l0_median'], '.2f')} | "
+            f"{fmt(a['pw_mcc_median'], '.3f')} ({fmt(a['pw_mcc_null_median'], '.3f')}) | "
+            f"{fmt(a['above_chance'], '.2f')} | {fmt(a['pw_mcc_encoder_median'], '.3f')} "
+            f"({fmt(a['pw_mcc_encoder_null_median'], '.3f')}) | "
+            f"{fmt(a['above_chance_encoder'], '.2f')} |"
         )
+    lines += [
+        "",
+        "Determinism check: every seed trained a second time with the same key matches itself "
+        f"at a minimum of {fmt(control_min.get('decoder'), '.3f')} (decoder) and "
+        f"{fmt(control_min.get('encoder'), '.3f')} (encoder).",
+    ]
     first = next(iter(m["arms"]))
     a = m["arms"][first]
     k, n = count(a["converged"])
-    medians = ", ".join(f"{fmt(quant.get(name, {}).get('q50'), '.3f')} ({name})" for name in sim)
-    mins = ", ".join(f"{fmt(control_min.get(name), '.3f')} ({name})" for name in sim)
-    same = all(math.isfinite(s) and s >= 0.5 for s in reach_shares) and reach_shares
-    conclusion = (
-        "most pairs of seeds end at the same units, so the weights do not depend on the seed"
-        if same
-        else "different seeds end at different weights"
-    )
+    parts = []
+    for label, g in agreement.items():
+        gap = num(g["pw_mcc_median"]) - num(g["pw_mcc_null_median"])
+        agree = num(g["pw_mcc_median"]) >= 0.9
+        parts.append(
+            f"{label}: median PW-MCC {fmt(g['pw_mcc_median'], '.3f')} against chance "
+            f"{fmt(g['pw_mcc_null_median'], '.3f')} ("
+            + ("the seeds find the same units" if agree else f"{gap:+.3f} over chance")
+            + ")"
+        )
+    any_agree = any(num(g["pw_mcc_median"]) >= 0.9 for g in agreement.values())
     verdict = (
         f"{k}/{n} seeds of the {first} arm converged ({fmt_rate(a['convergence_rate'])}; the "
-        f"claim of always converging {judge(num(a['convergence_rate']))}). The median matched "
-        f"similarity between different seeds is {medians}, against a control minimum of {mins}: "
-        f"{conclusion}."
+        f"claim of always converging {judge(num(a['convergence_rate']))}). "
+        + "; ".join(parts)
+        + ". "
+        + (
+            "Sparsity makes the seeds agree on these data."
+            if any_agree
+            else "On isotropic Gaussian data there are no features to find: neither the plain "
+            "model nor its sparse versions make different seeds learn the same units, though "
+            "they end above chance."
+        )
     )
     return lines, verdict
 
