@@ -47,6 +47,18 @@ def test_list_names_every_experiment(capsys):
         (["run"], "experiment name"),
         (["run", "--resume", "/nonexistent/run"], "--resume='/nonexistent/run'"),
         (["frobnicate"], "frobnicate"),
+        (["run", "sparse", "--set", "data.active=40"], "data.active=40"),
+        (["run", "sparse", "--set", "data.n_atoms=0"], "data.n_atoms=0"),
+        (["run", "sparse", "--set", "data.magnitude=normal"], "data.magnitude='normal'"),
+        (["run", "sparse", "--set", "data.noise=-1"], "data.noise=-1.0"),
+        (["run", "sparse", "--set", "loss.aux_k=-1"], "loss.aux_k=-1"),
+        (["run", "sparse", "--set", "loss.dead_steps=0"], "loss.dead_steps=0"),
+        (["run", "sparse", "--set", "loss.aux_weight=-2"], "loss.aux_weight=-2.0"),
+        (["run", "sparse", "--set", "loss.resample_dead=maybe"], "loss.resample_dead"),
+        (["run", "sparse", "--set", "model.unit_norm_decoder=2"], "model.unit_norm_decoder"),
+        (["run", "sparse", "--set", "model.tied_init=x"], "model.tied_init"),
+        (["run", "sparse", "--set", "model.pre_bias=x"], "model.pre_bias"),
+        (["run", "sparse", "--set", "model.k=2"], "model.k=2"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, names):
@@ -69,6 +81,26 @@ def test_console_script_exits_2_without_traceback(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "jaxae: error: model.k=3 is invalid: allowed is None unless model.activation is 'topk'"
     ]
+
+
+def test_tiny_sparse_run_end_to_end(capsys, tmp_path):
+    out_dir = tmp_path / "s"
+    sizes = ["data.n_samples=128", "data.n_atoms=6", "data.n_features=3", "model.n_hidden=6"]
+    argv = ["run", "sparse", "--seeds", "3", "--epochs", "2", "--out", str(out_dir)]
+    code, out, _ = _main(capsys, *argv, *(a for s in sizes for a in ("--set", s)))
+    assert code == 0 and "median gt_mcc" in out
+    data = json.loads((out_dir / "metrics.json").read_text())
+    assert data["family"] == "sparse" and data["n_seeds"] == 3
+    for label, arm in data["arms"].items():
+        for key in ("gt_mcc", "gt_mcc_null", "fvu", "l0"):
+            assert len(arm[key]) == 3, (label, key)
+        for key in ("pw_mcc", "pw_mcc_null"):
+            assert len(arm[key]) == 3, (label, key)  # 3 pairs of 3 seeds
+    atoms = np.load(out_dir / results.GROUND_TRUTH)
+    assert atoms.shape == (6, 3)
+    np.testing.assert_allclose(np.linalg.norm(atoms, axis=1), 1.0, rtol=1e-5)
+    assert data["analysis"]["chosen"]["topk"] in data["arms"]
+    assert (out_dir / "report.md").is_file() and (out_dir / "figures" / "tradeoff.png").is_file()
 
 
 def test_run_writes_the_contract_and_never_overwrites(capsys, tmp_path):

@@ -130,6 +130,32 @@ INVALID = [
     invalid(
         "model.k", 2.0, "an integer in 1..4", model={"n_hidden": 4, "activation": "topk", "k": 2.0}
     ),
+    # the sparse data set and the sparse-autoencoder options
+    *(
+        invalid(f"data.{name}", v, "a positive integer", data={name: v})
+        for name in ("n_atoms", "active")
+        for v in (0, -2, 1.5)
+    ),
+    invalid("data.active", 5, "at most data.n_atoms=4", data={"n_atoms": 4, "active": 5}),
+    invalid("data.magnitude", "normal", "'halfnormal', 'uniform'", data={"magnitude": "normal"}),
+    invalid("data.noise", -0.1, "a finite number >= 0", data={"noise": -0.1}),
+    invalid("data.noise", float("inf"), "a finite number >= 0", data={"noise": float("inf")}),
+    *(
+        invalid(f"model.{name}", "yes", "true or false", model={name: "yes"})
+        for name in ("unit_norm_decoder", "pre_bias", "tied_init")
+    ),
+    invalid("loss.aux_k", -1, "an integer >= 0", loss={"aux_k": -1}),
+    invalid("loss.aux_k", 2, "0 unless model.activation is 'topk'", loss={"aux_k": 2}),
+    invalid(
+        "loss.aux_k",
+        9,
+        "at most model.n_hidden=8",
+        model={"n_hidden": 8, "activation": "topk", "k": 2},
+        loss={"aux_k": 9},
+    ),
+    invalid("loss.aux_weight", -1.0, "a finite number >= 0", loss={"aux_weight": -1.0}),
+    invalid("loss.dead_steps", 0, "a positive integer", loss={"dead_steps": 0}),
+    invalid("loss.resample_dead", 1, "true or false", loss={"resample_dead": 1}),
 ]
 
 

@@ -3,6 +3,7 @@ arms trained together stay independent."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 
 import chex
@@ -23,7 +24,14 @@ def offset_run() -> experiments.RunOutput:
 
 
 def test_registry_and_unknown_name():
-    assert list(experiments.EXPERIMENTS) == ["multiples", "offset", "noise", "overcomplete"]
+    assert list(experiments.EXPERIMENTS)[:6] == [
+        "multiples",
+        "offset",
+        "noise",
+        "overcomplete",
+        "sparse",
+        "sparsity",
+    ]
     with pytest.raises(ValueError, match=r"experiment='nope' is invalid: allowed is one of multi"):
         experiments.get("nope")
 
@@ -34,7 +42,8 @@ def test_every_experiment_comes_from_its_family_module():
         family = importlib.import_module(f"jaxae.experiments.{exp.family}")
         assert exp in family.EXPERIMENTS
     assert experiments.FAMILIES[0] is tutorial
-    assert [e.family for e in experiments.EXPERIMENTS.values()] == ["tutorial"] * 4
+    families = [e.family for e in experiments.EXPERIMENTS.values()]
+    assert families[:6] == ["tutorial"] * 4 + ["sparse"] * 2
 
 
 def test_a_name_registered_twice_raises():
@@ -48,7 +57,7 @@ def test_base_imports_no_family_and_no_registry():
 
 
 @pytest.mark.parametrize(
-    ("name", "n_groups"), [("multiples", 2), ("offset", 1), ("noise", 1), ("overcomplete", 1)]
+    ("name", "n_groups"), [("multiples", 2), ("offset", 1), ("noise", 1), ("overcomplete", 3)]
 )
 def test_sweeps_share_one_program(name, n_groups):
     assert len(experiments.groups_of(experiments.get(name))) == n_groups
@@ -97,14 +106,117 @@ def test_sweep_analysis_reports_every_size(offset_run):
     assert floors[0] > 1e-4 and max(floors[1:]) < 1e-12  # the data have rank 2
 
 
-def test_overcomplete_control_is_identical():
+def test_overcomplete_control_is_identical_and_agreement_has_its_chance_level():
     exp = experiments.with_overrides(experiments.get("overcomplete"), ["train.epochs=2"])
     out = experiments.run(exp, 3)
     analysis = exp.analyse(exp, out.results)
     assert analysis["pairs"] == 3
     for part in ("encoder", "decoder"):
-        assert len(analysis["cross_seed_similarity"][part]) == 3
         np.testing.assert_allclose(analysis["control_similarity"][part], 1.0, atol=1e-6)
+    assert set(analysis["agreement"]) == {"seeds", "topk", "kl"}
+    for label, r in out.results.items():
+        for key in ("pw_mcc", "pw_mcc_null", "pw_mcc_encoder", "shared", "shared_null"):
+            assert len(r.measures[key]) == 3, (label, key)
+        assert "gt_mcc" not in r.measures  # Gaussian data: no ground truth
+    # the chance level is the untrained weights' agreement: the same for every arm of these seeds
+    # whose models start alike (relu and top-k share the initialiser)
+    np.testing.assert_allclose(
+        out.results["seeds"].measures["pw_mcc_null"], out.results["topk"].measures["pw_mcc_null"]
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# The sparse family
+
+
+def test_sparse_presets_one_program_per_mechanism():
+    sparse = experiments.get("sparse")
+    groups = experiments.groups_of(sparse)
+    assert [g[0].label.split()[0] for g in groups] == ["relu", "topk", "topk_auxk", "kl", "l1"]
+    assert [a.label for a in groups[1]] == ["topk k=2", "topk k=3", "topk k=4"]
+    for arms in groups:
+        assert len({a.config for a in arms}) == 1
+        assert all(a.config.model.n_hidden == a.config.data.n_atoms for a in arms)
+    assert len(experiments.groups_of(experiments.get("sparsity"))) == 4
+    assert sparse.default_seeds == 64
+
+
+def test_sparse_overrides_reach_every_arm():
+    """The data's sizes and the width may change; the arms follow and stay valid."""
+    exp = experiments.with_overrides(
+        experiments.get("sparse"),
+        ["data.n_atoms=12", "data.n_features=6", "data.active=4", "model.n_hidden=12"],
+    )
+    for arm in exp.arms:
+        assert arm.config.data.n_atoms == 12 and arm.config.model.n_hidden == 12
+        assert arm.config.loss.aux_k <= 12
+    assert [a.label for a in exp.arms if a.label.startswith("topk ")] == [
+        "topk k=3",
+        "topk k=4",
+        "topk k=5",
+    ]
+    narrow = experiments.with_overrides(experiments.get("sparse"), ["model.n_hidden=2"])
+    assert all(a.value("k") <= 2 for a in narrow.arms if a.label.startswith("topk"))
+    # --set reaches every arm: k belongs to the top-k programs, so setting it is an error
+    with pytest.raises(ValueError, match=r"model\.k=2 is invalid: allowed is None unless"):
+        experiments.with_overrides(experiments.get("sparse"), ["model.k=2"])
+    sparse = experiments.get("sparse")
+    topk_only = dataclasses.replace(
+        sparse, arms=tuple(experiments.groups_of(sparse)[1]), build=None
+    )
+    assert {
+        a.config.model.k for a in experiments.with_overrides(topk_only, ["model.k=6"]).arms
+    } == {6}
+    with pytest.raises(ValueError, match=r"model\.k=2 is invalid: allowed is at least 4"):
+        experiments.with_overrides(topk_only, ["model.k=2"])
+
+
+@pytest.fixture(scope="module")
+def sparse_run() -> experiments.RunOutput:
+    exp = experiments.with_overrides(
+        experiments.get("sparse"),
+        [
+            "train.epochs=3",
+            "data.n_samples=256",
+            "data.n_atoms=8",
+            "data.n_features=4",
+            "model.n_hidden=8",
+        ],
+    )
+    return experiments.run(exp, 3, seed=1)
+
+
+def test_sparse_run_measures_every_arm(sparse_run):
+    exp = sparse_run.experiment
+    assert list(sparse_run.results) == [a.label for a in exp.arms]
+    for r in sparse_run.results.values():
+        assert r.ground_truth.shape == (8, 4)
+        for key in ("gt_mcc", "gt_mcc_null", "recovered"):
+            chex.assert_shape(np.asarray(r.measures[key]), (3,))
+        for key in ("pw_mcc", "pw_mcc_null", "shared"):
+            chex.assert_shape(np.asarray(r.measures[key]), (3,))
+        summary = r.summary()
+        assert len(summary["l0"]) == 3 and "gt_mcc" in summary
+    for label in ("topk k=2", "topk k=3", "topk k=4"):
+        np.testing.assert_allclose(sparse_run.results[label].figures["l0"], int(label[-1]))
+    analysis = exp.analyse(exp, sparse_run.results)
+    assert set(analysis["chosen"]) == {"relu", "topk", "topk_auxk", "kl", "l1"}
+    assert analysis["best"] in analysis["chosen"].values()
+
+
+def test_topk_arm_in_a_k_sweep_equals_the_static_k_run(sparse_run):
+    """`topk k=3`, trained as an arm of the k sweep (k traced, program k = 4), equals a program
+    built with k = 3 alone."""
+    exp = sparse_run.experiment
+    arm = next(a for a in exp.arms if a.label == "topk k=3")
+    cfg = experiments.with_(arm.config, model={"k": 3})
+    alone = train.train_seeds(cfg, 3, seed=1)
+    chex.assert_trees_all_close(
+        sparse_run.results["topk k=3"].params,
+        jax.device_get(alone.state.params),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_stopped_run_resumes_to_the_same_result(offset_run):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from jaxae.config import ModelConfig
-from jaxae.model import Autoencoder, make_model, top_k_relu
+from jaxae.model import Autoencoder, make_model, top_k_mask, top_k_relu
 
 D, H = 5, 6
 ACTIVATIONS = ["relu", "sigmoid", "identity", "topk"]
@@ -273,16 +273,31 @@ def test_masked_gradient_is_finite_and_zero_on_masked_units(
 # Sparse-autoencoder options: traced k, unit-norm decoder, tied init, pre-encoder bias
 
 
-@pytest.mark.parametrize("width", [12, 80], ids=["counting", "lax.top_k"])
-def test_traced_k_equals_static_k(width: int) -> None:
+@pytest.mark.parametrize(
+    ("width", "k_max"),
+    [(12, 7), (48, 7), (80, 40)],
+    ids=["counting", "iterated-max", "lax.top_k"],
+)
+def test_traced_k_equals_static_k(width: int, k_max: int) -> None:
     """One program with k traced (vmapped over a sweep, up to k_max) gives every static-k result,
-    on both the rank-counting path (narrow) and the `lax.top_k` path (wide)."""
+    on each of the three ways of finding the k-th largest value."""
     pre = jnp.asarray(np.random.default_rng(width).normal(size=(32, width)), jnp.float32)
-    ks = jnp.arange(1, 8, dtype=jnp.int32)
-    traced = jax.jit(jax.vmap(lambda k: top_k_relu(pre, k, 7)))(ks)
+    ks = jnp.arange(1, k_max + 1, dtype=jnp.int32)
+    traced = jax.jit(jax.vmap(lambda k: top_k_relu(pre, k, k_max)))(ks)
     for k, h in zip(np.asarray(ks), np.asarray(traced), strict=True):
         np.testing.assert_array_equal(h, np.asarray(top_k_relu(pre, int(k))))
         np.testing.assert_array_equal(h, numpy_top_k_relu(np.asarray(pre), int(k)))
+
+
+@pytest.mark.parametrize(("width", "k_max"), [(12, 6), (48, 6), (80, 40)])
+def test_top_k_keeps_every_unit_tied_with_the_kth(width: int, k_max: int) -> None:
+    """With ties (values on a coarse grid), a unit is kept exactly when fewer than k units of its
+    row are strictly larger, on every path."""
+    pre = np.round(np.random.default_rng(1).normal(size=(64, width)) * 2) / 2
+    for k in range(1, k_max + 1):
+        keep = np.asarray(top_k_mask(jnp.asarray(pre, jnp.float32), jnp.int32(k), k_max))
+        above = np.sum(pre[:, None, :] > pre[:, :, None], axis=-1)
+        np.testing.assert_array_equal(keep, above < k)
 
 
 def test_traced_k_through_the_model(key: jax.Array) -> None:

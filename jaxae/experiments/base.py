@@ -218,9 +218,10 @@ def with_overrides(exp: Experiment, assignments: list[str]) -> Experiment:
             )
         k = dict(arm.hyper).get("k")
         if k is not None and (cfg.model.k is None or k > cfg.model.k):
+            largest = max(dict(a.hyper).get("k", 0) for a in built if a.config == arm.config)
             raise ValueError(
-                f"model.k={cfg.model.k} is invalid: allowed is at least {int(k)}, the largest k "
-                f"arm {arm.label!r} uses"
+                f"model.k={cfg.model.k} is invalid: allowed is at least {int(largest)}, the "
+                "largest k this experiment sweeps"
             )
         arms.append(dataclasses.replace(arm, config=cfg))
     return dataclasses.replace(exp, arms=tuple(arms))
