@@ -133,7 +133,7 @@ def test_sparse_presets_one_program_per_mechanism():
     sparse = experiments.get("sparse")
     groups = experiments.groups_of(sparse)
     assert [g[0].label.split()[0] for g in groups] == ["relu", "topk", "topk_auxk", "kl", "l1"]
-    assert [a.label for a in groups[1]] == ["topk k=2", "topk k=3", "topk k=4"]
+    assert [a.label for a in groups[1]] == ["topk k=3", "topk k=4"]
     for arms in groups:
         assert len({a.config for a in arms}) == 1
         assert all(a.config.model.n_hidden == a.config.data.n_atoms for a in arms)
@@ -150,11 +150,7 @@ def test_sparse_overrides_reach_every_arm():
     for arm in exp.arms:
         assert arm.config.data.n_atoms == 12 and arm.config.model.n_hidden == 12
         assert arm.config.loss.aux_k <= 12
-    assert [a.label for a in exp.arms if a.label.startswith("topk ")] == [
-        "topk k=3",
-        "topk k=4",
-        "topk k=5",
-    ]
+    assert [a.label for a in exp.arms if a.label.startswith("topk ")] == ["topk k=4", "topk k=5"]
     narrow = experiments.with_overrides(experiments.get("sparse"), ["model.n_hidden=2"])
     assert all(a.value("k") <= 2 for a in narrow.arms if a.label.startswith("topk"))
     # --set reaches every arm: k belongs to the top-k programs, so setting it is an error
@@ -197,7 +193,7 @@ def test_sparse_run_measures_every_arm(sparse_run):
             chex.assert_shape(np.asarray(r.measures[key]), (3,))
         summary = r.summary()
         assert len(summary["l0"]) == 3 and "gt_mcc" in summary
-    for label in ("topk k=2", "topk k=3", "topk k=4"):
+    for label in ("topk k=3", "topk k=4"):
         np.testing.assert_allclose(sparse_run.results[label].figures["l0"], int(label[-1]))
     analysis = exp.analyse(exp, sparse_run.results)
     assert set(analysis["chosen"]) == {"relu", "topk", "topk_auxk", "kl", "l1"}

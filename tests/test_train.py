@@ -19,7 +19,8 @@ import pytest
 import scipy.stats
 
 from jaxae import train
-from jaxae.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
+from jaxae.config import Config, DataConfig, LossConfig, ModelConfig, OptimConfig, TrainConfig
+from jaxae.model import make_model
 
 TINY = Config(
     data=DataConfig(kind="multiples", n_samples=200),
@@ -260,3 +261,85 @@ def test_same_run_on_one_and_four_devices():
     for leaf, ref in zip(got["leaves"], jax.tree.leaves(here.state.params), strict=True):
         np.testing.assert_allclose(np.asarray(leaf), np.asarray(ref), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got["history"], here.history_SxE, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# Dead units: the per-unit count of steps without firing, and resampling
+
+
+SPARSE = Config(
+    data=DataConfig(kind="sparse", n_samples=64, n_features=5, n_atoms=8, active=2),
+    model=ModelConfig(n_hidden=6, activation="relu", unit_norm_decoder=True),
+    loss=LossConfig(dead_steps=3),
+    train=TrainConfig(epochs=2, batch_size=16),
+)
+
+
+def _state_with_biases(cfg: Config, bias_H: np.ndarray) -> tuple[train.TrainState, jax.Array]:
+    model = make_model(cfg.model, cfg.data.n_features)
+    state = train.init_state(jax.random.key(0), train.Hyper.from_config(cfg), model=model, cfg=cfg)
+    params = jax.tree.map(np.array, state.params)
+    params["params"]["encoder"]["bias"][:] = bias_H
+    return state.replace(params=params), train.shared_data(cfg)
+
+
+def test_since_fired_counts_steps_without_firing():
+    """A unit that never fires (bias -100) counts every step; one that always fires (+100) stays
+    at 0; the others restart at every step they fire."""
+    cfg = SPARSE
+    model = make_model(cfg.model, cfg.data.n_features)
+    state, x = _state_with_biases(cfg, np.array([-100.0, 100.0, 0, 0, 0, 0]))
+    step = jax.jit(lambda s, idx: train.train_step(s, (idx, None), x_NxD=x, model=model, cfg=cfg))
+    for i in range(4):
+        idx = jnp.arange(16) + 16 * i
+        _, h = model.apply(state.params, x[idx])
+        fired = np.any(np.asarray(h) > 0, axis=0)
+        before = np.asarray(state.since_fired)
+        state, _ = step(state, idx)
+        np.testing.assert_array_equal(state.since_fired, np.where(fired, 0, before + 1))
+    assert int(state.since_fired[0]) == 4 and int(state.since_fired[1]) == 0
+
+
+def test_resample_re_aims_only_dead_units_at_the_worst_residuals():
+    cfg = dataclasses.replace(SPARSE, loss=LossConfig(dead_steps=3, resample_dead=True))
+    model = make_model(cfg.model, cfg.data.n_features)
+    state, x = _state_with_biases(cfg, np.zeros(6))
+    state = state.replace(since_fired=jnp.array([0, 3, 1, 7, 0, 2], jnp.int32))  # 1 and 3 dead
+    new = train.resample_dead(state, x, model=model, cfg=cfg)
+    x_hat, _ = model.apply(state.params, x)
+    residual = np.asarray(x - x_hat)
+    worst = np.argsort(-np.sum(residual**2, axis=1))[:2]
+    direction = residual[worst] / np.linalg.norm(residual[worst], axis=1, keepdims=True)
+    p, q = state.params["params"], new.params["params"]
+    dead = np.array([False, True, False, True, False, False])
+    np.testing.assert_allclose(
+        model.apply(new.params, method="decoder_weights")[dead], direction, rtol=1e-5, atol=1e-6
+    )
+    enc = np.asarray(q["encoder"]["kernel"])[:, dead].T
+    np.testing.assert_allclose(
+        enc / np.linalg.norm(enc, axis=1, keepdims=True), direction, atol=1e-5
+    )
+    np.testing.assert_array_equal(np.asarray(q["encoder"]["bias"])[dead], 0.0)
+    for layer in ("encoder", "decoder"):
+        kernel, old = np.asarray(q[layer]["kernel"]), np.asarray(p[layer]["kernel"])
+        live = ~dead if layer == "decoder" else (slice(None), ~dead)
+        np.testing.assert_array_equal(kernel[live], old[live])
+    np.testing.assert_array_equal(new.since_fired, [0, 0, 1, 0, 0, 2])
+
+
+def test_resampling_in_the_loop_changes_a_run_with_dead_units():
+    """With `dead_steps=1` some unit is dead at an epoch's end, so resampling must change the
+    trained weights; the run stays finite."""
+    cfg = dataclasses.replace(
+        SPARSE,
+        loss=LossConfig(dead_steps=1, resample_dead=True),
+        train=TrainConfig(epochs=4, batch_size=16, chunk_epochs=4),
+    )
+    plain = dataclasses.replace(cfg, loss=LossConfig(dead_steps=1))
+    with_resampling = train.train_seeds(cfg, 2)
+    without = train.train_seeds(plain, 2)
+    chex.assert_tree_all_finite(with_resampling.state.params)
+    assert not np.allclose(
+        with_resampling.state.params["params"]["decoder"]["kernel"],
+        without.state.params["params"]["decoder"]["kernel"],
+    )

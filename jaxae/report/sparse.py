@@ -120,7 +120,12 @@ def text(m: Metrics) -> tuple[list[str], str]:
     analysis = m["analysis"]
     stats, chosen, agree = analysis["arms"], analysis["chosen"], analysis["agree"]
     share = analysis["cure_share"]
+    data, model = m["config"]["data"], m["config"]["model"]
     lines = [
+        f"Data: {data['n_samples']} samples of {data['n_features']} features, each the sum of "
+        f"{data['active']} of {data['n_atoms']} random unit-norm atoms ({data['magnitude']} "
+        f"magnitudes, noise {data['noise']:g}); every model has {model['n_hidden']} hidden units.",
+        "",
         "Each mechanism's knob value is chosen without the ground truth: the value whose seeds "
         "agree best (highest median PW-MCC between seed pairs). Per mechanism at that value:",
         "",
