@@ -51,12 +51,22 @@ def partial_dir(out: Path) -> Path:
 
 
 def check_writable(out: Path) -> None:
-    """Refuse, before any training, to write over an existing run or file."""
+    """Refuse, before any training, to write over an existing run or file, or to train a run that
+    could not be written: the parent directory is created (as the run would) and a scratch
+    directory is made and removed in it."""
     if out.exists():
         raise RunExistsError(
             f"--out={str(out)!r} is invalid: it already exists; allowed is a new path "
             "(a run directory is never overwritten)"
         )
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.check-"))
+    except OSError as err:
+        raise ValueError(
+            f"--out={str(out)!r} is invalid: its directory cannot be written ({err.strerror}); "
+            "allowed is a path in a writable directory"
+        ) from err
 
 
 def _jsonable(value: Any) -> Any:
