@@ -60,7 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="the experiments, one line each")
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--seeds", type=int, default=None, help=f"seeds (default {DEFAULT_SEEDS})")
+        p.add_argument(
+            "--seeds",
+            type=int,
+            default=None,
+            help=f"seeds (default: the experiment's own, else {DEFAULT_SEEDS})",
+        )
         p.add_argument("--seed", type=int, default=0, help="base seed: seed i = fold_in(key(S), i)")
         p.add_argument("--out", type=Path, default=None, help="output directory (must not exist)")
 
@@ -155,6 +160,14 @@ def _print_summary(data: dict[str, Any], out_dir: Path) -> None:
     timing = data["timing"]
     print(f"{data['experiment']} ({data['section']}): {data['n_seeds']} seeds -> {out_dir}")
     for label, arm in data["arms"].items():
+        if "heldout_fvu_quantiles" in arm:  # real data: held-out figures, not the PCA floor
+            print(
+                f"  {data['arm_axis']}={label}: held-out fvu "
+                f"{arm['heldout_fvu_quantiles']['q50']:.3g}  L0 {arm['heldout_l0_mean']:.3g}  "
+                f"pw_mcc {arm['pw_mcc_mean']:.3f} (chance {arm['pw_mcc_null_mean']:.3f})  "
+                f"diverged {sum(arm['diverged'])}"
+            )
+            continue
         lo, hi = arm["convergence_ci95"]
         print(
             f"  {data['arm_axis']}={label}: converged {arm['convergence_rate']:.3f} "
@@ -199,7 +212,7 @@ def cmd_run(args: argparse.Namespace, stop: StopFlag) -> int:
         if args.epochs is not None:
             overrides.append(f"train.epochs={args.epochs}")
         exp = _checked(lambda: experiments.with_overrides(experiments.get(args.name), overrides))
-        n_seeds = args.seeds or DEFAULT_SEEDS
+        n_seeds = args.seeds or exp.default_seeds or DEFAULT_SEEDS
         seed = args.seed
         out_dir = args.out or Path("runs") / exp.name
         _checked(lambda: results.check_writable(out_dir))
@@ -218,8 +231,8 @@ def cmd_reproduce(args: argparse.Namespace, stop: StopFlag) -> int:
         _checked(lambda: results.check_writable(out_root))
     elif not out_root.exists():
         raise UsageError(f"--out={str(out_root)!r} is invalid with --resume: it does not exist")
-    n_seeds = args.seeds or DEFAULT_SEEDS
     for exp in experiments.EXPERIMENTS.values():
+        n_seeds = args.seeds or exp.default_seeds or DEFAULT_SEEDS
         out_dir = out_root / exp.name
         if out_dir.exists():
             continue  # finished in an earlier, stopped reproduce

@@ -23,7 +23,8 @@ def offset_run() -> experiments.RunOutput:
 
 
 def test_registry_and_unknown_name():
-    assert list(experiments.EXPERIMENTS) == ["multiples", "offset", "noise", "overcomplete"]
+    assert list(experiments.EXPERIMENTS)[:4] == ["multiples", "offset", "noise", "overcomplete"]
+    assert list(experiments.EXPERIMENTS)[4:] == ["digits", "patches"]
     with pytest.raises(ValueError, match=r"experiment='nope' is invalid: allowed is one of multi"):
         experiments.get("nope")
 
@@ -34,7 +35,7 @@ def test_every_experiment_comes_from_its_family_module():
         family = importlib.import_module(f"jaxae.experiments.{exp.family}")
         assert exp in family.EXPERIMENTS
     assert experiments.FAMILIES[0] is tutorial
-    assert [e.family for e in experiments.EXPERIMENTS.values()] == ["tutorial"] * 4
+    assert [e.family for e in experiments.EXPERIMENTS.values()] == ["tutorial"] * 4 + ["images"] * 2
 
 
 def test_a_name_registered_twice_raises():

@@ -90,6 +90,20 @@ def read_history(run_dir: Path, labels: list[str]) -> dict[str, np.ndarray]:
         }
 
 
+def has_arrays(run_dir: Path) -> bool:
+    """Whether the analysis stored arrays for the report (arrays.npz)."""
+    return (Path(run_dir) / results.ARRAYS).is_file()
+
+
+def read_arrays(run_dir: Path) -> dict[str, np.ndarray]:
+    """The arrays the analysis stored beside metrics.json (arrays.npz); empty if there are none."""
+    path = Path(run_dir) / results.ARRAYS
+    if not path.is_file():
+        return {}
+    with np.load(path, allow_pickle=False) as npz:
+        return {name: np.asarray(npz[name]) for name in npz.files}
+
+
 def has_params(run_dir: Path) -> bool:
     """Whether the run kept its trained parameters (the `params` checkpoint)."""
     return (Path(run_dir) / results.PARAMS).exists()
@@ -294,6 +308,13 @@ def no_figures(m: Metrics, run_dir: Path) -> list[Figure]:
     return []
 
 
+def convergence_overview(m: Metrics) -> str:
+    """A run in the reproduction's overview table: the convergence rate of every arm."""
+    return ", ".join(
+        f"{label}: {fmt(a['convergence_rate'], '.2f')}" for label, a in m["arms"].items()
+    )
+
+
 def generic_text(m: Metrics) -> tuple[list[str], str]:
     """No text after the table; the verdict lists the convergence rate of every arm."""
     parts = [f"{label}: {fmt_rate(a['convergence_rate'])}" for label, a in m["arms"].items()]
@@ -314,6 +335,8 @@ class Page:
     ordered_arms: bool = False
     # table(m, arm_name): the table under "Measured"
     table: Callable[[Metrics, str], list[str]] = arm_table
+    # overview(m): the run's cell in the reproduction's overview table
+    overview: Callable[[Metrics], str] = convergence_overview
 
     @property
     def arm_name(self) -> str:
@@ -485,17 +508,15 @@ def reproduction_markdown(runs: list[tuple[Path, Metrics, Page]]) -> str:
         "",
         "One run directory per experiment; every number below is read from its metrics.json.",
         "",
-        "| experiment | section | seeds | arms by | convergence rate per arm |",
+        "| experiment | section | seeds | arms by | convergence rate per arm (or the page's "
+        "headline figures) |",
         "|---|---|---|---|---|",
     ]
     sections = []
     for run_dir, m, page in runs:
-        rates = ", ".join(
-            f"{label}: {fmt(a['convergence_rate'], '.2f')}" for label, a in m["arms"].items()
-        )
         lines.append(
             f"| [{m['experiment']}]({run_dir.name}/{REPORT}) | {m['section']} | {m['n_seeds']} | "
-            f"{page.arm_name} | {rates} |"
+            f"{page.arm_name} | {page.overview(m)} |"
         )
         sections.append(relink((run_dir / REPORT).read_text(), run_dir.name))
     lines.append("")
