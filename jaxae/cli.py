@@ -157,6 +157,14 @@ def _print_summary(data: dict[str, Any], out_dir: Path) -> None:
     timing = data["timing"]
     print(f"{data['experiment']} ({data['section']}): {data['n_seeds']} seeds -> {out_dir}")
     for label, arm in data["arms"].items():
+        if "heldout_fvu_quantiles" in arm:  # real data: held-out figures, not the PCA floor
+            print(
+                f"  {data['arm_axis']}={label}: held-out fvu "
+                f"{arm['heldout_fvu_quantiles']['q50']:.3g}  L0 {arm['heldout_l0_mean']:.3g}  "
+                f"pw_mcc {arm['pw_mcc_mean']:.3f} (chance {arm['pw_mcc_null_mean']:.3f})  "
+                f"diverged {sum(arm['diverged'])}"
+            )
+            continue
         lo, hi = arm["convergence_ci95"]
         line = (
             f"  {data['arm_axis']}={label}: converged {arm['convergence_rate']:.3f} "

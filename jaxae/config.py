@@ -16,7 +16,7 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
-DataKind = Literal["multiples", "offset", "gaussian", "sparse"]
+DataKind = Literal["multiples", "offset", "gaussian", "sparse", "digits", "patches", "array"]
 Magnitude = Literal["halfnormal", "uniform", "exponential"]
 Activation = Literal["relu", "sigmoid", "identity", "topk"]
 Init = Literal["torch", "flax"]
@@ -27,6 +27,23 @@ MAGNITUDES: tuple[str, ...] = typing.get_args(Magnitude)
 ACTIVATIONS: tuple[str, ...] = typing.get_args(Activation)
 INITS: tuple[str, ...] = typing.get_args(Init)
 SPARSITIES: tuple[str, ...] = typing.get_args(Sparsity)
+# Data sets read on the host (files shipped with scikit-learn or scikit-image, or the user's own):
+# drawn once outside `jit`, so never per seed.
+HOST_KINDS: tuple[str, ...] = ("digits", "patches", "array")
+# The natural photographs bundled inside scikit-image's package (`skimage/data/`, no download) that
+# `patches` samples from; colour ones are converted to grey. "all" names every one of them.
+IMAGES: tuple[str, ...] = (
+    "camera",
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "motorcycle_left",
+    "grass",
+    "gravel",
+    "brick",
+    "moon",
+)
 # Activations whose every output lies in (0, 1): the only ones a KL penalty on mean activation fits.
 UNIT_INTERVAL_ACTIVATIONS: tuple[str, ...] = ("sigmoid",)
 
@@ -74,6 +91,22 @@ class DataConfig:
     active: int = 3  # atoms per sample, chosen uniformly without replacement
     magnitude: Magnitude = "halfnormal"  # each active atom's coefficient: |N(0,1)|, U(0,1), Exp(1)
     noise: float = 0.0  # standard deviation of Gaussian noise added to every feature
+    # digits, patches, array: this share of the rows (of patches: `heldout * n_samples` more
+    # patches) is held out, chosen by the data key; every held-out figure is measured on it
+    heldout: float = 0.2
+    # patches: comma-separated names among `IMAGES` (or "all"), square side of a patch in pixels,
+    # and ZCA whitening in place of Ng's clip-and-rescale, its eigenvalue regulariser as a share of
+    # the mean eigenvalue
+    image: str = "all"
+    patch_size: int = 8
+    whiten: bool = False
+    whiten_eps: float = 0.01
+    path: str = ""  # array: a .npy file of shape N x D (read without unpickling)
+
+    def images(self) -> tuple[str, ...]:
+        """The photographs `image` names, in `IMAGES` order for "all"."""
+        names = tuple(n.strip() for n in self.image.split(","))
+        return IMAGES if names == ("all",) else names
 
     def __post_init__(self) -> None:
         _one_of("data.kind", self.kind, DATA_KINDS)
@@ -88,6 +121,31 @@ class DataConfig:
             _fail("data.active", self.active, f"at most data.n_atoms={self.n_atoms}")
         _one_of("data.magnitude", self.magnitude, MAGNITUDES)
         _non_negative_float("data.noise", self.noise)
+        if self.per_seed and self.kind in HOST_KINDS:
+            _fail(
+                "data.per_seed",
+                self.per_seed,
+                f"false for data.kind={self.kind!r} (read on the host once, shared by all seeds)",
+            )
+        if not _is_number(self.heldout) or not 0 < self.heldout < 1:
+            _fail("data.heldout", self.heldout, "a number in (0, 1)")
+        if not isinstance(self.image, str) or any(n not in IMAGES for n in self.images()):
+            _fail(
+                "data.image",
+                self.image,
+                "'all' or comma-separated names among " + ", ".join(IMAGES),
+            )
+        if isinstance(self.patch_size, bool) or not isinstance(self.patch_size, int):
+            _fail("data.patch_size", self.patch_size, "an integer >= 2")
+        if self.patch_size < 2:
+            _fail("data.patch_size", self.patch_size, "an integer >= 2")
+        if not isinstance(self.whiten, bool):
+            _fail("data.whiten", self.whiten, "true or false")
+        _non_negative_float("data.whiten_eps", self.whiten_eps)
+        if not isinstance(self.path, str):
+            _fail("data.path", self.path, "a path to a .npy file")
+        if self.kind == "array" and not self.path:
+            _fail("data.path", self.path, "a .npy file of shape N x D for data.kind='array'")
 
 
 @dataclasses.dataclass(frozen=True)

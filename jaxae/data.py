@@ -1,17 +1,31 @@
-"""Data sets as pure, jit-able generators `(key, n, ...) -> x_NxD`.
+"""Data sets: pure, jit-able generators `(key, n, ...) -> x_NxD`, and host loaders of real data.
 
-Shape legend: N samples, D features, M ground-truth atoms. Every generator is a pure function of its
-key, so the same key gives the same data set on any device and inside or outside `jit`/`vmap`.
-The sparse generator also returns its ground truth (`atoms_MxD`), which `ground_truth` rebuilds from
-the same key for the metrics.
+Shape legend: N samples, D features, M ground-truth atoms (or held-out rows), P patch side.
+Every generator is a pure function of its key, so the same key gives the same data set on any
+device and inside or outside `jit`/`vmap`. The sparse generator also returns its ground truth
+(`atoms_MxD`), which `ground_truth` rebuilds from the same key for the metrics.
+
+Host loaders (`HOST_KINDS`: `digits`, `patches`, `array`) read files that ship inside installed
+packages (scikit-learn's 8x8 digits, scikit-image's photographs; never a download) or the user's
+own `.npy` file. They run outside `jit` (so never per seed), are deterministic in the data key, and
+are cached in memory for the run. Each returns a training split (`make_data`) and a held-out split
+(`heldout`) chosen by the same key; a bad file or setting raises `ValueError` naming the field.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import importlib.resources
+import math
+import os
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from jaxae.config import DataConfig
+from jaxae.config import HOST_KINDS, DataConfig
 
 
 def multiples(key: jax.Array, n: int, n_features: int = 10, max_value: int = 200) -> jax.Array:
@@ -93,8 +107,274 @@ def ground_truth(key: jax.Array, cfg: DataConfig) -> jax.Array | None:
     return sparse_dictionary(jax.random.split(key, 3)[0], cfg.n_atoms, cfg.n_features)
 
 
+# ----------------------------------------------------------------------------------------------
+# Host loaders: real data, read outside jit
+
+# scikit-learn's digits: 1,797 images of 8x8 pixels with grey levels 0..16 (known without loading)
+DIGITS_ROWS = 1797
+DIGITS_SIDE = 8
+DIGITS_LEVELS = 16.0
+# The file of each name in `config.IMAGES`, inside scikit-image's package directory `data/`.
+IMAGE_FILES: dict[str, str] = {
+    "camera": "camera.png",
+    "astronaut": "astronaut.png",
+    "chelsea": "chelsea.png",
+    "coffee": "coffee.png",
+    "rocket": "rocket.jpg",
+    "motorcycle_left": "motorcycle_left.png",
+    "grass": "grass.png",
+    "gravel": "gravel.png",
+    "brick": "brick.png",
+    "moon": "moon.png",
+}
+# Ng's normalisation (CS294A, sampleIMAGES.m): clip at this many standard deviations, then map
+# [-1, 1] to [0.1, 0.9], inside a sigmoid's range.
+CLIP_STD = 3.0
+RESCALE_LOW, RESCALE_HIGH = 0.1, 0.9
+# ZCA keeps eigen-directions with at least this share of the largest eigenvalue (the per-patch mean
+# removal leaves the constant patch with eigenvalue 0, which whitening must not blow up).
+ZCA_RANK_TOL = 1e-9
+
+
+def _fail(field: str, value: object, allowed: str) -> ValueError:
+    return ValueError(f"{field}={value!r} is invalid: allowed is {allowed}")
+
+
+@functools.cache
+def load_digits() -> np.ndarray:
+    """scikit-learn's bundled handwritten digits (`load_digits`, 1,797 x 64) scaled to [0, 1]."""
+    import sklearn.datasets  # here, not at the top: only runs on digits pay for the import
+
+    return (sklearn.datasets.load_digits().data / DIGITS_LEVELS).astype(np.float32)
+
+
+def image_path(name: str) -> Path:
+    """Where scikit-image keeps photograph `name` inside its installed package."""
+    return Path(str(importlib.resources.files("skimage") / "data" / IMAGE_FILES[name]))
+
+
+@functools.cache
+def load_image(name: str) -> np.ndarray:
+    """Photograph `name` (see `IMAGE_FILES`) as grey levels in [0, 1], float64 `[rows, cols]`.
+
+    Read straight from the file inside the installed package: `skimage.data`'s functions may fetch
+    missing files with pooch, this never does. Colour images become luminance (`rgb2gray`).
+    """
+    import skimage.color  # here, not at the top: only runs on patches pay for the import
+    import skimage.io
+
+    pixels = skimage.io.imread(image_path(name))
+    if pixels.ndim == 3:
+        return skimage.color.rgb2gray(pixels[..., :3]).astype(np.float64)
+    return pixels.astype(np.float64) / 255.0
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+@functools.lru_cache(maxsize=8)
+def _read_array(path: str, mtime_ns: int, size: int) -> np.ndarray:
+    allowed = "a readable .npy file of a 2-D array N x D of finite numbers"
+    try:
+        x = np.load(path, allow_pickle=False)  # never unpickle a user's file
+    except Exception as err:  # any failure to parse the file is the same user error
+        raise _fail("data.path", path, f"{allowed} (reading it failed: {_one_line(err)})") from err
+    if not isinstance(x, np.ndarray):
+        if hasattr(x, "close"):
+            x.close()
+        raise _fail("data.path", path, f"{allowed} (it is an .npz archive, not one array)")
+    if x.dtype.kind not in "biuf":
+        raise _fail("data.path", path, f"{allowed} (its dtype is {x.dtype})")
+    if x.ndim != 2 or min(x.shape) == 0:
+        raise _fail("data.path", path, f"{allowed} (its shape is {x.shape})")
+    bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+    if bad:
+        raise _fail("data.path", path, f"{allowed} ({bad} of its values are not finite)")
+    return np.asarray(x, np.float32)
+
+
+def load_array(path: str) -> np.ndarray:
+    """The user's `.npy` file as float32 `x_NxD`; `ValueError` naming `data.path` when it is
+    missing, unreadable, pickled, not 2-D or not finite. Cached while the file is unchanged."""
+    if not os.path.isfile(path):
+        raise _fail("data.path", path, "an existing .npy file of shape N x D (no such file)")
+    stat = os.stat(path)
+    return _read_array(os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
+
+
+def _key_data(key: jax.Array) -> tuple[int, ...]:
+    """A concrete key as a hashable tuple (host loaders cannot run under `jit`/`vmap`)."""
+    if isinstance(key, jax.core.Tracer):
+        raise ValueError(
+            "data.per_seed=True is invalid: allowed is false for host-loaded data (the loaders run "
+            "outside jit)"
+        )
+    return tuple(np.asarray(jax.random.key_data(key)).ravel().tolist())
+
+
+def split_rows(key: jax.Array, n_rows: int, heldout: float) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices `(pool, held_out)`: a random `heldout` share of `0..n_rows-1` (at least one row)
+    held out, the rest the pool training rows are taken from, both in the key's random order."""
+    perm = np.asarray(jax.random.permutation(key, n_rows))
+    n_out = max(1, round(heldout * n_rows))
+    return perm[n_out:], perm[:n_out]
+
+
+def heldout_count(cfg: DataConfig, n_rows: int | None = None) -> int:
+    """Held-out rows: `heldout` of the file's rows (digits, array) or of `n_samples` (patches)."""
+    return max(1, round(cfg.heldout * (cfg.n_samples if n_rows is None else n_rows)))
+
+
+def sample_patches(key: jax.Array, images: list[np.ndarray], n: int, side: int) -> np.ndarray:
+    """`n` square patches (`n x side**2`, raw grey levels) at uniform positions of uniformly
+    chosen images (Ng's sampleIMAGES)."""
+    image_key, row_key, col_key = jax.random.split(key, 3)
+    which_N = np.asarray(jax.random.randint(image_key, (n,), 0, len(images)))
+    u_row = np.asarray(jax.random.uniform(row_key, (n,)), np.float64)
+    u_col = np.asarray(jax.random.uniform(col_key, (n,)), np.float64)
+    out = np.empty((n, side * side), np.float64)
+    for i, img in enumerate(images):
+        chosen = np.flatnonzero(which_N == i)
+        rows = np.floor(u_row[chosen] * (img.shape[0] - side + 1)).astype(int)
+        cols = np.floor(u_col[chosen] * (img.shape[1] - side + 1)).astype(int)
+        windows = np.lib.stride_tricks.sliding_window_view(img, (side, side))
+        out[chosen] = windows[rows, cols].reshape(len(chosen), side * side)
+    return out
+
+
+def remove_patch_mean(x_NxD: np.ndarray) -> np.ndarray:
+    """Each patch minus its own mean brightness (its DC component)."""
+    return x_NxD - x_NxD.mean(axis=1, keepdims=True)
+
+
+def ng_normalise(train_NxD: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
+    """Ng's `normalizeData`: remove each patch's mean, clip at +-`CLIP_STD` standard deviations of
+    the (mean-removed) training pixels, rescale [-1, 1] to [0.1, 0.9]; `others` (held-out patches)
+    use the training statistics."""
+    limit = CLIP_STD * remove_patch_mean(train_NxD).std()
+    out = []
+    for x in (train_NxD, *others):
+        clipped = np.clip(remove_patch_mean(x), -limit, limit) / limit
+        out.append(RESCALE_LOW + (clipped + 1.0) * (RESCALE_HIGH - RESCALE_LOW) / 2.0)
+    return out
+
+
+def zca(train_NxD: np.ndarray, *others: np.ndarray, eps: float = 0.0) -> list[np.ndarray]:
+    """ZCA whitening fitted on `train` after removing each patch's mean; `others` use its fit.
+
+    `W = U diag(1 / sqrt(lambda + eps * mean(lambda))) U^T` over the eigen-directions of the
+    training covariance with a non-zero eigenvalue. Mean-free patches span only D - 1 dimensions
+    (the constant patch is gone), so with `eps = 0` the training covariance after whitening is the
+    identity on that subspace: `I - 1 1^T / D`.
+    """
+    x = remove_patch_mean(train_NxD)
+    mu_D = x.mean(axis=0)
+    lam_D, u_DxD = np.linalg.eigh(np.cov(x - mu_D, rowvar=False, bias=True))
+    keep = lam_D > ZCA_RANK_TOL * lam_D.max()
+    lam, u = lam_D[keep], u_DxD[:, keep]
+    w_DxD = (u / np.sqrt(lam + eps * lam.mean())) @ u.T
+    return [(remove_patch_mean(v) - mu_D) @ w_DxD for v in (train_NxD, *others)]
+
+
+def _check_width(cfg: DataConfig, width: int, what: str) -> None:
+    if cfg.n_features != width:
+        raise _fail("data.n_features", cfg.n_features, f"{width}, the width of {what}")
+
+
+def _check_rows(cfg: DataConfig, pool: int, what: str) -> None:
+    if cfg.n_samples > pool:
+        raise _fail(
+            "data.n_samples",
+            cfg.n_samples,
+            f"at most {pool}, the {what} left after holding out data.heldout={cfg.heldout:g}",
+        )
+
+
+def _patches(key: jax.Array, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    images = [load_image(name) for name in cfg.images()]
+    smallest = min(min(img.shape) for img in images)
+    if cfg.patch_size > smallest:
+        raise _fail(
+            "data.patch_size",
+            cfg.patch_size,
+            f"at most {smallest}, the shortest side among data.image={cfg.image!r}",
+        )
+    _check_width(cfg, cfg.patch_size**2, f"{cfg.patch_size}x{cfg.patch_size} patches")
+    n_out = heldout_count(cfg)
+    raw = sample_patches(key, images, cfg.n_samples + n_out, cfg.patch_size)
+    train, held = raw[: cfg.n_samples], raw[cfg.n_samples :]
+    if cfg.whiten:
+        train, held = zca(train, held, eps=cfg.whiten_eps)
+    return tuple(ng_normalise(train, held))
+
+
+def _rows(key: jax.Array, cfg: DataConfig, x_NxD: np.ndarray, what: str) -> tuple:
+    pool, held = split_rows(key, len(x_NxD), cfg.heldout)
+    _check_width(cfg, x_NxD.shape[1], what)
+    _check_rows(cfg, len(pool), what)
+    return x_NxD[pool[: cfg.n_samples]], x_NxD[held]
+
+
+@functools.lru_cache(maxsize=16)
+def _host_split(key_data: tuple[int, ...], cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    key = jax.random.wrap_key_data(jnp.asarray(key_data, jnp.uint32))
+    if cfg.kind == "digits":
+        train, held = _rows(key, cfg, load_digits(), "the digits (8x8 pixels)")
+    elif cfg.kind == "patches":
+        train, held = _patches(key, cfg)
+    else:
+        train, held = _rows(key, cfg, load_array(cfg.path), f"rows of data.path={cfg.path!r}")
+    out = (np.array(train, np.float32), np.array(held, np.float32))
+    for x in out:
+        x.flags.writeable = False  # shared by every caller of the cache
+    return out
+
+
+def host_split(key: jax.Array, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """`(train_NxD, heldout_MxD)` of a host data set (float32, read-only, cached per key and
+    config); `ValueError` naming the field when the config does not fit the data."""
+    return _host_split(_key_data(key), cfg)
+
+
+def heldout(key: jax.Array, cfg: DataConfig) -> np.ndarray | None:
+    """The held-out rows of the data set `make_data(key, cfg)`; None for generated data."""
+    return host_split(key, cfg)[1] if cfg.kind in HOST_KINDS else None
+
+
+def fit_to_data(cfg: DataConfig) -> DataConfig:
+    """`cfg` with the sizes its host data set dictates: the width (64 for digits, the patch size
+    squared, the file's columns) and, for digits and arrays, every row not held out."""
+    if cfg.kind == "digits":
+        n_rows, width = DIGITS_ROWS, DIGITS_SIDE * DIGITS_SIDE
+    elif cfg.kind == "array":
+        n_rows, width = load_array(cfg.path).shape
+    elif cfg.kind == "patches":
+        return dataclasses.replace(cfg, n_features=cfg.patch_size**2)
+    else:
+        return cfg
+    return dataclasses.replace(
+        cfg, n_features=width, n_samples=max(1, n_rows - heldout_count(cfg, n_rows))
+    )
+
+
+def check(cfg: DataConfig) -> None:
+    """Load a host data set once (it stays cached), so a bad file or setting is a `ValueError`
+    before anything compiles; generated data need no check."""
+    if cfg.kind in HOST_KINDS:
+        host_split(jax.random.key(cfg.seed), cfg)
+
+
+def side(n_features: int) -> int | None:
+    """The side of a square image of `n_features` pixels, None if there is none."""
+    root = math.isqrt(n_features)
+    return root if root * root == n_features else None
+
+
 def make_data(key: jax.Array, cfg: DataConfig) -> jax.Array:
-    """Draw the data set that `cfg` names, as float32 `x_NxD`."""
+    """Draw the data set that `cfg` names, as float32 `x_NxD` (the training split of host data)."""
+    if cfg.kind in HOST_KINDS:
+        return jnp.asarray(host_split(key, cfg)[0])
     if cfg.kind == "multiples":
         return multiples(key, cfg.n_samples, cfg.n_features, cfg.max_value)
     if cfg.kind == "offset":

@@ -254,3 +254,57 @@ def random_unit_mcc_chance(n_units: int, dim: int, n_atoms: int | None = None) -
         for _ in range(200)
     ]
     return float(np.mean(draws))
+
+
+# ----------------------------------------------------------------------------------------------
+# Filters as images: are they oriented, are they local?
+
+# `orientation_concentration` zero-pads each filter to this many times its side before the FFT, so
+# the spectrum of an 8x8 filter is sampled finely enough for its angles.
+SPECTRUM_PAD = 4
+
+
+def _centred_filters(f_NxPxP: np.ndarray) -> np.ndarray:
+    f = np.asarray(f_NxPxP, np.float64)
+    return f - f.mean(axis=(-2, -1), keepdims=True)
+
+
+def orientation_concentration(f_NxPxP: np.ndarray) -> np.ndarray:
+    """How concentrated each filter's 2-D power spectrum is in orientation, in [0, 1].
+
+    The filter (its mean removed) is zero-padded to `SPECTRUM_PAD` times its side and Fourier
+    transformed; every frequency (k_x, k_y) but 0 votes for its orientation theta = atan2(k_y, k_x)
+    with its power. The score is the length of the mean doubled-angle vector,
+    `|sum P e^(2i theta)| / sum P`: 1 when all power lies on one line through the origin, near 0
+    when it is spread over all orientations. On 8x8 pixels the patch's edges spread even a pure
+    grating's power (it scores ~0.85, a Gabor patch ~0.8); white noise scores ~0.13. Doubling the
+    angle makes theta and theta + pi (the same orientation) agree.
+    """
+    f = _centred_filters(f_NxPxP)
+    n = SPECTRUM_PAD * f.shape[-1]
+    power = np.square(np.abs(np.fft.fft2(f, s=(n, n))))
+    k_y, k_x = np.meshgrid(np.fft.fftfreq(n), np.fft.fftfreq(n), indexing="ij")
+    vote = np.exp(2j * np.arctan2(k_y, k_x))
+    vote[0, 0] = 0.0  # the mean (zero after centring) has no orientation
+    total = power.sum(axis=(-2, -1)) - power[..., 0, 0]
+    return np.abs(np.sum(power * vote, axis=(-2, -1))) / np.maximum(total, np.finfo(float).tiny)
+
+
+def spatial_concentration(f_NxPxP: np.ndarray) -> np.ndarray:
+    """How concentrated each filter's energy is in space: 1 - spread / spread of uniform energy.
+
+    With p = w^2 / sum w^2 over the pixels (mean removed), the spread is the root mean square
+    distance of the energy from its centroid, `sqrt(sum p |r - r_mean|^2)`; uniform energy over a
+    P x P patch has spread `sqrt((P^2 - 1) / 6)`. 0: energy everywhere (white noise, PCA's global
+    components); towards 1: energy in a few neighbouring pixels (a Gabor with sigma 1.5 on 8x8:
+    ~0.5). A filter whose energy sits in opposite corners scores below 0.
+    """
+    f = _centred_filters(f_NxPxP)
+    side = f.shape[-1]
+    energy = np.square(f)
+    p = energy / np.maximum(energy.sum(axis=(-2, -1), keepdims=True), np.finfo(float).tiny)
+    r_y, r_x = np.meshgrid(np.arange(side), np.arange(side), indexing="ij")
+    mean_y = np.sum(p * r_y, axis=(-2, -1))[..., None, None]
+    mean_x = np.sum(p * r_x, axis=(-2, -1))[..., None, None]
+    spread = np.sqrt(np.sum(p * (np.square(r_y - mean_y) + np.square(r_x - mean_x)), axis=(-2, -1)))
+    return 1.0 - spread / np.sqrt((side * side - 1) / 6.0)

@@ -8,6 +8,7 @@ either complete or absent; an existing one is never replaced. A run stopped earl
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import math
 import os
@@ -36,6 +37,12 @@ from jaxae.experiments.base import (
 METRICS = "metrics.json"
 HISTORY = "history.npz"
 GROUND_TRUTH = "ground_truth.npy"  # the data's true dictionary (atoms_MxD), for data that has one
+# Arrays an analysis returns under `analysis["arrays"]` (baselines' filters, example images) for the
+# report to draw: too large for metrics.json, so they get their own file.
+ARRAYS = "arrays.npz"
+# Packages whose version metrics.json records besides jax, flax and optax: the real-data loaders and
+# baselines (scikit-learn's digits, PCA and dictionary learning; scikit-image's photographs).
+DATA_PACKAGES = ("scikit-learn", "scikit-image")
 PARAMS = "params"
 PROGRESS = "progress.json"
 STATE = "state"
@@ -106,10 +113,19 @@ def versions() -> dict[str, Any]:
         "jax": jax.__version__,
         "flax": flax.__version__,
         "optax": optax.__version__,
+        **{name: _version(name) for name in DATA_PACKAGES},
         "device_kind": devices[0].device_kind,
         "platform": devices[0].platform,
         "device_count": len(devices),
     }
+
+
+def _version(package: str) -> str | None:
+    """An installed package's version, None if it is not installed (read without importing it)."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _host_tree(tree: Any) -> Any:
@@ -156,7 +172,7 @@ def metrics_dict(out: RunOutput, analysis: dict[str, Any], overrides: list[str])
         "convergence_fraction": metrics.CONVERGENCE_FRACTION,
         **primary,
         "arms": {label: r.summary() for label, r in results.items()},
-        "analysis": analysis,
+        "analysis": {k: v for k, v in analysis.items() if k != "arrays"},
         "timing": out.timing,
         "versions": versions(),
     }
@@ -195,6 +211,8 @@ def write_run(
         )
         if truth is not None:
             np.save(staging / GROUND_TRUTH, truth, allow_pickle=False)
+        if analysis.get("arrays"):
+            np.savez_compressed(staging / ARRAYS, **analysis["arrays"])
         if render is not None:
             render(staging)
         os.rename(staging, out_dir)  # fails rather than replace if out_dir appeared meanwhile

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import os
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +17,8 @@ import pytest
 
 from jaxae import data
 from jaxae.config import DataConfig
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # One shape for every data set, so that each program compiles once.
 N, D, MAX = 20_000, 10, 7
@@ -205,3 +212,234 @@ def test_make_data_and_ground_truth_of_sparse(key: jax.Array) -> None:
     np.testing.assert_array_equal(as_np(data.make_data(key, cfg)), as_np(x))
     np.testing.assert_array_equal(as_np(data.ground_truth(key, cfg)), as_np(atoms))
     assert data.ground_truth(key, DataConfig(kind="gaussian")) is None
+
+
+# ----------------------------------------------------------------------------------------------
+# Host loaders: digits, natural-image patches, the user's array
+
+DIGITS = DataConfig(kind="digits", n_samples=1438, n_features=64)
+PATCHES = DataConfig(kind="patches", n_samples=2000, n_features=64, heldout=0.25)
+
+
+def test_digits_shapes_range_and_split(key: jax.Array) -> None:
+    train, held = data.host_split(key, DIGITS)
+    assert train.shape == (1438, 64) and held.shape == (359, 64)
+    assert train.dtype == held.dtype == np.float32
+    for x in (train, held):
+        assert x.min() == 0.0 and x.max() == 1.0  # grey levels 0..16, scaled
+        np.testing.assert_array_equal(x * data.DIGITS_LEVELS, np.round(x * data.DIGITS_LEVELS))
+    assert data.load_digits().shape == (data.DIGITS_ROWS, data.DIGITS_SIDE**2)
+    pool, out = data.split_rows(key, data.DIGITS_ROWS, DIGITS.heldout)
+    assert len(out) == 359 and sorted([*pool, *out]) == list(range(data.DIGITS_ROWS))
+    np.testing.assert_array_equal(held, data.load_digits()[out])
+    np.testing.assert_array_equal(data.make_data(key, DIGITS), train)
+    np.testing.assert_array_equal(data.heldout(key, DIGITS), held)
+
+
+def test_digits_fewer_rows_and_bad_sizes(key: jax.Array) -> None:
+    train, _ = data.host_split(key, dataclasses.replace(DIGITS, n_samples=100))
+    np.testing.assert_array_equal(train, data.host_split(key, DIGITS)[0][:100])
+    with pytest.raises(
+        ValueError, match=r"data\.n_samples=1500 is invalid: allowed is at most 1438"
+    ):
+        data.host_split(key, dataclasses.replace(DIGITS, n_samples=1500))
+    with pytest.raises(ValueError, match=r"data\.n_features=10 is invalid: allowed is 64"):
+        data.host_split(key, dataclasses.replace(DIGITS, n_features=10))
+
+
+@pytest.mark.parametrize("cfg", [DIGITS, PATCHES], ids=["digits", "patches"])
+def test_host_data_is_deterministic_in_the_data_key(cfg: DataConfig) -> None:
+    a = data.host_split(jax.random.key(3), cfg)
+    data._host_split.cache_clear()  # a fresh read, not the cached arrays
+    b = data.host_split(jax.random.key(3), cfg)
+    c = data.host_split(jax.random.key(4), cfg)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a[0], c[0])
+    assert not a[0].flags.writeable  # the cached arrays are shared: read-only
+
+
+def test_patches_follow_ngs_normalisation(key: jax.Array) -> None:
+    train, held = data.host_split(key, PATCHES)
+    assert train.shape == (2000, 64) and held.shape == (500, 64)
+    for x in (train, held):
+        assert x.min() >= 0.1 - 1e-6 and x.max() <= 0.9 + 1e-6
+    # each patch's mean was removed before clipping: unclipped patches sit at 0.5 on average
+    unclipped = np.all((train > 0.1 + 1e-6) & (train < 0.9 - 1e-6), axis=1)
+    assert unclipped.mean() > 0.5
+    np.testing.assert_allclose(train[unclipped].mean(axis=1), 0.5, atol=1e-5)
+    # +-3 standard deviations of the training pixels map to 0.1 and 0.9: std ~ 0.8 / 6
+    assert 0.09 < train.std() < 0.135
+
+
+def test_patches_size_and_images(key: jax.Array) -> None:
+    cfg = dataclasses.replace(PATCHES, patch_size=5, n_features=25, image="camera,moon")
+    train, _ = data.host_split(key, cfg)
+    assert train.shape == (2000, 25)
+    assert data.fit_to_data(dataclasses.replace(PATCHES, patch_size=12)).n_features == 144
+    with pytest.raises(
+        ValueError, match=r"data\.patch_size=301 is invalid: allowed is at most 300"
+    ):
+        data.host_split(key, dataclasses.replace(PATCHES, patch_size=301, n_features=301**2))
+    with pytest.raises(ValueError, match=r"data\.n_features=64 is invalid: allowed is 25"):
+        data.host_split(key, dataclasses.replace(cfg, n_features=64))
+
+
+def test_sample_patches_cuts_real_windows(key: jax.Array) -> None:
+    image = data.load_image("camera")
+    x = data.sample_patches(key, [image], 50, 6)
+    windows = np.lib.stride_tricks.sliding_window_view(image, (6, 6)).reshape(-1, 36)
+    for patch in x[:5]:
+        assert np.any(np.all(windows == patch, axis=1))
+
+
+def test_bundled_images_are_grey_levels_in_the_unit_interval() -> None:
+    for name in data.IMAGE_FILES:
+        assert data.image_path(name).is_file(), name  # inside the installed package
+        image = data.load_image(name)
+        assert image.ndim == 2 and min(image.shape) >= 300, name
+        assert image.min() >= 0.0 and image.max() <= 1.0 and image.std() > 0.05, name
+
+
+def test_zca_whitened_patches_have_identity_covariance(key: jax.Array) -> None:
+    """On the mean-free subspace (each patch's mean is removed first, so the constant patch has no
+    variance) the covariance is the identity: `I - 1 1^T / D`."""
+    raw = data.sample_patches(key, [data.load_image(n) for n in ("camera", "grass")], 5000, 8)
+    white, held = data.zca(raw[:4000], raw[4000:], eps=0.0)
+    cov = np.cov(white, rowvar=False, bias=True)
+    np.testing.assert_allclose(cov, np.eye(64) - 1.0 / 64, atol=1e-8)
+    # the held-out patches use the training fit: near the identity, not exactly
+    cov_held = np.cov(held, rowvar=False, bias=True)
+    assert np.abs(np.diag(cov_held) - (1 - 1 / 64)).max() < 0.5
+    # a regulariser shrinks the weak directions: eigenvalues lambda / (lambda + eps * mean)
+    damped = np.linalg.eigvalsh(np.cov(data.zca(raw, eps=0.1)[0], rowvar=False, bias=True))
+    assert damped.max() < 1.0 and damped[1] < 0.5
+
+
+def test_whitened_loader_output_is_white_up_to_the_rescale(key: jax.Array) -> None:
+    cfg = dataclasses.replace(PATCHES, whiten=True, whiten_eps=0.0)
+    train, _ = data.host_split(key, cfg)
+    eig = np.linalg.eigvalsh(np.cov(train.astype(np.float64), rowvar=False, bias=True))
+    # Whitened pixels are heavy-tailed, so clipping at +-3 standard deviations cuts a few percent
+    # of them and bends the spectrum: the constant patch keeps a little variance, and the other
+    # directions stay within a factor ~2 of each other (raw patches span orders of magnitude).
+    assert eig[0] < 0.1 * eig[-1]
+    assert eig[-1] / eig[1] < 2.5
+    raw = np.linalg.eigvalsh(np.cov(data.host_split(key, PATCHES)[0], rowvar=False, bias=True))
+    assert raw[-1] / raw[1] > 100
+
+
+NO_NETWORK = """
+import socket, sys
+
+def refuse(*args, **kwargs):
+    raise RuntimeError("a loader tried to use the network")
+
+socket.socket.connect = refuse
+socket.socket.connect_ex = refuse
+socket.create_connection = refuse
+socket.getaddrinfo = refuse
+
+import jax
+from jaxae import data
+from jaxae.config import DataConfig
+
+key = jax.random.key(0)
+for cfg in (
+    DataConfig(kind="digits", n_samples=1438, n_features=64),
+    DataConfig(kind="patches", n_samples=200, n_features=64, whiten=True),
+):
+    train, held = data.host_split(key, cfg)
+    assert len(train) and len(held)
+for name in data.IMAGE_FILES:
+    data.load_image(name)
+print("ok")
+"""
+
+
+def test_loaders_never_touch_the_network(tmp_path) -> None:
+    """Every loader in a fresh interpreter whose sockets refuse to connect (so a download, or a
+    lookup of one, fails the test)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_NETWORK], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "ok"
+
+
+def _save(path, value, **kwargs) -> str:
+    np.save(path, value, **kwargs)
+    return str(path)
+
+
+def test_array_loader_reads_a_users_file(tmp_path, key: jax.Array) -> None:
+    x = np.arange(200 * 6, dtype=np.float64).reshape(200, 6)
+    path = _save(tmp_path / "x.npy", x)
+    cfg = data.fit_to_data(DataConfig(kind="array", path=path))
+    assert (cfg.n_samples, cfg.n_features) == (160, 6)
+    train, held = data.host_split(key, cfg)
+    assert train.shape == (160, 6) and held.shape == (40, 6) and train.dtype == np.float32
+    rows = {tuple(r) for r in np.concatenate([train, held])}
+    assert rows == {tuple(r) for r in x.astype(np.float32)}
+
+
+@pytest.mark.parametrize(
+    ("write", "reason"),
+    [
+        (lambda p: None, "no such file"),
+        (lambda p: _save(p, np.zeros(5)), r"its shape is \(5,\)"),
+        (lambda p: _save(p, np.zeros((2, 3, 4))), r"its shape is \(2, 3, 4\)"),
+        (lambda p: _save(p, np.array([[1.0, np.nan], [0.0, np.inf]])), "2 of its values"),
+        (
+            lambda p: _save(p, np.array([[1, "a"]], dtype=object), allow_pickle=True),
+            "allow_pickle=False",
+        ),
+        (lambda p: p.write_bytes(b"not an array at all"), "reading it failed"),
+        (lambda p: np.savez(p.with_suffix(".npz"), a=np.zeros((3, 3))) or _rename(p), "npz"),
+        (lambda p: _save(p, np.array([["a", "b"]])), "its dtype is <U1"),
+    ],
+    ids=["missing", "rank1", "rank3", "nonfinite", "pickled", "garbage", "npz", "strings"],
+)
+def test_array_loader_refuses_bad_files(tmp_path, write, reason: str) -> None:
+    path = tmp_path / "x.npy"
+    write(path)
+    with pytest.raises(
+        ValueError, match=rf"^data\.path='{path}' is invalid: allowed is .*{reason}"
+    ):
+        data.load_array(str(path))
+
+
+def _rename(path) -> None:
+    path.with_suffix(".npz").rename(path)
+
+
+def test_host_kinds_refuse_per_seed_and_bad_settings() -> None:
+    with pytest.raises(ValueError, match=r"data\.per_seed=True is invalid"):
+        DataConfig(kind="digits", per_seed=True)
+    with pytest.raises(ValueError, match=r"data\.image='lena' is invalid: allowed is 'all' or"):
+        DataConfig(kind="patches", image="lena")
+    with pytest.raises(ValueError, match=r"data\.patch_size=1 is invalid"):
+        DataConfig(kind="patches", patch_size=1)
+    with pytest.raises(ValueError, match=r"data\.heldout=1\.0 is invalid"):
+        DataConfig(kind="digits", heldout=1.0)
+    with pytest.raises(ValueError, match=r"data\.path='' is invalid"):
+        DataConfig(kind="array")
+    assert DataConfig(image="camera, moon").images() == ("camera", "moon")
+
+
+class _Trap:
+    """Unpickling this object would create `path`: proof that a loader unpickled a file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (os.mkdir, (self.path,))
+
+
+def test_array_loader_never_unpickles(tmp_path) -> None:
+    marker = tmp_path / "unpickled"
+    path = _save(tmp_path / "trap.npy", np.array([[_Trap(str(marker))]], object), allow_pickle=True)
+    with pytest.raises(ValueError, match=r"data\.path="):
+        data.load_array(path)
+    assert not marker.exists()

@@ -142,3 +142,39 @@ def test_pairwise_mcc_and_shared_units():
     random = metrics.pairwise_mcc(dec, enc, max_pairs=4)
     assert random["pw_mcc"].shape == (4,) and np.all(random["pw_mcc"] < 0.9)
     np.testing.assert_array_equal(metrics.seed_pairs(4, 4), [[0, 1], [0, 2], [0, 3], [1, 2]])
+
+
+def gabor(side: int, theta: float, sigma: float = 1.5, wavelength: float = 4.0) -> np.ndarray:
+    """A Gabor patch: a grating at angle `theta` under a Gaussian envelope, centred."""
+    r_y, r_x = np.meshgrid(np.arange(side), np.arange(side), indexing="ij")
+    c = (side - 1) / 2
+    along = (r_x - c) * np.cos(theta) + (r_y - c) * np.sin(theta)
+    envelope = np.exp(-((r_x - c) ** 2 + (r_y - c) ** 2) / (2 * sigma**2))
+    return envelope * np.cos(2 * np.pi * along / wavelength)
+
+
+def test_a_gabor_filter_is_oriented_and_local_white_noise_is_neither():
+    gabors = np.stack([gabor(8, theta) for theta in np.linspace(0, np.pi, 8, endpoint=False)])
+    noise = np.random.default_rng(0).normal(size=(2000, 8, 8))
+    o_gabor, o_noise = (metrics.orientation_concentration(f) for f in (gabors, noise))
+    l_gabor, l_noise = (metrics.spatial_concentration(f) for f in (gabors, noise))
+    assert o_gabor.min() > 0.75 and l_gabor.min() > 0.45
+    assert o_noise.mean() < 0.2 and l_noise.mean() < 0.05
+    assert np.quantile(o_noise, 0.99) < o_gabor.min()
+    assert np.quantile(l_noise, 0.99) < l_gabor.min()
+    # the score is about concentration, not a preferred angle
+    np.testing.assert_allclose(o_gabor, o_gabor[0], atol=0.02)
+
+
+def test_orientation_and_locality_limits():
+    grating = np.tile(np.cos(np.pi * np.arange(8) / 2), (8, 1))  # vertical stripes
+    # a grating's power lies on one line, spread only by the patch's edges (8 pixels)
+    assert metrics.orientation_concentration(grating[None])[0] > 0.8
+    assert abs(metrics.spatial_concentration(grating[None])[0]) < 0.05  # energy everywhere
+    dot = np.zeros((1, 8, 8))
+    dot[0, 3:5, 3:5] = [[1, -1], [-1, 1]]  # energy in four neighbouring pixels
+    assert metrics.spatial_concentration(dot)[0] > 0.75  # 1 - sqrt(1/2) / sqrt(63/6)
+    # scale and sign do not matter
+    f = np.random.default_rng(1).normal(size=(3, 8, 8))
+    for fn in (metrics.orientation_concentration, metrics.spatial_concentration):
+        np.testing.assert_allclose(fn(-5.0 * f), fn(f), rtol=1e-10)

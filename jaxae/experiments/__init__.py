@@ -1,16 +1,16 @@
 """Named experiments: the registry of every family's presets, and what they share (from `base`).
 
-Each family is one module (`tutorial`, ...) with its presets, their analyses and an `EXPERIMENTS`
-tuple; this registry joins those tuples into `EXPERIMENTS` (name -> experiment, in family order)
-and re-exports `base`, so callers import from `jaxae.experiments` alone. Adding an experiment
-touches its family's module and, for a new family, the list below.
+Each family is one module (`tutorial`, `images`, ...) with its presets, their analyses and an
+`EXPERIMENTS` tuple; this registry joins those tuples into `EXPERIMENTS` (name -> experiment, in
+family order) and re-exports `base`, so callers import from `jaxae.experiments` alone. Adding an
+experiment touches its family's module and, for a new family, the list below.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from jaxae.experiments import sparse, tutorial
+from jaxae.experiments import images, sparse, tutorial
 from jaxae.experiments.base import (
     SIMILARITY_SEEDS,
     Arm,
@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 # The families, in the order their experiments are listed and reproduced: the tutorial's first.
-FAMILIES = (tutorial, sparse)
+FAMILIES = (tutorial, sparse, images)
 
 
 def _by_name(experiments: Iterable[Experiment]) -> dict[str, Experiment]:

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxae import metrics, train
+from jaxae import data, metrics, train
 from jaxae.config import Config, override
 
 
@@ -70,6 +70,10 @@ class Experiment:
     # Arms built from a base config, so that `--set` on the data or width reaches every arm.
     build: Callable[[Config], tuple[Arm, ...]] | None = None
     base: Config | None = None
+    # `--set` fields that `build` hands to the arms that use them (e.g. `model.k` to a top-k arm
+    # only, beside ReLU and sigmoid arms): they reach the arms through the base, not by being set
+    # on every arm.
+    base_only: tuple[str, ...] = ()
     default_seeds: int = 256  # seeds `jaxae run` and `jaxae reproduce` train without --seeds
 
     @property
@@ -203,14 +207,17 @@ def with_overrides(exp: Experiment, assignments: list[str]) -> Experiment:
     """`exp` with `--set section.field=value` applied to every arm (validated before training).
 
     In a sweep, `model.n_hidden` is the program's width; the arms keep their own sizes, so it must
-    be at least the largest of them.
+    be at least the largest of them. Fields in `exp.base_only` reach the arms through the base
+    only. Host data (files) are loaded here once, so a bad file is a `ValueError` before training.
     """
     if not assignments:
         return exp
     built = exp.arms if exp.build is None else exp.build(override(exp.base, assignments))
+    every_arm = [a for a in assignments if a.partition("=")[0].strip() not in exp.base_only]
     arms = []
     for arm in built:
-        cfg = override(arm.config, assignments)
+        cfg = override(arm.config, every_arm)
+        data.check(cfg.data)
         if arm.n_active is not None and arm.n_active > cfg.model.n_hidden:
             raise ValueError(
                 f"model.n_hidden={cfg.model.n_hidden} is invalid: allowed is at least "

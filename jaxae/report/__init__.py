@@ -14,7 +14,7 @@ from pathlib import Path
 from types import ModuleType
 
 from jaxae import experiments, results
-from jaxae.report import base, sparse, tutorial
+from jaxae.report import base, images, sparse, tutorial
 from jaxae.report.base import FIGURES, GENERIC_PAGE, REPORT, Figure, Metrics, Page, plot_loss
 
 __all__ = [
@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 # Every family's pages; adding a family adds its module here.
-FAMILIES = (tutorial, sparse)
+FAMILIES = (tutorial, sparse, images)
 
 
 def _by_experiment(families: tuple[ModuleType, ...]) -> dict[str, Page]:

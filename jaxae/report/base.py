@@ -90,6 +90,20 @@ def read_history(run_dir: Path, labels: list[str]) -> dict[str, np.ndarray]:
         }
 
 
+def has_arrays(run_dir: Path) -> bool:
+    """Whether the analysis stored arrays for the report (arrays.npz)."""
+    return (Path(run_dir) / results.ARRAYS).is_file()
+
+
+def read_arrays(run_dir: Path) -> dict[str, np.ndarray]:
+    """The arrays the analysis stored beside metrics.json (arrays.npz); empty if there are none."""
+    path = Path(run_dir) / results.ARRAYS
+    if not path.is_file():
+        return {}
+    with np.load(path, allow_pickle=False) as npz:
+        return {name: np.asarray(npz[name]) for name in npz.files}
+
+
 def has_params(run_dir: Path) -> bool:
     """Whether the run kept its trained parameters (the `params` checkpoint)."""
     return (Path(run_dir) / results.PARAMS).exists()

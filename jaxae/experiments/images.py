@@ -1,0 +1,638 @@
+"""The images family: autoencoders on real images, against what a user would pick instead.
+
+- `digits`: scikit-learn's 8x8 handwritten digits. An overcomplete model (128 units for 64 pixels)
+  trained plain, top-k, KL and L1 (unit-norm decoder); held-out FVU, L0, dead units and agreement
+  across seeds (pw_mcc with its chance level), beside scikit-learn's `PCA` with k components and
+  `MiniBatchDictionaryLearning` of the same width with k non-zeros per sample (OMP), over several
+  `random_state` values.
+- `patches`: Ng's CS294A sparse-autoencoder exercise on 8x8 patches of scikit-image's photographs
+  (64-25-64 sigmoid, rho 0.01, beta 3, weight decay 1e-4; Adam in place of L-BFGS) plus an
+  overcomplete top-k arm; how oriented and how local the filters are, beside random filters and
+  PCA components, and whether different seeds find the same ones.
+
+Both presets build their arms from a base config (the top-k arm's), so `--set` on the data
+(`data.image`, `data.patch_size`, `data.kind=array` with `data.path`) or the width reaches every
+arm; `model.k` and `loss.aux_k` reach the top-k arm only (`base_only`). Every reconstruction
+figure is measured on the held-out split (`data.heldout`) by the family's `measure`, which applies
+the trained model to it, vmapped over seeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxae import data, metrics, train
+from jaxae.config import Config, DataConfig, LossConfig, ModelConfig, OptimConfig, TrainConfig
+from jaxae.experiments.base import (
+    Arm,
+    ArmResult,
+    Experiment,
+    built,
+    decoder_rows,
+    encoder_rows,
+    with_,
+)
+from jaxae.model import make_model
+
+FAMILY = "images"
+
+# Seeds whose weights are compared pairwise, and the most pairs among them (Hungarian matching of
+# 128 units costs a few milliseconds a pair).
+PAIR_SEEDS = 100
+MAX_PAIRS = 1000
+# Seeds whose filters the report shows side by side (seed 0 and the units of seed 1 matched to it).
+GRID_SEEDS = 2
+# Held-out digits whose reconstructions the report shows.
+N_EXAMPLES = 10
+# Random filters drawn for the orientation/locality baseline.
+RANDOM_FILTERS = 1000
+
+# ----------------------------------------------------------------------------------------------
+# Presets
+
+DIGITS_WIDTH = 128  # hidden units for 64 pixels: 2x overcomplete
+DIGITS_K = 8  # non-zeros per digit: top-k's k, dictionary learning's OMP, PCA's components
+DIGITS_KL_WEIGHT = 0.1
+DIGITS_KL_RHO = 0.05
+DIGITS_L1_WEIGHT = 0.003
+DIGITS_EPOCHS = 200
+DIGITS_SEEDS = 8
+# Dictionary learning fits (random_state 0..n-1): each takes several seconds on 2 cores; and its
+# most passes over the data (scikit-learn's default; it stops earlier when it stops improving).
+DL_FITS = 3
+DL_MAX_ITER = 1000
+
+# Ng's exercise: 64-25-64 sigmoid, sparsity target rho and weight beta, weight decay lambda.
+NG_HIDDEN = 25
+NG_RHO = 0.01
+NG_BETA = 3.0
+NG_LAMBDA = 1e-4
+NG_EPOCHS_FACTOR = 5  # Ng's arm trains this many times the top-k arm's epochs
+PATCH_SAMPLES = 10_000
+PATCHES_WIDTH = 128
+PATCHES_K = 8
+PATCHES_EPOCHS = 60
+PATCHES_SEEDS = 8
+# ZCA regulariser as a share of the mean eigenvalue: damps the noisiest (highest-frequency)
+# directions, as the low-pass in the whitening of Ng's images (Olshausen & Field) does.
+PATCHES_WHITEN_EPS = 0.1
+
+
+def ng_weights(n_features: int) -> tuple[float, float]:
+    """Ng's beta and lambda in jaxae's units: `(sparsity weight, weight decay)`.
+
+    Ng's cost is `mean_i 1/2 |x_hat_i - x_i|^2 + lambda/2 |W|^2 + beta KL`; jaxae's is
+    `mean_i mean_d (x_hat - x)^2 + w KL`, with weight decay as L2 through Adam (`grad += wd * p`).
+    Ng's cost times 2/D is jaxae's with `w = 2 beta / D` and `wd = 2 lambda / D`: the same optimum,
+    and Adam is blind to the overall scale.
+    """
+    return 2.0 * NG_BETA / n_features, 2.0 * NG_LAMBDA / n_features
+
+
+# Top-k's auxiliary loss revives dead units with the AUX_K largest of their pre-activations (Gao
+# et al. 2024); small enough for a `--set model.n_hidden` down to 16 units.
+AUX_K = 16
+
+
+def _topk_model(width: int, k: int) -> ModelConfig:
+    """Top-k with the sparse family's remedies for dead units: tied init, unit-norm decoder."""
+    return ModelConfig(
+        n_hidden=width,
+        activation="topk",
+        k=k,
+        init="torch",
+        unit_norm_decoder=True,
+        tied_init=True,
+    )
+
+
+def _digits_base() -> Config:
+    """The top-k arm's config; the other arms follow from it (`_digits_arms`). It holds the KL
+    arm's rho (unused by top-k), so `--set loss.rho` reaches the KL arm through it."""
+    cfg = Config(
+        data=DataConfig(kind="digits"),
+        model=_topk_model(DIGITS_WIDTH, DIGITS_K),
+        loss=LossConfig(sparsity="none", rho=DIGITS_KL_RHO, aux_k=AUX_K),
+        optim=OptimConfig(learning_rate=1e-3),
+        train=TrainConfig(epochs=DIGITS_EPOCHS, batch_size=100, chunk_epochs=DIGITS_EPOCHS // 6),
+    )
+    return with_(cfg, data=dataclasses.asdict(data.fit_to_data(cfg.data)))
+
+
+def _plain(cfg: Config, activation: str = "relu", **loss: Any) -> Config:
+    """`cfg` without top-k (and its remedies), with the given loss fields."""
+    model = dataclasses.replace(
+        cfg.model, activation=activation, k=None, unit_norm_decoder=False, tied_init=False
+    )
+    return dataclasses.replace(
+        cfg, model=model, loss=dataclasses.replace(cfg.loss, aux_k=0, **loss)
+    )
+
+
+def _digits_arms(base: Config) -> tuple[Arm, ...]:
+    """plain ReLU, L1 with a unit-norm decoder, top-k (the base), KL on sigmoid units.
+
+    The plain arm is the L1 arm's model with no penalty (a sparsity weight of 0 for that arm), so
+    the two share one program and differ in nothing else.
+    """
+    base = with_(base, data=dataclasses.asdict(data.fit_to_data(base.data)))
+    l1 = _plain(base, sparsity="l1", weight=DIGITS_L1_WEIGHT)
+    l1 = with_(l1, model={"unit_norm_decoder": True})
+    kl = _plain(base, "sigmoid", sparsity="kl", weight=DIGITS_KL_WEIGHT)
+    # Sigmoid units under a KL penalty learn slowly at Adam's 1e-3 (FVU ~0.36 after 300 epochs);
+    # ten times that reaches ~0.05.
+    kl = with_(kl, optim={"learning_rate": 10 * base.optim.learning_rate})
+    return (
+        Arm("plain", l1, hyper=(("sparsity_weight", 0.0),)),
+        Arm("l1", l1),
+        Arm("topk", base),
+        Arm("kl", kl),
+    )
+
+
+def _patches_base() -> Config:
+    """The overcomplete top-k arm's config; Ng's arm follows from it (`_patches_arms`)."""
+    return Config(
+        data=DataConfig(
+            kind="patches",
+            n_samples=PATCH_SAMPLES,
+            n_features=64,
+            whiten=True,
+            whiten_eps=PATCHES_WHITEN_EPS,
+        ),
+        model=_topk_model(PATCHES_WIDTH, PATCHES_K),
+        loss=LossConfig(sparsity="none", rho=NG_RHO, aux_k=AUX_K),
+        optim=OptimConfig(learning_rate=1e-3),
+        train=TrainConfig(epochs=PATCHES_EPOCHS, batch_size=100, chunk_epochs=PATCHES_EPOCHS // 6),
+    )
+
+
+def _patches_arms(base: Config) -> tuple[Arm, ...]:
+    """Ng's 64-25-64 sigmoid autoencoder with KL and weight decay, and the top-k arm (the base)."""
+    base = with_(base, data=dataclasses.asdict(data.fit_to_data(base.data)))
+    weight, decay = ng_weights(base.data.n_features)
+    ng = _plain(base, "sigmoid", sparsity="kl", weight=weight)
+    ng = with_(
+        ng,
+        model={"n_hidden": NG_HIDDEN},
+        # Sigmoid units under a KL penalty learn slowly at Adam's 1e-3: ten times that, and five
+        # times the epochs (held-out FVU ~0.93 after 60, ~0.75 after 300; 25 units are cheap).
+        optim={"weight_decay": decay, "learning_rate": 10 * base.optim.learning_rate},
+        train={"epochs": NG_EPOCHS_FACTOR * base.train.epochs},
+    )
+    return (Arm("ng", ng), Arm("topk", base))
+
+
+# ----------------------------------------------------------------------------------------------
+# Measures: what every arm reports, on the held-out split
+
+
+def heldout_x(cfg: Config) -> np.ndarray:
+    """The held-out split of the arm's data (every reconstruction figure is measured on it)."""
+    x = data.heldout(jax.random.key(cfg.data.seed), cfg.data)
+    if x is None:  # generated data (`--set data.kind=gaussian`): a fresh draw from another key
+        x = np.asarray(
+            data.make_data(jax.random.fold_in(jax.random.key(cfg.data.seed), 1), cfg.data)
+        )
+    return x
+
+
+def _apply_args(r: ArmResult) -> dict[str, Any]:
+    cfg = r.arm.config
+    return {
+        "mask_H": train.hidden_mask(jnp.int32(r.arm.n_hidden), cfg.model.n_hidden),
+        "k": jnp.int32(r.arm.value("k")),
+    }
+
+
+def heldout_figures(r: ArmResult, x_NxD: np.ndarray) -> dict[str, np.ndarray]:
+    """`metrics.evaluate` of every seed on `x` (vmapped over seeds), plus each unit's mean
+    activation and the mean L1 norm of the code."""
+    cfg = r.arm.config
+    model = make_model(cfg.model, cfg.data.n_features)
+    args = _apply_args(r)
+    x = jnp.asarray(x_NxD)
+    weight, rho = np.float32(r.arm.value("sparsity_weight")), np.float32(r.arm.value("rho"))
+
+    def one(params: Any) -> dict[str, jax.Array]:
+        figures = metrics.evaluate(
+            params, x, model=model, loss_cfg=cfg.loss, sparsity_weight=weight, rho=rho, **args
+        )
+        h_NxH = model.apply(params, x, args["mask_H"], args["k"], method="encode")
+        figures["unit_mean_activation"] = jnp.mean(h_NxH, axis=0)
+        figures["code_l1"] = jnp.mean(jnp.sum(jnp.abs(h_NxH), axis=-1))
+        return figures
+
+    return {k: np.asarray(v) for k, v in jax.jit(jax.vmap(one))(r.params).items()}
+
+
+def reconstruct(r: ArmResult, x_NxD: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Seed `seed`'s reconstruction of `x`."""
+    cfg = r.arm.config
+    model = make_model(cfg.model, cfg.data.n_features)
+    params = jax.tree.map(lambda v: v[seed], r.params)
+    args = _apply_args(r)
+    x_hat, _ = model.apply(params, jnp.asarray(x_NxD), args["mask_H"], args["k"])
+    return np.asarray(x_hat)
+
+
+def _rows(r: ArmResult, params: Any) -> tuple[np.ndarray, np.ndarray]:
+    """`(encoder, decoder)` rows `w_SxHxD` of the arm's units in use."""
+    h = r.arm.n_hidden
+    return encoder_rows(params)[:, :h], decoder_rows(params)[:, :h]
+
+
+def _mean(values: Any) -> float:
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if v.size else float("nan")
+
+
+def agreement(r: ArmResult) -> dict[str, Any]:
+    """pw_mcc (decoder), pw_mcc_encoder and shared units between seeds, and the same between the
+    same seeds' untrained weights (`_null`, the chance level); per pair and their means."""
+    m = min(PAIR_SEEDS, len(r.diverged))
+    out: dict[str, Any] = {}
+    for suffix, params in (("", r.params), ("_null", r.init_params)):
+        encoder, decoder = _rows(r, params)
+        pairs = metrics.pairwise_mcc(decoder[:m], encoder[:m], max_pairs=MAX_PAIRS)
+        for name in ("pw_mcc", "pw_mcc_encoder", "shared"):
+            values = pairs.get(name, np.zeros(0))
+            out[f"{name}{suffix}"] = values.tolist()
+            out[f"{name}{suffix}_mean"] = _mean(values)
+    out["pairs"] = len(out["pw_mcc"])
+    return out
+
+
+def filter_shape(r: ArmResult) -> tuple[np.ndarray, np.ndarray] | None:
+    """`(encoder, decoder)` rows as square images `[S, H, P, P]`; None if D is not a square."""
+    side = data.side(r.arm.config.data.n_features)
+    if side is None:
+        return None
+    encoder, decoder = _rows(r, r.params)
+    shape = (*encoder.shape[:2], side, side)
+    return encoder.reshape(shape), decoder.reshape(shape)
+
+
+def filter_figures(f_SxHxPxP: np.ndarray) -> dict[str, np.ndarray]:
+    """Per seed, the mean over units of orientation and spatial concentration."""
+    flat = f_SxHxPxP.reshape(-1, *f_SxHxPxP.shape[-2:])
+    shape = f_SxHxPxP.shape[:2]
+    return {
+        "orientation": metrics.orientation_concentration(flat).reshape(shape).mean(axis=-1),
+        "locality": metrics.spatial_concentration(flat).reshape(shape).mean(axis=-1),
+    }
+
+
+def measure(r: ArmResult) -> dict[str, Any]:
+    """Held-out FVU, L0, code L1 and dead units; agreement across seeds with its chance level; for
+    square inputs, how oriented and local the encoder and decoder filters are (and at init)."""
+    cfg = r.arm.config
+    x = heldout_x(cfg)
+    held = heldout_figures(r, x)
+    dead = metrics.dead_units(
+        held["unit_active_fraction"], np.full(len(r.diverged), r.arm.n_hidden)
+    )
+    out: dict[str, Any] = {
+        "heldout_samples": len(x),
+        "heldout_fvu": held["fvu"].tolist(),
+        "heldout_fvu_quantiles": metrics.quantiles(held["fvu"]),
+        "heldout_l0": held["l0"].tolist(),
+        "heldout_l0_mean": _mean(held["l0"]),
+        "heldout_code_l1_mean": _mean(held["code_l1"]),
+        "heldout_dead_units_mean": _mean(dead),
+        "dead_units_mean": _mean(
+            metrics.dead_units(
+                r.figures["unit_active_fraction"], np.full(len(dead), r.arm.n_hidden)
+            )
+        ),
+        # seeds 0 and 1, for the report's filter grids (ordered by how often a unit fires)
+        "heldout_unit_firing": held["unit_active_fraction"][:GRID_SEEDS, : r.arm.n_hidden].tolist(),
+        "heldout_unit_mean": held["unit_mean_activation"][:GRID_SEEDS, : r.arm.n_hidden].tolist(),
+        **agreement(r),
+    }
+    shaped = filter_shape(r)
+    if shaped is not None:
+        init_encoder, _ = _rows(r, r.init_params)
+        init_shape = (*init_encoder.shape[:2], *shaped[0].shape[-2:])
+        for name, f in (
+            ("encoder", shaped[0]),
+            ("decoder", shaped[1]),
+            ("init", init_encoder.reshape(init_shape)),
+        ):
+            for figure, values in filter_figures(f).items():
+                out[f"{figure}_{name}"] = values.tolist()
+                out[f"{figure}_{name}_mean"] = _mean(values)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Baselines: scikit-learn's PCA and dictionary learning, random filters
+
+
+def fvu(x_hat_NxD: np.ndarray, x_NxD: np.ndarray) -> float:
+    """`metrics.fvu` on host arrays."""
+    return float(metrics.fvu(jnp.asarray(x_hat_NxD), jnp.asarray(x_NxD)))
+
+
+def pca_baseline(train_NxD: np.ndarray, held_MxD: np.ndarray) -> dict[str, Any]:
+    """scikit-learn's `PCA` fitted on the training split: held-out FVU with 1..D components (the
+    linear floor for a code of that many numbers) and the components, largest first."""
+    import sklearn.decomposition  # here, not at the top: only this family needs scikit-learn
+
+    pca = sklearn.decomposition.PCA(n_components=min(train_NxD.shape)).fit(train_NxD)
+    centred = held_MxD - pca.mean_
+    curve = []
+    for m in range(1, len(pca.components_) + 1):
+        c = pca.components_[:m]
+        curve.append(fvu(pca.mean_ + centred @ c.T @ c, held_MxD))
+    return {
+        "heldout_fvu_by_components": curve,
+        "explained_variance_ratio": pca.explained_variance_ratio_.tolist(),
+        "components": pca.components_,
+        "mean": pca.mean_,
+    }
+
+
+def pca_reconstruction(pca: dict[str, Any], x_NxD: np.ndarray, m: int) -> np.ndarray:
+    """`x` through the first `m` components of `pca_baseline`."""
+    c = pca["components"][:m]
+    return pca["mean"] + (x_NxD - pca["mean"]) @ c.T @ c
+
+
+def dictionary_baseline(
+    train_NxD: np.ndarray, held_MxD: np.ndarray, width: int, k: int, fits: int
+) -> dict[str, Any]:
+    """scikit-learn's `MiniBatchDictionaryLearning` (its defaults; `width` atoms) fitted on the
+    mean-removed training split with `random_state` 0..fits-1; held-out codes by OMP with `k`
+    non-zeros. Its atoms are compared across random states with the same pw_mcc as the seeds of
+    an autoencoder; beside it, the same between its starting dictionaries (the SVD it starts from
+    does not depend much on the random state) and between random directions."""
+    import sklearn.decomposition
+    import sklearn.utils.extmath
+
+    mean_D = train_NxD.mean(axis=0)
+    atoms, held_fvu, l0, firing, examples, seconds, starts = [], [], [], [], [], [], []
+    for state in range(fits):
+        # Its start, as scikit-learn makes it without `dict_init`: a randomized SVD of the data
+        # (at most D atoms), padded with zero atoms up to `width`.
+        _, s_R, vt_RxD = sklearn.utils.extmath.randomized_svd(
+            train_NxD - mean_D, width, random_state=state
+        )
+        start_HxD = np.zeros((width, train_NxD.shape[1]))
+        start_HxD[: len(s_R)] = (s_R[:, None] * vt_RxD)[:width]
+        starts.append(start_HxD)
+        start = time.perf_counter()
+        dl = sklearn.decomposition.MiniBatchDictionaryLearning(
+            n_components=width,
+            transform_algorithm="omp",
+            transform_n_nonzero_coefs=k,
+            random_state=state,
+            max_iter=DL_MAX_ITER,
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # lars convergence chatter
+            dl.fit(train_NxD - mean_D)
+        code_MxH = dl.transform(held_MxD - mean_D)
+        seconds.append(time.perf_counter() - start)
+        x_hat = mean_D + code_MxH @ dl.components_
+        atoms.append(dl.components_)
+        held_fvu.append(fvu(x_hat, held_MxD))
+        l0.append(float(np.mean(np.sum(code_MxH != 0, axis=-1))))
+        firing.append(np.mean(code_MxH != 0, axis=0))
+        examples.append(x_hat[:N_EXAMPLES])
+    atoms_RxHxD = np.stack(atoms)
+    pairs = metrics.pairwise_mcc(atoms_RxHxD)["pw_mcc"]
+    start_pairs = metrics.pairwise_mcc(np.stack(starts))["pw_mcc"]
+    return {
+        "fits": fits,
+        "width": width,
+        "k": k,
+        "heldout_fvu": held_fvu,
+        "heldout_l0": l0,
+        "dead_atoms": [int(np.sum(f == 0)) for f in firing],
+        "pw_mcc": pairs.tolist(),
+        "pw_mcc_mean": _mean(pairs),
+        # two chance levels: its own start (the analogue of an autoencoder's untrained weights)
+        # and random directions
+        "pw_mcc_start": start_pairs.tolist(),
+        "pw_mcc_start_mean": _mean(start_pairs),
+        "pw_mcc_null_mean": metrics.random_unit_mcc_chance(width, train_NxD.shape[1]),
+        "fit_s": seconds,
+        "atoms": atoms_RxHxD,
+        "firing": np.stack(firing),
+        "examples": examples[0],
+    }
+
+
+def random_filters(key: jax.Array, n: int, side: int) -> np.ndarray:
+    """`n` filters of i.i.d. standard normal pixels, `[n, side, side]`."""
+    return np.asarray(jax.random.normal(key, (n, side, side)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Analyses
+
+
+def matched_grid(
+    rows_SxHxD: np.ndarray, firing_SxH: np.ndarray, mean_SxH: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Seed 0's units ordered by how often they fire (then by mean activation, for sigmoid units
+    that rarely pass 0.5), and seed 1's unit matched to each (signed-cosine Hungarian matching, as
+    pw_mcc) in the same place: `rows` `[2, H, D]`, `cos` `[H]`, `firing` `[2, H]`."""
+    order = np.lexsort((-np.asarray(mean_SxH[0]), -np.asarray(firing_SxH[0])))
+    if len(rows_SxHxD) < 2:
+        return {"rows": rows_SxHxD[:1, order], "cos": np.ones(len(order)), "firing": firing_SxH[:1]}
+    cos_H, partner_H = metrics.matched_cosines(rows_SxHxD[0], rows_SxHxD[1])
+    partner = partner_H[order]
+    return {
+        "rows": np.stack([rows_SxHxD[0][order], rows_SxHxD[1][partner]]),
+        "cos": cos_H[order],
+        "firing": np.stack([np.asarray(firing_SxH[0])[order], np.asarray(firing_SxH[1])[partner]]),
+    }
+
+
+def _arm_grid(r: ArmResult, kind: str) -> dict[str, np.ndarray]:
+    encoder, decoder = _rows(r, r.params)
+    rows = encoder if kind == "encoder" else decoder
+    return matched_grid(
+        rows[:GRID_SEEDS],
+        np.asarray(r.measures["heldout_unit_firing"]),
+        np.asarray(r.measures["heldout_unit_mean"]),
+    )
+
+
+def _store_grid(arrays: dict[str, np.ndarray], name: str, grid: dict[str, np.ndarray]) -> None:
+    for part, values in grid.items():
+        arrays[f"grid_{part}_{name}"] = np.asarray(values, np.float32)
+
+
+def _arm_summary(r: ArmResult) -> dict[str, Any]:
+    """The figures an analysis reports of one arm (from its measures)."""
+    keys = (
+        "heldout_l0_mean",
+        "heldout_code_l1_mean",
+        "dead_units_mean",
+        "heldout_dead_units_mean",
+        "pw_mcc_mean",
+        "pw_mcc_null_mean",
+        "pw_mcc_encoder_mean",
+        "pw_mcc_encoder_null_mean",
+        "shared_mean",
+        "pairs",
+    )
+    out = {key: r.measures[key] for key in keys}
+    out["heldout_fvu_median"] = r.measures["heldout_fvu_quantiles"]["q50"]
+    out["activation"] = r.arm.config.model.activation
+    out["sparsity"] = r.arm.config.loss.sparsity
+    out["k"] = int(r.arm.value("k")) if r.arm.config.model.activation == "topk" else None
+    return out
+
+
+def _code_size(results: dict[str, ArmResult]) -> int:
+    """The non-zeros per sample the baselines get: the top-k arm's k (else the model's width)."""
+    for r in results.values():
+        if r.arm.config.model.activation == "topk":
+            return int(r.arm.value("k"))
+    return next(iter(results.values())).arm.n_hidden
+
+
+def _split(results: dict[str, ArmResult]) -> tuple[Config, np.ndarray, np.ndarray]:
+    first = next(iter(results.values()))
+    cfg = first.arm.config
+    return cfg, np.asarray(first.x, np.float64), np.asarray(heldout_x(cfg), np.float64)
+
+
+def analyse_digits(exp: Experiment, results: dict[str, ArmResult]) -> dict[str, Any]:
+    """Every arm beside PCA with k components and dictionary learning with k non-zeros: held-out
+    FVU, L0 and agreement across seeds; the filter grids and example reconstructions as arrays."""
+    cfg, train_x, held = _split(results)
+    k = _code_size(results)
+    width = max(r.arm.n_hidden for r in results.values())
+    start = time.perf_counter()
+    pca = pca_baseline(train_x, held)
+    dl = dictionary_baseline(train_x, held, width, k, DL_FITS)
+    arrays: dict[str, np.ndarray] = {"examples_x": held[:N_EXAMPLES].astype(np.float32)}
+    for label, r in results.items():
+        _store_grid(arrays, label, _arm_grid(r, "decoder"))
+        arrays[f"examples_{label}"] = reconstruct(r, held[:N_EXAMPLES]).astype(np.float32)
+    arrays["examples_pca"] = pca_reconstruction(pca, held[:N_EXAMPLES], k).astype(np.float32)
+    arrays["examples_dictionary_learning"] = dl["examples"].astype(np.float32)
+    atoms = dl["atoms"]
+    _store_grid(
+        arrays, "dictionary_learning", matched_grid(atoms[:GRID_SEEDS], dl["firing"], dl["firing"])
+    )
+    components = min(k, len(pca["heldout_fvu_by_components"]))
+    return {
+        "code_size": k,
+        "width": width,
+        "arms": {label: _arm_summary(r) for label, r in results.items()},
+        "pca": {
+            "components": components,
+            "heldout_fvu": pca["heldout_fvu_by_components"][components - 1],
+            "heldout_fvu_by_components": pca["heldout_fvu_by_components"],
+        },
+        "dictionary_learning": {
+            key: value for key, value in dl.items() if key not in ("atoms", "firing", "examples")
+        },
+        "baseline_s": time.perf_counter() - start,
+        "image_side": data.side(cfg.data.n_features),
+        "arrays": arrays,
+    }
+
+
+def analyse_patches(exp: Experiment, results: dict[str, ArmResult]) -> dict[str, Any]:
+    """Orientation and locality of every arm's filters beside random filters and PCA components;
+    agreement across seeds; the filter grids as arrays."""
+    cfg, train_x, held = _split(results)
+    side = data.side(cfg.data.n_features)
+    start = time.perf_counter()
+    pca = pca_baseline(train_x, held)
+    # Patches are mean-free (up to clipping): the component along the constant patch is what
+    # clipping left over, not a filter.
+    ones_D = np.ones(train_x.shape[1]) / np.sqrt(train_x.shape[1])
+    real = np.abs(pca["components"] @ ones_D) < 0.9
+    arrays: dict[str, np.ndarray] = {}
+    for label, r in results.items():
+        _store_grid(arrays, label, _arm_grid(r, "encoder"))
+    out: dict[str, Any] = {
+        "arms": {label: _arm_summary(r) for label, r in results.items()},
+        "image_side": side,
+        "pca": {
+            "heldout_fvu_by_components": pca["heldout_fvu_by_components"],
+            "components": int(real.sum()),
+        },
+    }
+    for label, r in results.items():
+        for key in ("orientation", "locality"):
+            for part in ("encoder", "decoder", "init"):
+                name = f"{key}_{part}_mean"
+                if name in r.measures:
+                    out["arms"][label][name] = r.measures[name]
+    if side is not None:
+        components = pca["components"][real].reshape(-1, side, side)
+        noise = random_filters(
+            jax.random.fold_in(jax.random.key(cfg.data.seed), 2), RANDOM_FILTERS, side
+        )
+        for name, f in (("pca", components), ("random", noise)):
+            values = filter_figures(f[None])
+            out.setdefault(name, {}).update(
+                {key: float(v[0]) for key, v in values.items()} | {"filters": len(f)}
+            )
+        arrays["pca_components"] = components.reshape(len(components), -1).astype(np.float32)
+        arrays["random_filters"] = noise[:PATCHES_WIDTH].reshape(-1, side * side)
+    out["baseline_s"] = time.perf_counter() - start
+    out["arrays"] = arrays
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The experiments
+
+_BASE_ONLY = ("model.k", "loss.aux_k")
+
+DIGITS = Experiment(
+    name="digits",
+    family=FAMILY,
+    section="images",
+    summary="8x8 digits, 128 units: plain, top-k, KL, L1 vs PCA and dictionary learning",
+    claim=(
+        "For handwritten digits we want the autoencoder to extract more features than pixels: an "
+        "overcomplete, sparse autoencoder. Does it find the same digit features from every seed, "
+        "more or less reliably than dictionary learning, and at what reconstruction cost?"
+    ),
+    **built(_digits_arms, _digits_base()),
+    analyse=analyse_digits,
+    arm_axis="arm",
+    measure=measure,
+    base_only=_BASE_ONLY,
+    default_seeds=DIGITS_SEEDS,
+)
+
+PATCHES = Experiment(
+    name="patches",
+    family=FAMILY,
+    section="images",
+    summary="Ng's sparse autoencoder on natural-image patches: do edge detectors emerge?",
+    claim=(
+        "Ng's CS294A exercise (64-25-64 sigmoid units, rho 0.01, beta 3, weight decay 1e-4) and an "
+        "overcomplete top-k model on 8x8 patches of natural photographs learn localised, oriented "
+        "edge detectors, and different seeds find the same edges."
+    ),
+    **built(_patches_arms, _patches_base()),
+    analyse=analyse_patches,
+    arm_axis="arm",
+    measure=measure,
+    base_only=(*_BASE_ONLY, "model.n_hidden"),
+    default_seeds=PATCHES_SEEDS,
+)
+
+# In the order `jaxae list` and `jaxae reproduce` use.
+EXPERIMENTS = (DIGITS, PATCHES)

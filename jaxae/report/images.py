@@ -1,0 +1,651 @@
+"""The images family's pages: `digits` and `patches`.
+
+Besides the loss curves every report gets, the pages draw from metrics.json and arrays.npz:
+
+- `filters_<arm>.png` (both): the filters of seeds 0 and 1 side by side as image grids, each filter
+  scaled on its own, ordered by how often seed 0's unit fires on held-out data, seed 1's matched
+  unit in the same place, a frame around pairs that match closely;
+- `digits`: `fvu_l0.png`, held-out FVU against L0 for every seed, with PCA's curve and dictionary
+  learning; `reconstructions.png`, held-out digits beside their reconstructions;
+  `filters_dictionary_learning.png`, the atoms of two random states, matched the same way;
+- `patches`: `filters_baselines.png` (PCA components and random filters) and
+  `orientation_locality.png`, the two numbers per arm beside the baselines.
+
+Grids and reconstructions need square inputs (a `data.kind=array` run of another width gets the
+tables and `fvu_l0.png` only).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib.patches
+import matplotlib.pyplot as plt
+import numpy as np
+
+from jaxae.report.base import (
+    Figure,
+    Metrics,
+    Page,
+    arm_colors,
+    fmt,
+    has_arrays,
+    num,
+    nums,
+    read_arrays,
+    save,
+)
+
+# Pairs of units whose matched cosine exceeds this get a frame in the filter grids.
+FRAME_COSINE = 0.7
+GAP = 1  # pixels between tiles
+
+
+# ----------------------------------------------------------------------------------------------
+# Drawing filters
+
+
+def mosaic(rows_HxD: np.ndarray, side: int, cols: int) -> np.ndarray:
+    """Rows as `side x side` tiles on a grid of `cols` columns, each scaled on its own to [-1, 1]
+    (by its largest absolute value), with NaN gaps between tiles (drawn as the border colour)."""
+    n = len(rows_HxD)
+    grid_rows = math.ceil(n / cols)
+    cell = side + GAP
+    out = np.full((grid_rows * cell + GAP, cols * cell + GAP), np.nan)
+    for i, row in enumerate(np.asarray(rows_HxD, np.float64)):
+        scale = np.max(np.abs(row))
+        tile = row.reshape(side, side) / (scale if scale > 0 else 1.0)
+        r, c = divmod(i, cols)
+        out[GAP + r * cell : GAP + r * cell + side, GAP + c * cell : GAP + c * cell + side] = tile
+    return out
+
+
+def _grid_columns(n: int) -> int:
+    return max(1, math.ceil(math.sqrt(n * 1.6)))
+
+
+# Inches per tile of a filter grid, and the narrowest figure (so titles fit).
+TILE_IN = 0.3
+MIN_WIDTH_IN = 7.0
+
+
+def _grid_size(n: int, cols: int, panels: int) -> tuple[float, float]:
+    """Figure size of `panels` grids of `n` tiles in `cols` columns, side by side."""
+    width = max(MIN_WIDTH_IN, panels * (cols * TILE_IN + 0.3))
+    return width, math.ceil(n / cols) * TILE_IN + 1.2
+
+
+def _show_mosaic(ax: Any, rows_HxD: np.ndarray, side: int, cols: int, cmap: str = "gray") -> None:
+    colormap = plt.get_cmap(cmap).with_extremes(bad="white")
+    ax.imshow(mosaic(rows_HxD, side, cols), cmap=colormap, vmin=-1, vmax=1, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _frame(ax: Any, index: int, side: int, cols: int, color: str) -> None:
+    r, c = divmod(index, cols)
+    cell = side + GAP
+    ax.add_patch(
+        matplotlib.patches.Rectangle(
+            (c * cell + GAP - 1.0, r * cell + GAP - 1.0),
+            side + 1.0,
+            side + 1.0,
+            fill=False,
+            edgecolor=color,
+            linewidth=1.2,
+        )
+    )
+
+
+def plot_filter_pair(
+    m: Metrics, run_dir: Path, path: Path, *, name: str, what: str, title: str
+) -> bool:
+    """The grid of seed 0 (ordered by firing) beside seed 1's matched units; False without them."""
+    arrays = read_arrays(run_dir)
+    side = m.get("analysis", {}).get("image_side")
+    rows = arrays.get(f"grid_rows_{name}")
+    if rows is None or side is None:
+        return False
+    cos = arrays[f"grid_cos_{name}"]
+    n = rows.shape[1]
+    cols = _grid_columns(n)
+    panels = len(rows)
+    fig, axes = plt.subplots(
+        1, panels, figsize=_grid_size(n, cols, panels), layout="constrained", squeeze=False
+    )
+    labels = (
+        ("random state 0, by how often atoms are used", "random state 1, the atom matched to each")
+        if name == "dictionary_learning"
+        else ("seed 0, by how often units fire", "seed 1, the unit matched to each")
+    )
+    close = np.flatnonzero(cos > FRAME_COSINE)
+    for p, ax in enumerate(axes[0]):
+        _show_mosaic(ax, rows[p], side, cols)
+        for i in close:
+            _frame(ax, int(i), side, cols, "C2")
+        ax.set_title(labels[p] if panels > 1 else labels[0], fontsize="small")
+    matched = (
+        f"\nmatched cosine: median {np.median(cos):.2f}; {len(close)}/{n} pairs above "
+        f"{FRAME_COSINE} (green frames)"
+        if panels > 1
+        else ""
+    )
+    fig.suptitle(f"{title}: {what}{matched}", fontsize="medium")
+    save(fig, path)
+    return True
+
+
+def plot_baseline_filters(m: Metrics, run_dir: Path, path: Path) -> bool:
+    """PCA components (largest variance first) beside random filters; False without them."""
+    arrays = read_arrays(run_dir)
+    side = m.get("analysis", {}).get("image_side")
+    if side is None or "pca_components" not in arrays:
+        return False
+    panels = [
+        ("PCA components of the training patches, by variance", arrays["pca_components"]),
+        ("random filters (i.i.d. Gaussian pixels)", arrays["random_filters"]),
+    ]
+    n = max(len(rows) for _, rows in panels)
+    cols = _grid_columns(n)
+    fig, axes = plt.subplots(
+        1, 2, figsize=_grid_size(n, cols, 2), layout="constrained", squeeze=False
+    )
+    for ax, (label, rows) in zip(axes[0], panels, strict=True):
+        _show_mosaic(ax, rows, side, cols)
+        ax.set_title(label, fontsize="small")
+    fig.suptitle("baselines for orientation and locality", fontsize="medium")
+    save(fig, path)
+    return True
+
+
+def plot_reconstructions(m: Metrics, run_dir: Path, path: Path) -> bool:
+    """Held-out samples (top row) and their reconstructions by seed 0 of every arm and by the
+    baselines; False without them."""
+    arrays = read_arrays(run_dir)
+    side = m.get("analysis", {}).get("image_side")
+    if side is None or "examples_x" not in arrays:
+        return False
+    analysis = m.get("analysis", {})
+    k = analysis.get("code_size")
+    rows = [("held-out", arrays["examples_x"])]
+    rows += [(f"{label} (seed 0)", arrays[f"examples_{label}"]) for label in m["arms"]]
+    rows += [
+        (f"PCA, {analysis.get('pca', {}).get('components', k)} comp.", arrays["examples_pca"]),
+        (f"dict. learning, OMP {k}", arrays["examples_dictionary_learning"]),
+    ]
+    n = len(rows[0][1])
+    fig, axes = plt.subplots(
+        len(rows), n, figsize=(0.75 * n + 1.6, 0.75 * len(rows) + 0.5), squeeze=False
+    )
+    lo = float(np.min(arrays["examples_x"]))
+    hi = float(np.max(arrays["examples_x"]))
+    for r, (label, images) in enumerate(rows):
+        for c in range(n):
+            ax = axes[r, c]
+            ax.imshow(images[c].reshape(side, side), cmap="gray_r", vmin=lo, vmax=hi)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize="small")
+    fig.suptitle("held-out samples and their reconstructions (one grey scale)", fontsize="medium")
+    fig.tight_layout()
+    save(fig, path)
+    return True
+
+
+def plot_fvu_l0(m: Metrics, path: Path) -> None:
+    """Held-out FVU against L0 per seed and arm, PCA's FVU per number of components (a linear
+    code of that many numbers) and dictionary learning's fits."""
+    analysis = m.get("analysis", {})
+    colors = arm_colors(list(m["arms"]), ordered=False)
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), layout="constrained")
+    curve = nums(analysis.get("pca", {}).get("heldout_fvu_by_components", []))
+    if curve.size:
+        ax.plot(
+            np.arange(1, curve.size + 1), curve, color="0.4", label="PCA, m components (L0 = m)"
+        )
+    for label, a in m["arms"].items():
+        ax.scatter(
+            nums(a.get("heldout_l0", [])),
+            nums(a.get("heldout_fvu", [])),
+            s=18,
+            color=colors[label],
+            alpha=0.8,
+            label=f"{label} ({len(a.get('heldout_fvu', []))} seeds)",
+        )
+    dl = analysis.get("dictionary_learning", {})
+    if dl:
+        ax.scatter(
+            nums(dl.get("heldout_l0", [])),
+            nums(dl.get("heldout_fvu", [])),
+            marker="x",
+            s=40,
+            color="black",
+            label=f"dictionary learning ({dl.get('fits')} random states)",
+        )
+    ax.set_yscale("log")
+    # PCA's curve falls to rounding error once the components cover every pixel that varies: show
+    # the figures of the fitted models, not that
+    points = np.concatenate(
+        [nums(a.get("heldout_fvu", [])) for a in m["arms"].values()]
+        + [nums(dl.get("heldout_fvu", []))]
+    )
+    points = points[np.isfinite(points) & (points > 0)]
+    if points.size:
+        ax.set_ylim(max(points.min() / 10, 1e-8), 2.0)
+    ax.set_xlabel("L0: active units per held-out sample (sigmoid: h > 0.5)")
+    ax.set_ylabel("held-out FVU (log)")
+    ax.set_title(f"{m['experiment']}: reconstruction cost against code size")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    save(fig, path)
+
+
+def plot_orientation_locality(m: Metrics, path: Path) -> None:
+    """Orientation and locality (mean over units, per seed) of every arm's encoder filters,
+    beside the same seeds at initialisation, random filters and PCA components."""
+    analysis = m.get("analysis", {})
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.8), layout="constrained")
+    for ax, key, label in (
+        (axes[0], "orientation", "orientation concentration of the power spectrum"),
+        (axes[1], "locality", "spatial concentration of the energy"),
+    ):
+        names, values, colors = [], [], []
+        for arm, a in m["arms"].items():
+            for part, color in (("encoder", "C0"), ("init", "0.6")):
+                series = nums(a.get(f"{key}_{part}", []))
+                if series.size:
+                    names.append(f"{arm}\n{'trained' if part == 'encoder' else 'init'}")
+                    values.append(series)
+                    colors.append(color)
+        for name, color in (("random", "0.3"), ("pca", "C3")):
+            v = analysis.get(name, {}).get(key)
+            if v is not None:
+                names.append("random" if name == "random" else "PCA")
+                values.append(np.asarray([num(v)]))
+                colors.append(color)
+        xs = np.arange(len(names))
+        ax.bar(xs, [float(np.mean(v)) for v in values], color=colors, alpha=0.8)
+        for x, v in zip(xs, values, strict=True):
+            if v.size > 1:
+                ax.scatter(np.full(v.size, x), v, s=8, color="black", zorder=3)
+        ax.set_xticks(xs, names, fontsize="small")
+        ax.set_title(label, fontsize="medium")
+        ax.grid(True, axis="y", alpha=0.3)
+    fig.suptitle(
+        f"{m['experiment']}: are the filters oriented, are they local? (dots: seeds)",
+        fontsize="medium",
+    )
+    save(fig, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Figures of a run
+
+
+def _filter_figures(m: Metrics, run_dir: Path, what: str) -> list[Figure]:
+    if not has_arrays(run_dir) or m.get("analysis", {}).get("image_side") is None:
+        return []
+    figures = []
+    names = (
+        [*m["arms"], "dictionary_learning"]
+        if "dictionary_learning" in m.get("analysis", {})
+        else list(m["arms"])
+    )
+    for name in names:
+        title = "dictionary learning" if name == "dictionary_learning" else f"arm {name}"
+        shown = "atoms of random states 0 and 1" if name == "dictionary_learning" else what
+        figures.append(
+            Figure(
+                name=f"filters_{name}.png",
+                alt=f"filters of {title}",
+                caption=(
+                    f"{title}: {shown}. Left: seed 0's units, ordered by how often they fire on "
+                    "held-out data; right: the unit of seed 1 matched to each (Hungarian matching "
+                    "on signed cosine, as pw_mcc), in the same place. Each filter is scaled on its "
+                    f"own (black negative, white positive); green frames: matched cosine > "
+                    f"{FRAME_COSINE}."
+                ),
+                draw=functools.partial(plot_filter_pair, name=name, what=shown, title=title),
+            )
+        )
+    return figures
+
+
+FVU_L0 = Figure(
+    name="fvu_l0.png",
+    alt="held-out FVU against L0",
+    caption=(
+        "Held-out FVU against the number of active units per sample, every seed of every arm, "
+        "with scikit-learn's PCA (a linear code of m numbers: the floor for any linear decoder "
+        "with m-dimensional code) and MiniBatchDictionaryLearning (OMP codes). Sigmoid units count "
+        "as active at h > 0.5."
+    ),
+    draw=lambda m, run_dir, path: plot_fvu_l0(m, path) or True,
+)
+
+RECONSTRUCTIONS = Figure(
+    name="reconstructions.png",
+    alt="held-out reconstructions",
+    caption=(
+        "Held-out samples (top) and their reconstructions by seed 0 of every arm, by PCA with k "
+        "components and by dictionary learning (random state 0) with k non-zeros."
+    ),
+    draw=plot_reconstructions,
+)
+
+BASELINE_FILTERS = Figure(
+    name="filters_baselines.png",
+    alt="PCA components and random filters",
+    caption=(
+        "The baselines of the orientation/locality table: PCA components of the training patches "
+        "(largest variance first) and random filters, each scaled on its own."
+    ),
+    draw=plot_baseline_filters,
+)
+
+ORIENTATION_LOCALITY = Figure(
+    name="orientation_locality.png",
+    alt="orientation and locality",
+    caption=(
+        "Mean over units of each seed's orientation concentration (power spectrum) and spatial "
+        "concentration (energy) of the encoder filters, trained and at initialisation, beside "
+        "random filters and PCA components."
+    ),
+    draw=lambda m, run_dir, path: plot_orientation_locality(m, path) or True,
+)
+
+
+def _digits_figures(m: Metrics, run_dir: Path) -> list[Figure]:
+    plan = [FVU_L0]
+    if has_arrays(run_dir) and m.get("analysis", {}).get("image_side"):
+        plan.append(RECONSTRUCTIONS)
+    return plan + _filter_figures(m, run_dir, "decoder rows (the features a unit writes)")
+
+
+def _patches_figures(m: Metrics, run_dir: Path) -> list[Figure]:
+    plan = []
+    if m.get("analysis", {}).get("image_side"):
+        plan.append(ORIENTATION_LOCALITY)
+        if has_arrays(run_dir):
+            plan.append(BASELINE_FILTERS)
+    return plan + _filter_figures(m, run_dir, "encoder filters (what a unit responds to)")
+
+
+# ----------------------------------------------------------------------------------------------
+# Tables and text
+
+
+def _fvu_cell(a: dict[str, Any]) -> str:
+    q = a.get("heldout_fvu_quantiles", {})
+    return f"{fmt(q.get('q50'), '.3f')} [{fmt(q.get('q10'), '.3f')}, {fmt(q.get('q90'), '.3f')}]"
+
+
+def _agreement_cell(a: dict[str, Any]) -> str:
+    return f"{fmt(a.get('pw_mcc_mean'), '.3f')} ({fmt(a.get('pw_mcc_null_mean'), '.3f')})"
+
+
+def _arm_rows(m: Metrics) -> list[str]:
+    lines = []
+    for label, a in m["arms"].items():
+        lines.append(
+            f"| {label} | {len(a['fvu'])} | {_fvu_cell(a)} | {fmt(a.get('heldout_l0_mean'), '.1f')}"
+            f" | {fmt(a.get('heldout_code_l1_mean'), '.2f')} | "
+            f"{fmt(a.get('dead_units_mean'), '.1f')} / {a['n_hidden']} | {_agreement_cell(a)} | "
+            f"{fmt(a.get('pw_mcc_encoder_mean'), '.3f')} "
+            f"({fmt(a.get('pw_mcc_encoder_null_mean'), '.3f')}) | "
+            f"{fmt(a.get('shared_mean'), '.3f')} |"
+        )
+    return lines
+
+
+_HEADER = [
+    "| arm | seeds | held-out FVU, median [10%, 90%] | L0 | code L1 | dead units | pw_mcc "
+    "(chance) | pw_mcc encoder (chance) | shared |",
+    "|---|---|---|---|---|---|---|---|---|",
+]
+
+
+def digits_table(m: Metrics, arm_name: str) -> list[str]:
+    """Every arm, then PCA and dictionary learning, on held-out data."""
+    analysis = m.get("analysis", {})
+    lines = [*_HEADER, *_arm_rows(m)]
+    pca = analysis.get("pca", {})
+    if pca:
+        c = pca.get("components")
+        lines.append(
+            f"| PCA, {c} components | 1 fit | {fmt(pca.get('heldout_fvu'), '.3f')} | {c} | | | "
+            "| | |"
+        )
+    dl = analysis.get("dictionary_learning", {})
+    if dl:
+        fvus = nums(dl.get("heldout_fvu", []))
+        lines.append(
+            f"| dictionary learning, OMP {dl.get('k')} | {dl.get('fits')} random states | "
+            f"{fmt(np.median(fvus) if fvus.size else None, '.3f')} "
+            f"[{fmt(np.min(fvus) if fvus.size else None, '.3f')}, "
+            f"{fmt(np.max(fvus) if fvus.size else None, '.3f')}] | "
+            f"{fmt(np.mean(nums(dl.get('heldout_l0', []))), '.1f')} | | "
+            f"{fmt(np.mean(nums(dl.get('dead_atoms', []))), '.1f')} / {dl.get('width')} | "
+            f"{fmt(dl.get('pw_mcc_mean'), '.3f')} ({fmt(dl.get('pw_mcc_start_mean'), '.3f')}) | "
+            "| |"
+        )
+    return lines
+
+
+def patches_table(m: Metrics, arm_name: str) -> list[str]:
+    """Every arm on held-out patches."""
+    return [*_HEADER, *_arm_rows(m)]
+
+
+def _definitions(m: Metrics) -> list[str]:
+    a = next(iter(m["arms"].values()))
+    return [
+        f"All reconstruction figures are on the {a.get('heldout_samples', '?')} held-out samples "
+        "(`data.heldout`); dead units never fire on any training sample (sigmoid units fire at "
+        "h > 0.5, which under a KL target far below 0.5 they may never do: read their mean code "
+        "L1, the sum of activations, instead). pw_mcc: mean signed cosine of decoder rows after "
+        "the best one-to-one matching of units between two seeds, over "
+        f"{a.get('pairs', '?')} pairs; chance: the same between the same seeds' untrained weights "
+        "(for dictionary learning: between its starting dictionaries); shared: units matched "
+        "above 0.7 "
+        "by both encoder and decoder.",
+    ]
+
+
+def _best(m: Metrics, key: str) -> tuple[str, float]:
+    values = {label: num(a.get(key)) for label, a in m["arms"].items()}
+    finite = {k: v for k, v in values.items() if math.isfinite(v)}
+    if not finite:
+        return next(iter(m["arms"])), float("nan")
+    label = max(finite, key=finite.get)
+    return label, finite[label]
+
+
+def digits_text(m: Metrics) -> tuple[list[str], str]:
+    """Notes under the table; the verdict answers the page's question with its numbers."""
+    analysis = m.get("analysis", {})
+    dl = analysis.get("dictionary_learning", {})
+    lines = [
+        *_definitions(m),
+        "",
+        "Baselines are fitted on the same training split: scikit-learn's `PCA` with as many "
+        "components as top-k's k (the best linear code of that size), and "
+        f"`MiniBatchDictionaryLearning` ({dl.get('width', '?')} atoms, its defaults, on the "
+        f"mean-removed digits) with OMP codes of {dl.get('k', '?')} non-zeros, random_state "
+        f"0..{num(dl.get('fits', 1)) - 1:.0f}. Dictionary learning starts every random_state from "
+        "a randomized SVD of the data (at most as many atoms as pixels; the rest are zero until "
+        "refilled from samples), which hardly depends on the random state: its starting "
+        f"dictionaries already agree at pw_mcc {fmt(dl.get('pw_mcc_start_mean'), '.3f')}, where "
+        f"random directions agree at {fmt(dl.get('pw_mcc_null_mean'), '.3f')}.",
+    ]
+    best, best_pw = _best(m, "pw_mcc_mean")
+    arm = m["arms"][best]
+    dl_pw = num(dl.get("pw_mcc_mean"))
+    dl_fvus = nums(dl.get("heldout_fvu", []))
+    dl_fvu = float(np.median(dl_fvus)) if dl_fvus.size else float("nan")
+    arm_fvu = num(arm.get("heldout_fvu_quantiles", {}).get("q50"))
+    null = num(arm.get("pw_mcc_null_mean"))
+    above = best_pw - null
+    if not math.isfinite(best_pw):
+        agreement = "Agreement across seeds cannot be judged with fewer than two seeds."
+    else:
+        than = (
+            "more reliably than"
+            if best_pw > dl_pw
+            else "less reliably than"
+            if best_pw < dl_pw
+            else "as reliably as"
+        )
+        agreement = (
+            f"The autoencoder arm that agrees most across seeds is {best}: pw_mcc "
+            f"{fmt(best_pw, '.3f')} against a chance level of {fmt(null, '.3f')} "
+            f"({'+' if above >= 0 else ''}{fmt(above, '.3f')}), so different seeds find "
+            f"{'partly ' if best_pw < 0.9 else ''}the same features, {than} dictionary "
+            f"learning across its random states (pw_mcc {fmt(dl_pw, '.3f')} against "
+            f"{fmt(dl.get('pw_mcc_start_mean'), '.3f')} for its starting dictionaries, "
+            f"+{fmt(dl_pw - num(dl.get('pw_mcc_start_mean')), '.3f')})."
+        )
+    pca = analysis.get("pca", {})
+    cost = (
+        f" Its held-out FVU is {fmt(arm_fvu, '.3f')} at L0 {fmt(arm.get('heldout_l0_mean'), '.1f')}"
+        f"; dictionary learning reaches {fmt(dl_fvu, '.3f')} with {dl.get('k', '?')} non-zeros, "
+        f"PCA with {pca.get('components', '?')} components {fmt(pca.get('heldout_fvu'), '.3f')}."
+    )
+    return lines, agreement + cost
+
+
+def _orientation_rows(m: Metrics) -> list[str]:
+    analysis = m.get("analysis", {})
+    lines = [
+        "| filters | orientation | locality |",
+        "|---|---|---|",
+    ]
+    for label, a in m["arms"].items():
+        for part, name in (("encoder", "encoder, trained"), ("decoder", "decoder, trained")):
+            lines.append(
+                f"| {label}, {name} | {fmt(a.get(f'orientation_{part}_mean'), '.3f')} | "
+                f"{fmt(a.get(f'locality_{part}_mean'), '.3f')} |"
+            )
+        lines.append(
+            f"| {label}, encoder at init | {fmt(a.get('orientation_init_mean'), '.3f')} | "
+            f"{fmt(a.get('locality_init_mean'), '.3f')} |"
+        )
+    for key, name in (("random", "random (i.i.d. Gaussian pixels)"), ("pca", "PCA components")):
+        b = analysis.get(key, {})
+        lines.append(
+            f"| {name}, {b.get('filters', '?')} filters | {fmt(b.get('orientation'), '.3f')} | "
+            f"{fmt(b.get('locality'), '.3f')} |"
+        )
+    return lines
+
+
+def patches_text(m: Metrics) -> tuple[list[str], str]:
+    """The orientation/locality table and the setting; the verdict says which arms' filters are
+    oriented and local (beyond both baselines) and whether seeds agree."""
+    analysis = m.get("analysis", {})
+    data_cfg = m.get("config", {}).get("data", {})
+    side = analysis.get("image_side")
+    lines = [
+        *_definitions(m),
+        "",
+        f"Patches: {data_cfg.get('n_samples', '?')} of {side}x{side} pixels from scikit-image's "
+        f"photographs `{data_cfg.get('image', '?')}`"
+        + (
+            f", ZCA-whitened (regulariser {data_cfg.get('whiten_eps')} x the mean eigenvalue)"
+            if data_cfg.get("whiten")
+            else ""
+        )
+        + ", then Ng's normalisation: each patch's mean removed, clipped at +-3 standard "
+        "deviations, rescaled to [0.1, 0.9]. Arm `ng` is Ng's exercise (64-25-64 sigmoid, "
+        "rho 0.01, beta 3, weight decay 1e-4, in jaxae's units: `loss.weight` = 2 beta / D, "
+        "`optim.weight_decay` = 2 lambda / D) trained with Adam on minibatches instead of L-BFGS "
+        "on the whole set, with a linear (not sigmoid) output layer and decay on the biases too.",
+        "",
+        "How edge-like the filters are (mean over units and seeds): **orientation** = how "
+        "concentrated a filter's 2-D power spectrum is in one orientation (1: a grating or an "
+        "edge; about 0.8 for a Gabor patch; 0: all orientations); **locality** = 1 - the spread "
+        "of its energy about its centroid / the spread of uniform energy (0: everywhere, higher: "
+        "in one place).",
+        "",
+        *(_orientation_rows(m) if side else ["(The inputs are not square images.)"]),
+    ]
+    random_b, pca_b = analysis.get("random", {}), analysis.get("pca", {})
+    sentences = []
+    for label, a in m["arms"].items():
+        o, loc = num(a.get("orientation_encoder_mean")), num(a.get("locality_encoder_mean"))
+        if not (math.isfinite(o) and math.isfinite(loc)):
+            continue
+        oriented = o > max(num(random_b.get("orientation")), num(pca_b.get("orientation")))
+        local = loc > max(num(random_b.get("locality")), num(pca_b.get("locality")))
+        if oriented and local:
+            kind = "more oriented and more local than both random filters and PCA components"
+        elif oriented:
+            kind = "more oriented than both baselines but not more local"
+        elif local:
+            kind = "more local than both baselines but not more oriented than PCA"
+        else:
+            kind = "neither more oriented nor more local than the baselines: not edge detectors"
+        sentences.append(
+            f"The {label} filters are {kind} (orientation {fmt(o, '.3f')}, locality "
+            f"{fmt(loc, '.3f')}); across seeds they agree at pw_mcc "
+            f"{fmt(a.get('pw_mcc_mean'), '.3f')} against a chance level of "
+            f"{fmt(a.get('pw_mcc_null_mean'), '.3f')}, held-out FVU "
+            f"{fmt(a.get('heldout_fvu_quantiles', {}).get('q50'), '.3f')}."
+        )
+    sentences.append(
+        f"Baselines: random filters {fmt(random_b.get('orientation'), '.3f')} / "
+        f"{fmt(random_b.get('locality'), '.3f')}, PCA components "
+        f"{fmt(pca_b.get('orientation'), '.3f')} / {fmt(pca_b.get('locality'), '.3f')} "
+        "(orientation / locality)."
+    )
+    return lines, " ".join(sentences)
+
+
+def digits_overview(m: Metrics) -> str:
+    """Held-out FVU and pw_mcc (chance) per arm and of dictionary learning."""
+    parts = [
+        f"{label}: FVU {fmt(a.get('heldout_fvu_quantiles', {}).get('q50'), '.3f')}, pw_mcc "
+        f"{_agreement_cell(a)}"
+        for label, a in m["arms"].items()
+    ]
+    dl = m.get("analysis", {}).get("dictionary_learning", {})
+    if dl:
+        fvus = nums(dl.get("heldout_fvu", []))
+        parts.append(
+            f"dictionary learning: FVU {fmt(np.median(fvus) if fvus.size else None, '.3f')}, "
+            f"pw_mcc {fmt(dl.get('pw_mcc_mean'), '.3f')}"
+        )
+    return "; ".join(parts)
+
+
+def patches_overview(m: Metrics) -> str:
+    """Orientation / locality per arm and of the baselines, pw_mcc (chance) per arm."""
+    analysis = m.get("analysis", {})
+    parts = [
+        f"{label}: orientation {fmt(a.get('orientation_encoder_mean'), '.2f')}, locality "
+        f"{fmt(a.get('locality_encoder_mean'), '.2f')}, pw_mcc {_agreement_cell(a)}"
+        for label, a in m["arms"].items()
+    ]
+    for key, name in (("random", "random"), ("pca", "PCA")):
+        b = analysis.get(key, {})
+        if b.get("orientation") is not None:
+            parts.append(
+                f"{name}: {fmt(b.get('orientation'), '.2f')}, {fmt(b.get('locality'), '.2f')}"
+            )
+    return "; ".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------
+# Pages
+
+DIGITS_PAGE = Page(
+    figures=_digits_figures, text=digits_text, table=digits_table, headline=digits_overview
+)
+PATCHES_PAGE = Page(
+    figures=_patches_figures, text=patches_text, table=patches_table, headline=patches_overview
+)
+
+PAGES: dict[str, Page] = {"digits": DIGITS_PAGE, "patches": PATCHES_PAGE}
