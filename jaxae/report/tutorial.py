@@ -602,6 +602,7 @@ def _overcomplete_text(m: Metrics) -> tuple[list[str], str]:
             + ")"
         )
     any_agree = any(num(g["pw_mcc_median"]) >= 0.9 for g in agreement.values())
+    above = all(num(g["pw_mcc_median"]) > num(g["pw_mcc_null_median"]) for g in agreement.values())
     verdict = (
         f"{k}/{n} seeds of the {first} arm converged ({fmt_rate(a['convergence_rate'])}; the "
         f"claim of always converging {judge(num(a['convergence_rate']))}). "
@@ -611,8 +612,12 @@ def _overcomplete_text(m: Metrics) -> tuple[list[str], str]:
             "Sparsity makes the seeds agree on these data."
             if any_agree
             else "On isotropic Gaussian data there are no features to find: neither the plain "
-            "model nor its sparse versions make different seeds learn the same units, though "
-            "they end above chance."
+            "model nor its sparse versions make different seeds learn the same units"
+            + (
+                ", though their decoder directions agree a little more than chance."
+                if above
+                else "."
+            )
         )
     )
     return lines, verdict
