@@ -49,7 +49,7 @@ def test_list_names_every_experiment(capsys):
         (["frobnicate"], "frobnicate"),
         (["run", "multiples", "--out", "/proc/jaxae-run"], "--out='/proc/jaxae-run'"),
         (["reproduce", "--out", "/proc/jaxae-reproduce"], "cannot be written"),
-        (["run", "sparse", "--set", "data.active=40"], "data.active=40"),
+        (["run", "sparse", "--set", "data.active=100"], "data.active=100"),
         (["run", "sparse", "--set", "data.n_atoms=0"], "data.n_atoms=0"),
         (["run", "sparse", "--set", "data.magnitude=normal"], "data.magnitude='normal'"),
         (["run", "sparse", "--set", "data.noise=-1"], "data.noise=-1.0"),
