@@ -383,11 +383,10 @@ def seed_data(key: jax.Array, cfg: Config) -> jax.Array:
 def ground_truth(cfg: Config, keys: jax.Array | None = None) -> jax.Array | None:
     """The true dictionary of the data set(s) trained on: `atoms_MxD` for shared data, one per
     seed (`atoms_SxMxD`, for `keys`) with `data.per_seed`; None for data without one."""
-    if cfg.data.per_seed and keys is not None:
-        if data_ground_truth(jax.random.key(0), cfg.data) is None:
-            return None
-        return jax.vmap(lambda k: data_ground_truth(_seed_data_key(k, cfg), cfg.data))(keys)
-    return data_ground_truth(jax.random.key(cfg.data.seed), cfg.data)
+    shared = data_ground_truth(jax.random.key(cfg.data.seed), cfg.data)
+    if shared is None or not cfg.data.per_seed or keys is None:
+        return shared
+    return jax.vmap(lambda k: data_ground_truth(_seed_data_key(k, cfg), cfg.data))(keys)
 
 
 class Programs(NamedTuple):

@@ -343,3 +343,25 @@ def test_resampling_in_the_loop_changes_a_run_with_dead_units():
         with_resampling.state.params["params"]["decoder"]["kernel"],
         without.state.params["params"]["decoder"]["kernel"],
     )
+
+
+def test_ground_truth_of_shared_and_per_seed_data():
+    shared = train.ground_truth(SPARSE)
+    chex.assert_shape(shared, (8, 5))
+    np.testing.assert_allclose(np.linalg.norm(shared, axis=1), 1.0, rtol=1e-5)
+    # fewer atoms than features, so a data set lies in the span of its own dictionary only
+    few = DataConfig(kind="sparse", n_samples=64, n_features=8, n_atoms=4, active=2, per_seed=True)
+    per_seed = dataclasses.replace(SPARSE, data=few)
+    keys = train.seed_keys(0, 3)
+    atoms = np.asarray(train.ground_truth(per_seed, keys))
+    chex.assert_shape(atoms, (3, 4, 8))
+    x = np.asarray(jax.vmap(lambda k: train.seed_data(k, per_seed))(keys))
+
+    def off_span(x_NxD: np.ndarray, a_MxD: np.ndarray) -> float:
+        coef = np.linalg.lstsq(a_MxD.T, x_NxD.T, rcond=None)[0]
+        return float(np.abs(x_NxD - coef.T @ a_MxD).max())
+
+    for s in range(3):
+        assert off_span(x[s], atoms[s]) < 1e-4
+        assert off_span(x[s], atoms[(s + 1) % 3]) > 0.1
+    assert train.ground_truth(TINY) is None

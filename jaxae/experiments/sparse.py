@@ -227,7 +227,7 @@ SPARSE = Experiment(
     name="sparse",
     family=FAMILY,
     section="§1.5 cure",
-    summary="32 atoms in 16-D superposition: which sparse mechanism recovers them from every seed?",
+    summary="48 atoms in 24-D superposition: which sparse mechanism recovers them from every seed?",
     claim=(
         "The cure for §1.5: a sparse autoencoder (keep the k largest activations, or penalise the "
         "KL divergence between a target rate rho and each unit's mean activation) learns "
