@@ -20,11 +20,13 @@ DataKind = Literal["multiples", "offset", "gaussian"]
 Activation = Literal["relu", "sigmoid", "identity", "topk"]
 Init = Literal["torch", "flax"]
 Sparsity = Literal["none", "kl", "l1"]
+Shuffle = Literal["feistel", "sort"]
 
 DATA_KINDS: tuple[str, ...] = typing.get_args(DataKind)
 ACTIVATIONS: tuple[str, ...] = typing.get_args(Activation)
 INITS: tuple[str, ...] = typing.get_args(Init)
 SPARSITIES: tuple[str, ...] = typing.get_args(Sparsity)
+SHUFFLES: tuple[str, ...] = typing.get_args(Shuffle)
 # Activations whose every output lies in (0, 1): the only ones a KL penalty on mean activation fits.
 UNIT_INTERVAL_ACTIVATIONS: tuple[str, ...] = ("sigmoid",)
 
@@ -144,11 +146,15 @@ class TrainConfig:
     epochs: int = 1500
     batch_size: int = 100  # B; a last partial batch is kept (masked), as DataLoader does
     chunk_epochs: int = 50  # epochs per compiled call; between calls the host reports progress
+    # Each epoch's order: "feistel", a keyed pseudo-random permutation (fast, no sort); "sort", an
+    # exactly uniform one (jaxae/shuffle.py). Different orders from the same key: results differ.
+    shuffle: Shuffle = "feistel"
 
     def __post_init__(self) -> None:
         _positive_int("train.epochs", self.epochs)
         _positive_int("train.batch_size", self.batch_size)
         _positive_int("train.chunk_epochs", self.chunk_epochs)
+        _one_of("train.shuffle", self.shuffle, SHUFFLES)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -45,13 +45,26 @@ def _initialisers(init: str, fan_in: int):
     return nn.initializers.lecun_normal(), nn.initializers.zeros_init()
 
 
+# Up to this many hidden units top-k selects by counting larger entries: H^2 comparisons per row in
+# one fused loop, 10-50x faster on CPU than lax.top_k's per-row sort (measured at H = 10..32; at
+# H = 64 the comparisons no longer fuse and lax.top_k is faster).
+RANK_TOP_K_MAX_UNITS = 32
+
+
 def top_k_relu(pre_BxH: jax.Array, k: int) -> jax.Array:
     """Keep the k largest pre-activations of each row (then ReLU), zero the rest.
 
     Exact ties at the k-th value keep every tied unit; for continuous inputs that has probability 0.
+    Unit i is kept iff fewer than k entries of its row are strictly larger, which is exactly
+    `pre_i >= the k-th largest value`: narrow rows count (see `RANK_TOP_K_MAX_UNITS`), wide rows
+    compare with `lax.top_k`; both keep the same units.
     """
-    kth_Bx1 = jax.lax.top_k(pre_BxH, k)[0][..., -1:]
-    return jnp.where(pre_BxH >= kth_Bx1, jax.nn.relu(pre_BxH), 0.0)
+    if pre_BxH.shape[-1] <= RANK_TOP_K_MAX_UNITS:
+        larger_BxH = jnp.sum(pre_BxH[..., None, :] > pre_BxH[..., :, None], axis=-1)
+        keep_BxH = larger_BxH < k
+    else:
+        keep_BxH = pre_BxH >= jax.lax.top_k(pre_BxH, k)[0][..., -1:]
+    return jnp.where(keep_BxH, jax.nn.relu(pre_BxH), 0.0)
 
 
 class Autoencoder(nn.Module):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from jaxae.config import ModelConfig
-from jaxae.model import Autoencoder, make_model, top_k_relu
+from jaxae.model import RANK_TOP_K_MAX_UNITS, Autoencoder, make_model, top_k_relu
 
 D, H = 5, 6
 ACTIVATIONS = ["relu", "sigmoid", "identity", "topk"]
@@ -186,6 +186,22 @@ def test_top_k_relu_keeps_k_largest(k: int) -> None:
     h_pos = np.asarray(top_k_relu(jnp.asarray(shifted), k))
     np.testing.assert_array_equal(np.count_nonzero(h_pos, axis=1), k)
     np.testing.assert_array_equal(h_pos, numpy_top_k_relu(shifted, k))
+
+
+@pytest.mark.parametrize("width", [12, RANK_TOP_K_MAX_UNITS, RANK_TOP_K_MAX_UNITS + 8])
+def test_top_k_relu_both_selections_agree_with_ties(width: int) -> None:
+    """Counting larger entries (narrow rows) and lax.top_k (wide rows) keep the same units,
+    including every unit tied at the k-th value, and the same gradient."""
+    rng = np.random.default_rng(width)
+    pre = rng.integers(-3, 4, size=(64, width)).astype(np.float32)  # many ties
+    pre[0] = -np.inf  # masked units
+    pre[0, :2] = 1.0
+    for k in (1, 3, width // 2):
+        kth = -np.sort(-pre, axis=1)[:, k - 1 : k]
+        want = np.where(pre >= kth, np.maximum(pre, 0.0), 0.0)
+        np.testing.assert_array_equal(np.asarray(top_k_relu(jnp.asarray(pre), k)), want)
+        grad = jax.grad(lambda p, k=k: jnp.sum(top_k_relu(p, k) * 2.0))(jnp.asarray(pre))
+        np.testing.assert_array_equal(np.asarray(grad), np.where((pre >= kth) & (pre > 0), 2, 0))
 
 
 @pytest.mark.parametrize("k", [1, 2, H])
