@@ -32,12 +32,13 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false
 say "tests on the GPU"
 # float32 matmuls in full float32 (not TF32), as the tests' tolerances assume; the 4-device test
 # needs XLA CPU devices and is left to the CPU suite.
-JAX_DEFAULT_MATMUL_PRECISION=highest "$PY" -m pytest -q -x -p no:cacheprovider \
+JAX_DEFAULT_MATMUL_PRECISION=highest "$PY" -m pytest -q -p no:cacheprovider \
   tests/test_shuffle.py tests/test_train.py tests/test_model.py tests/test_losses.py \
-  tests/test_optim.py tests/test_benchmark.py -k "not one_and_four_devices" >&2
+  tests/test_optim.py tests/test_benchmark.py -k "not one_and_four_devices" >&2 \
+  || echo "some tests failed on the GPU (see above); the benchmark runs anyway" >&2
 
 say "benchmark (seed counts past the memory show as errors)"
 OUT="$(mktemp -d)/gpu_benchmark.json"
-"$PY" scripts/benchmark.py --no-torch --timeout 600 \
+"$PY" scripts/benchmark.py --no-torch --repeats 1 --timeout 600 \
   --seeds 1,256,4096,65536,262144,1048576 --out "$OUT"
 echo "JSON: $OUT" >&2
