@@ -21,6 +21,7 @@ Magnitude = Literal["halfnormal", "uniform", "exponential"]
 Activation = Literal["relu", "sigmoid", "identity", "topk"]
 Init = Literal["torch", "flax"]
 Sparsity = Literal["none", "kl", "l1"]
+Shuffle = Literal["feistel", "sort"]
 
 DATA_KINDS: tuple[str, ...] = typing.get_args(DataKind)
 MAGNITUDES: tuple[str, ...] = typing.get_args(Magnitude)
@@ -44,6 +45,7 @@ IMAGES: tuple[str, ...] = (
     "brick",
     "moon",
 )
+SHUFFLES: tuple[str, ...] = typing.get_args(Shuffle)
 # Activations whose every output lies in (0, 1): the only ones a KL penalty on mean activation fits.
 UNIT_INTERVAL_ACTIVATIONS: tuple[str, ...] = ("sigmoid",)
 
@@ -239,11 +241,16 @@ class TrainConfig:
     epochs: int = 1500
     batch_size: int = 100  # B; a last partial batch is kept (masked), as DataLoader does
     chunk_epochs: int = 50  # epochs per compiled call; between calls the host reports progress
+    # Each epoch's order: "sort", an exactly uniform permutation; "feistel", a keyed pseudo-random
+    # one (no sort: about twice as fast for tiny models; jaxae/shuffle.py). Different orders from
+    # the same key, so results differ; the recorded results in README.md use "sort".
+    shuffle: Shuffle = "sort"
 
     def __post_init__(self) -> None:
         _positive_int("train.epochs", self.epochs)
         _positive_int("train.batch_size", self.batch_size)
         _positive_int("train.chunk_epochs", self.chunk_epochs)
+        _one_of("train.shuffle", self.shuffle, SHUFFLES)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -97,6 +97,9 @@ def top_k_relu(pre_BxH: jax.Array, k: jax.Array | int, k_max: int | None = None)
     """Keep the k largest pre-activations of each row (then ReLU), zero the rest.
 
     Exact ties at the k-th value keep every tied unit; for continuous inputs that has probability 0.
+    Unit i is kept iff fewer than k entries of its row are strictly larger, which is exactly
+    `pre_i >= the k-th largest value`: narrow rows count (see `RANK_TOP_K_MAX_UNITS`), wide rows
+    compare with `lax.top_k`; both keep the same units.
     """
     return jnp.where(top_k_mask(pre_BxH, k, k_max), jax.nn.relu(pre_BxH), 0.0)
 

@@ -7,8 +7,8 @@ The pieces, from the inside out:
 
 - `train_step`: one minibatch of Adam on one seed; a seed whose loss or parameters turn non-finite
   stops updating and keeps its last finite parameters (`diverged`).
-- `run_epochs`: a scan over epochs, each a fresh permutation of the data and a scan over its
-  minibatches; it returns the per-epoch mean loss as history.
+- `run_epochs`: a scan over epochs, each a fresh permutation of the data (jaxae/shuffle.py) and a
+  scan over its minibatches; it returns the per-epoch mean loss as history.
 - `make_train(cfg) -> train(key)`: init plus all epochs for one seed, pure;
   `jax.jit(jax.vmap(train))` is a sweep.
 - Arms: a state whose leaves carry a leading arm axis A (from a `Hyper` with one value per arm) is
@@ -36,7 +36,7 @@ import optax
 from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxae import metrics
+from jaxae import metrics, shuffle
 from jaxae.config import Config
 from jaxae.data import ground_truth as data_ground_truth
 from jaxae.data import make_data
@@ -92,70 +92,16 @@ def seed_keys(seed: int, n_seeds: int) -> jax.Array:
     )
 
 
-def _shuffle_rounds(n: int) -> int:
-    """Sorting rounds for `shuffle_indices(n)`: enough random bits that a three-way tie among the
-    keys (the only event after which the permutation is not exactly uniform) has probability below
-    2^-16.
-    """
-    random_bits = 32 - max(1, (n - 1).bit_length())
-    triples = math.comb(n, 3)
-    rounds = 1
-    while triples > 2.0 ** (2 * rounds * random_bits - 16):
-        rounds += 1
-    return rounds
-
-
-def shuffle_indices(key: jax.Array, n: int) -> jax.Array:
-    """A uniformly random permutation of `0..n-1`: `jax.random.permutation`, ~5x faster on CPU.
-
-    Each round sorts one uint32 array whose high bits are random and whose low bits hold the current
-    position: XLA:CPU sorts a single integer array on a fast path, while `jax.random.permutation`
-    sorts key-value pairs through a general comparator. Rounds compose like one sort on a longer
-    random key (later rounds break earlier ties by earlier order). A pair of elements still tied
-    after the last round is swapped on a fair coin, so pair ties cost nothing in uniformity; only a
-    three-way tie (probability < 2^-16, see `_shuffle_rounds`) keeps its earlier order.
-    """
-    # One draw for all rounds: on CPU every threefry call is a loop of its own, so calls are few.
-    return permutation_from_bits(jax.random.bits(key, (_shuffle_rounds(n), n), jnp.uint32))
-
-
-def permutation_from_bits(bits_RxN: jax.Array) -> jax.Array:
-    """The permutation `shuffle_indices` makes from its random words (R rounds of N uint32).
-
-    Deterministic in `bits_RxN`, so its tie handling can be tested with hand-made words.
-    """
-    n = bits_RxN.shape[1]
-    index_bits = max(1, (n - 1).bit_length())
-    low = jnp.uint32((1 << index_bits) - 1)
-    position_N = jnp.arange(n, dtype=jnp.uint32)
-    perm_N = position_N
-    for r, bits_N in enumerate(bits_RxN):
-        sorted_N = lax.sort((bits_N & ~low) | position_N)
-        perm_N = sorted_N & low if r == 0 else perm_N[sorted_N & low]
-    if n < 2:
-        return perm_N.astype(jnp.int32)
-    # Isolated tied pairs at sorted positions (i, i+1) of the last round are swapped on a fair coin:
-    # bit 0 of word i of the draw, which no sort key used, so it is independent of the whole order.
-    random_N = sorted_N & ~low
-    tied = random_N[:-1] == random_N[1:]  # n-1
-    isolated = tied & ~jnp.pad(tied[:-1], (1, 0)) & ~jnp.pad(tied[1:], (0, 1))
-    coin = (bits_RxN[-1, :-1] & 1) == 1
-    swap = isolated & coin
-    swap_next = jnp.pad(swap, (0, 1))  # element i takes i+1
-    swap_prev = jnp.pad(swap, (1, 0))  # element i takes i-1
-    shifted_up = jnp.pad(perm_N[1:], (0, 1))
-    shifted_down = jnp.pad(perm_N[:-1], (1, 0))
-    perm_N = jnp.where(swap_next, shifted_up, jnp.where(swap_prev, shifted_down, perm_N))
-    return perm_N.astype(jnp.int32)
-
-
-def epoch_batches(key: jax.Array, n: int, batch_size: int) -> tuple[jax.Array, jax.Array | None]:
+def epoch_batches(
+    key: jax.Array, n: int, batch_size: int, method: str = "feistel"
+) -> tuple[jax.Array, jax.Array | None]:
     """Minibatch indices `idx_KxB` of one shuffled epoch and weights `w_KxB` for a partial batch.
 
     As `DataLoader(shuffle=True, drop_last=False)`: every sample once per epoch; the last batch is
     padded with repeated indices that get weight 0 (`w` is None when the batch size divides n).
+    `method` is the shuffle (`train.shuffle`: "feistel" or "sort", see jaxae/shuffle.py).
     """
-    perm_N = shuffle_indices(key, n)
+    perm_N = shuffle.permutation(key, n, method)
     n_batches = -(-n // batch_size)
     pad = n_batches * batch_size - n
     if pad == 0:
@@ -320,7 +266,7 @@ def run_epochs(
         resample = jax.vmap(resample)
 
     def one_epoch(state: TrainState, epoch_and_key: tuple) -> tuple[TrainState, jax.Array]:
-        idx_KxB, w_KxB = epoch_batches(epoch_and_key[1], n, batch_size)
+        idx_KxB, w_KxB = epoch_batches(epoch_and_key[1], n, batch_size, cfg.train.shuffle)
         state, loss_K = lax.scan(step, state, (idx_KxB, w_KxB))
         loss = jnp.where(state.diverged, jnp.nan, jnp.mean(loss_K, axis=0))
         if cfg.loss.resample_dead:
@@ -491,6 +437,7 @@ def train_seeds(
     devices: list[jax.Device] | None = None,
     callback: Callable[[Progress], bool | None] | None = None,
     resume: tuple[TrainState, np.ndarray, int] | None = None,
+    compiler_options: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train seeds `0..n_seeds-1` of `cfg` as one sharded program, chunk by chunk.
 
@@ -501,10 +448,14 @@ def train_seeds(
     `callback(progress)` runs after every chunk; returning True stops the run at that chunk boundary
     (the result then has `finished == False` and can be resumed). `resume=(state, history, epochs)`
     continues such a run and ends with the same parameters as an uninterrupted one.
+    `compiler_options` are XLA options for compiling the training program (e.g.
+    `{"xla_cpu_prefer_vector_width": 512}`; scripts/benchmark.py compares some). Fewer seeds than
+    devices use only as many devices as seeds: a device without a seed of its own would only run a
+    padding copy in lockstep.
     """
     if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds <= 0:
         raise ValueError(f"n_seeds={n_seeds!r} is invalid: allowed is a positive integer")
-    devices = list(jax.devices() if devices is None else devices)
+    devices = list(jax.devices() if devices is None else devices)[:n_seeds]
     progs = programs(cfg)
     mesh = jax.sharding.Mesh(np.array(devices), ("seed",))
     by_seed = NamedSharding(mesh, PartitionSpec("seed"))
@@ -533,7 +484,8 @@ def train_seeds(
         state, history, epochs_done = resume
         history = np.array(history, np.float32)
     state = jax.device_put(_pad_seeds(state, n_padded), by_seed)
-    run_chunk = progs.run_chunk.lower(state, x_dev, jnp.int32(epochs_done)).compile()
+    lowered = progs.run_chunk.lower(state, x_dev, jnp.int32(epochs_done))
+    run_chunk = lowered.compile(compiler_options=compiler_options)
     compile_s = time.perf_counter() - t0
 
     t1 = time.perf_counter()

@@ -1,66 +1,57 @@
-"""Throughput of jaxae's trainer on the tutorial's §1.2 set-up, side by side with references.
+"""Throughput of jaxae's trainer, case by case, side by side in one run (jaxae/benchmark.py).
 
-Prints one JSON object. In one run it measures, after compilation:
-- jaxae at 1 seed and at `--seeds` seeds (the seed axis over every XLA device),
-- the same loop with `jax.random.permutation` as the shuffle (the straight port's shuffle),
-- and, when PyTorch is installed (`pip install torch==2.13.0`), the tutorial's own loop and the best
-  hand-batched PyTorch (scripts/torch_baseline.py), so ratios come from one machine at one time.
+Prints the results as JSON (or writes them to `--out`), then as one Markdown table: §1.2 (10-1-10
+ReLU) at 1, 64, 256, 1,024 and 4,096 seeds; at 256 seeds the exact sort shuffle and
+`jax.random.permutation`, and on CPU two XLA options beside the defaults; 10-10-10 ReLU beside
+top-k; a digits-sized 64-256-64 ReLU model; each with compile time, peak memory and GFLOP/s against
+a large matmul measured in the same run. With PyTorch installed (`pip install torch==2.13.0`), also
+the tutorial's loop and the best hand-batched PyTorch (scripts/torch_baseline.py).
 
-Run with two XLA CPU devices, as on a 2-core machine:
-    XLA_FLAGS=--xla_force_host_platform_device_count=2 python scripts/benchmark.py
+Uses one XLA CPU device per core, as `jaxae` does (an XLA_FLAGS device count wins):
+    python scripts/benchmark.py [--quick] [--seeds 1,64,256,1024,4096] [--out bench.json]
+(The machine should be otherwise idle: on a shared one, compare rows of one run, not runs.)
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
 
-import jax
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout this script is in
 
-from jaxae import experiments, train
+from jaxae import benchmark
+from jaxae.cli import use_every_core
 
 
-def measure(cfg, n_seeds: int, repeats: int) -> dict:
-    """Best of `repeats` runs (compilation is cached after the first)."""
-    runs = [train.train_seeds(cfg, n_seeds) for _ in range(repeats)]
-    best = min(runs, key=lambda r: r.timing["train_s"])
-    return {
-        "n_seeds": n_seeds,
-        "compile_s": round(runs[0].timing["compile_s"], 3),
-        "train_s": round(best.timing["train_s"], 4),
-        "seed_steps_per_s": round(best.timing["seed_steps_per_s"]),
-    }
+def _seeds(text: str) -> tuple[int, ...]:
+    return tuple(int(s) for s in text.split(","))
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=256)
-    parser.add_argument("--epochs", type=int, default=1500)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seeds", type=_seeds, default=benchmark.DEFAULT_SEEDS)
+    parser.add_argument("--quick", action="store_true", help="a fifth of the epochs, one round")
+    parser.add_argument("--repeats", type=int, default=None, help="rounds over all cases (3)")
     parser.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--out", type=Path, default=None, help="write the JSON here, not to stdout")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds per case (else none)")
+    parser.add_argument(
+        "--only", type=lambda t: tuple(t.split(",")), default=(), help="case name prefixes"
+    )
     args = parser.parse_args(argv)
+    use_every_core()  # before any case process starts: they inherit XLA_FLAGS
 
-    cfg = experiments.get("multiples").config
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=args.epochs))
-    out: dict = {
-        "devices": [str(d) for d in jax.devices()],
-        "jax": jax.__version__,
-        "epochs": args.epochs,
-        "jaxae_1_seed": measure(cfg, 1, args.repeats),
-        "jaxae": measure(cfg, args.seeds, args.repeats),
-    }
-    fast_shuffle = train.shuffle_indices
-    train.shuffle_indices = lambda key, n: jax.random.permutation(key, n)
-    train.programs.cache_clear()
-    try:
-        out["jaxae_with_jax_random_permutation"] = measure(cfg, args.seeds, 1)
-    finally:
-        train.shuffle_indices = fast_shuffle
-        train.programs.cache_clear()
-
+    repeats = args.repeats or (1 if args.quick else 3)
+    out = benchmark.run_all(
+        args.seeds,
+        args.quick,
+        repeats,
+        progress=lambda line: print(line, file=sys.stderr),
+        timeout_s=args.timeout,
+        only=args.only,
+    )
     if args.torch:
         try:
             sys.path.insert(0, str(Path(__file__).parent))
@@ -68,22 +59,18 @@ def main(argv: list[str] | None = None) -> None:
             import torch_baseline
 
             torch.set_num_threads(1)
-            out["torch_tutorial_loop"] = torch_baseline.tutorial_loop(min(args.epochs, 300))
-            out["torch_batched"] = torch_baseline.batched_loop(1024, 20)
+            out["torch"] = {
+                "tutorial_loop": torch_baseline.tutorial_loop(60 if args.quick else 300),
+                "batched_1024_seeds": torch_baseline.batched_loop(1024, 5 if args.quick else 20),
+            }
         except ImportError:
             out["torch"] = "not installed: pip install torch==2.13.0"
-    jaxae_rate = out["jaxae"]["seed_steps_per_s"]
-    ratios = {
-        "jaxae / jax.random.permutation shuffle": jaxae_rate
-        / out["jaxae_with_jax_random_permutation"]["seed_steps_per_s"]
-    }
-    if "torch_batched" in out:
-        ratios["jaxae / torch batched"] = jaxae_rate / out["torch_batched"]["seed_steps_per_s"]
-        ratios["jaxae / torch tutorial loop"] = (
-            jaxae_rate / out["torch_tutorial_loop"]["steps_per_s"]
-        )
-    out["ratios"] = {k: round(v, 2) for k, v in ratios.items()}
-    print(json.dumps(out, indent=2))
+    text = json.dumps(out, indent=2)
+    if args.out is not None:
+        args.out.write_text(text + "\n")
+    else:
+        print(text + "\n")
+    print(benchmark.table(out))
 
 
 if __name__ == "__main__":

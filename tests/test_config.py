@@ -103,6 +103,7 @@ INVALID = [
     invalid("model.activation", "ReLU", "'relu', 'sigmoid'", model={"activation": "ReLU"}),
     invalid("model.init", "xavier", "'torch', 'flax'", model={"init": "xavier"}),
     invalid("loss.sparsity", "l2", "'none', 'kl', 'l1'", loss={"sparsity": "l2"}),
+    invalid("train.shuffle", "random", "'feistel', 'sort'", train={"shuffle": "random"}),
     *(
         invalid(f"{section}.{name}", v, allowed, **{section: {name: v}})
         for section, name, allowed in (
@@ -297,6 +298,7 @@ def test_override_parses_types() -> None:
         ("optim.decoupled=0", "optim", "decoupled", False),
         ("data.seed=17", "data", "seed", 17),
         ("  train.epochs = 5  ", "train", "epochs", 5),
+        ("train.shuffle=sort", "train", "shuffle", "sort"),
     ],
 )
 def test_override_single(assignment: str, section: str, field: str, value: Any) -> None:

@@ -188,6 +188,22 @@ def test_top_k_relu_keeps_k_largest(k: int) -> None:
     np.testing.assert_array_equal(h_pos, numpy_top_k_relu(shifted, k))
 
 
+@pytest.mark.parametrize("width", [12, 48, 80])
+def test_top_k_relu_both_selections_agree_with_ties(width: int) -> None:
+    """Counting larger entries (narrow rows) and iterated maxima (wider rows) keep the same units,
+    including every unit tied at the k-th value, and the same gradient."""
+    rng = np.random.default_rng(width)
+    pre = rng.integers(-3, 4, size=(64, width)).astype(np.float32)  # many ties
+    pre[0] = -np.inf  # masked units
+    pre[0, :2] = 1.0
+    for k in (1, 3, width // 2):
+        kth = -np.sort(-pre, axis=1)[:, k - 1 : k]
+        want = np.where(pre >= kth, np.maximum(pre, 0.0), 0.0)
+        np.testing.assert_array_equal(np.asarray(top_k_relu(jnp.asarray(pre), k)), want)
+        grad = jax.grad(lambda p, k=k: jnp.sum(top_k_relu(p, k) * 2.0))(jnp.asarray(pre))
+        np.testing.assert_array_equal(np.asarray(grad), np.where((pre >= kth) & (pre > 0), 2, 0))
+
+
 @pytest.mark.parametrize("k", [1, 2, H])
 def test_topk_model_matches_hand_computation(key: jax.Array, k: int) -> None:
     model = build("topk", k=k)

@@ -1,5 +1,5 @@
-"""Training: seeds are independent of batching and devices, the step compiles once, the shuffle is a
-uniform permutation, divergence stays with its seed, chunks and resumes change nothing."""
+"""Training: seeds are independent of batching and devices, the step compiles once, divergence stays
+with its seed, chunks and resumes change nothing (the shuffles are tested in test_shuffle.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import scipy.stats
 
 from jaxae import train
 from jaxae.config import Config, DataConfig, LossConfig, ModelConfig, OptimConfig, TrainConfig
@@ -149,55 +148,6 @@ def test_arms_share_the_seed_and_equal_their_own_runs(base):
     _close(jax.tree.map(lambda v: v[:, 1], res.state.params), alone.state.params)
 
 
-@pytest.mark.parametrize("n", [1, 2, 3, 10, 1000, 1797])
-def test_permutation_is_a_bijection(n):
-    shuffle = jax.jit(train.shuffle_indices, static_argnums=1)
-    for key in train.seed_keys(0, 5):
-        np.testing.assert_array_equal(np.sort(np.asarray(shuffle(key, n))), np.arange(n))
-
-
-def test_permutation_positions_are_uniform():
-    """Chi-square over 4,000 shuffles of 10: each (element, position) cell expects 400 hits."""
-    n, draws = 10, 4000
-    perms = np.asarray(jax.vmap(lambda k: train.shuffle_indices(k, n))(train.seed_keys(1, draws)))
-    counts = np.zeros((n, n))
-    np.add.at(counts, (perms, np.tile(np.arange(n), (draws, 1))), 1)
-    # Rows and columns each sum to `draws`, so (n-1)^2 degrees of freedom.
-    stat = np.sum((counts - draws / n) ** 2 / (draws / n))
-    assert scipy.stats.chi2.sf(stat, (n - 1) ** 2) > 1e-3
-
-
-def test_whole_permutations_are_uniform():
-    """All 24 orders of 4 elements are equally likely (chi-square with 23 degrees of freedom)."""
-    draws = 24 * 300
-    perms = np.asarray(jax.vmap(lambda k: train.shuffle_indices(k, 4))(train.seed_keys(2, draws)))
-    codes = perms @ (4 ** np.arange(4))
-    _, counts = np.unique(codes, return_counts=True)
-    assert len(counts) == 24
-    assert scipy.stats.chisquare(counts).pvalue > 1e-3
-
-
-def test_tied_pair_is_ordered_by_the_coin():
-    """Elements 1 and 2 share their random bits and sit at sorted positions 1 and 2, so bit 0 of
-    word 1 (a bit no sort key uses) decides their order."""
-    n = 4
-    high = np.array([3, 1, 1, 0], np.uint32) << np.uint32(8)  # sorted order: 3, {1, 2}, 0
-    orders = set()
-    for coin in (0, 1):
-        bits = (high | np.array([0, coin, 0, 0], np.uint32))[None]
-        perm = np.asarray(train.permutation_from_bits(jnp.asarray(bits)))
-        assert sorted(perm.tolist()) == list(range(n))
-        orders.add(tuple(perm.tolist()))
-    # ascending random keys: element 3 (key 0), then the tied pair, then element 0
-    assert orders == {(3, 1, 2, 0), (3, 2, 1, 0)}
-
-
-def test_full_ties_still_give_a_bijection():
-    for n in (3, 7, 100):
-        perm = train.permutation_from_bits(jnp.zeros((1, n), jnp.uint32))
-        assert sorted(np.asarray(perm).tolist()) == list(range(n))
-
-
 def test_partial_last_batch_covers_every_sample_once():
     idx, w = train.epoch_batches(jax.random.key(0), 250, 100)
     chex.assert_shape(idx, (3, 100))
@@ -237,14 +187,18 @@ _DEVICE_SCRIPT = textwrap.dedent(
     from jaxae import train
     res = train.train_seeds(TINY, 6, seed=11)
     leaves = [np.asarray(v).tolist() for v in jax.tree.leaves(res.state.params)]
+    one = train.train_seeds(TINY, 1, seed=11)
     json.dump({"devices": len(jax.devices()), "leaves": leaves,
-               "history": res.history_SxE.tolist()}, sys.stdout)
+               "history": res.history_SxE.tolist(),
+               "one_seed_devices": len(one.state.diverged.sharding.device_set),
+               "one_seed_history": one.history_SxE.tolist()}, sys.stdout)
     """
 )
 
 
 def test_same_run_on_one_and_four_devices():
-    """6 seeds over 4 XLA CPU devices (so padded to 8) in a subprocess, against 1 device here."""
+    """6 seeds over 4 XLA CPU devices (so padded to 8) in a subprocess, against 1 device here; one
+    seed there runs on one device, not padded to four."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
     root = Path(__file__).resolve().parent.parent
     out = subprocess.run(
@@ -261,6 +215,8 @@ def test_same_run_on_one_and_four_devices():
     for leaf, ref in zip(got["leaves"], jax.tree.leaves(here.state.params), strict=True):
         np.testing.assert_allclose(np.asarray(leaf), np.asarray(ref), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got["history"], here.history_SxE, rtol=1e-5)
+    assert got["one_seed_devices"] == 1
+    np.testing.assert_allclose(got["one_seed_history"], here.history_SxE[:1], rtol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------
