@@ -27,6 +27,7 @@ from jaxae.report.base import (
     Page,
     fmt,
     fmt_ci,
+    has_params,
     metrics_only,
     nums,
     read_params,
@@ -225,7 +226,7 @@ def plot_agreement(m: Metrics, path: Path) -> None:
             )
         ax.axhline(m["analysis"]["agree"], color="0.4", linewidth=0.8, linestyle=":")
         ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize="small")
-        ax.set_ylabel(key.replace("_", "-").upper().replace("-MCC", "-MCC"))
+        ax.set_ylabel({"gt_mcc": "GT-MCC", "pw_mcc": "PW-MCC"}[key])
         ax.set_title(title)
         ax.set_ylim(min(0.0, ax.get_ylim()[0]), 1.02)
         ax.grid(True, axis="y", alpha=0.3)
@@ -245,11 +246,7 @@ def plot_atoms(m: Metrics, run_dir: Path, path: Path) -> bool:
     """True atoms beside two seeds' matched decoder directions (best mechanism and ReLU)."""
     truth_path = Path(run_dir) / results.GROUND_TRUTH
     analysis = m["analysis"]
-    if (
-        not truth_path.is_file()
-        or "best" not in analysis
-        or not (Path(run_dir) / "params").exists()
-    ):
+    if not truth_path.is_file() or "best" not in analysis or not has_params(run_dir):
         return False
     atoms = np.load(truth_path, allow_pickle=False)
     if atoms.ndim != 2:  # a dictionary per seed: nothing single to show
