@@ -232,14 +232,6 @@ def pairwise_mcc(
     return {k: np.asarray(v) for k, v in out.items() if v or k == "pw_mcc"}
 
 
-def pairwise_matched_similarity(w_SxHxF: np.ndarray, max_pairs: int | None = None) -> np.ndarray:
-    """Mean matched cosine similarity (PW-MCC) for every pair of seeds (i < j), as a flat array.
-
-    `max_pairs` keeps the first pairs in a fixed order (row-major over i < j) to bound the cost.
-    """
-    return pairwise_mcc(w_SxHxF, max_pairs=max_pairs)["pw_mcc"]
-
-
 def random_unit_mcc_chance(n_units: int, dim: int, n_atoms: int | None = None) -> float:
     """Expected mean matched cosine between two sets of independent random unit vectors.
 

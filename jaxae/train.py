@@ -93,13 +93,14 @@ def seed_keys(seed: int, n_seeds: int) -> jax.Array:
 
 
 def epoch_batches(
-    key: jax.Array, n: int, batch_size: int, method: str = "feistel"
+    key: jax.Array, n: int, batch_size: int, method: str = "sort"
 ) -> tuple[jax.Array, jax.Array | None]:
     """Minibatch indices `idx_KxB` of one shuffled epoch and weights `w_KxB` for a partial batch.
 
     As `DataLoader(shuffle=True, drop_last=False)`: every sample once per epoch; the last batch is
     padded with repeated indices that get weight 0 (`w` is None when the batch size divides n).
-    `method` is the shuffle (`train.shuffle`: "feistel" or "sort", see jaxae/shuffle.py).
+    `method` is the shuffle (`train.shuffle`: "sort", the config's default, or "feistel"; see
+    jaxae/shuffle.py).
     """
     perm_N = shuffle.permutation(key, n, method)
     n_batches = -(-n // batch_size)

@@ -64,10 +64,10 @@ def test_matching_undoes_a_permutation_of_units():
 
 def test_pairwise_similarity_counts_every_pair_once():
     w = np.random.default_rng(2).normal(size=(5, 4, 3))
-    sims = metrics.pairwise_matched_similarity(w)
+    sims = metrics.pairwise_mcc(w)["pw_mcc"]
     assert sims.shape == (10,)
     assert np.all(np.abs(sims) <= 1.0 + 1e-12)
-    assert metrics.pairwise_matched_similarity(w, max_pairs=3).shape == (3,)
+    assert metrics.pairwise_mcc(w, max_pairs=3)["pw_mcc"].shape == (3,)
 
 
 def test_dead_units_counts_only_units_in_use():
