@@ -61,11 +61,6 @@ def matmul_flops_per_seed_step(cfg: Config) -> int:
     return 10 * cfg.train.batch_size * cfg.data.n_features * cfg.model.n_hidden
 
 
-def steps_per_epoch(cfg: Config) -> int:
-    """Optimizer steps per epoch: ceil(N / B), the last batch padded as DataLoader keeps it."""
-    return math.ceil(cfg.data.n_samples / cfg.train.batch_size)
-
-
 def xla_flops_per_seed_step(cfg: Config) -> float:
     """XLA's own count of floating-point operations in one `train.train_step` of one seed (every
     operation, not only the matmuls): a cross-check of `matmul_flops_per_seed_step`."""
@@ -200,6 +195,21 @@ def cases(
                 compiler_options=XLA_LOOPS,
             ),
         ]
+    # The `sparse` experiment's width: 24-48-24 on 48 atoms, batch 64, its programs side by side.
+    sparse_base = _with_epochs(experiments.get("sparse").base, 10 if quick else 50)
+    out += [
+        Case(
+            f"sparse_{mechanism}",
+            f"24-48-24 {what}, sparse data (48 atoms), 64 seeds",
+            experiments.sparse.mechanism_config(mechanism, sparse_base, 3),
+            64,
+        )
+        for mechanism, what in (
+            ("relu", "ReLU"),
+            ("topk", "top-k (k=3)"),
+            ("topk_revive", "top-k (k=3), AuxK + resampling"),
+        )
+    ]
     out += [
         Case(
             "wide_64_256", "64-256-64 ReLU, randn(1797, 64) (digits-sized), 256 seeds", wide, side
@@ -249,7 +259,7 @@ def run_case(case: Case, repeats: int) -> dict[str, Any]:
         train.train_seeds(cfg, case.n_seeds, compiler_options=options) for _ in range(repeats - 1)
     ]
     times = [r.timing["train_s"] for r in runs]
-    steps = case.n_seeds * cfg.train.epochs * steps_per_epoch(cfg)
+    steps = case.n_seeds * cfg.train.epochs * train.steps_per_epoch(cfg)
     best, median = steps / min(times), steps / statistics.median(times)
     flops = matmul_flops_per_seed_step(cfg)
     return {
@@ -258,7 +268,7 @@ def run_case(case: Case, repeats: int) -> dict[str, Any]:
         "n_seeds": case.n_seeds,
         "devices": n_devices,
         "epochs": cfg.train.epochs,
-        "steps_per_epoch": steps_per_epoch(cfg),
+        "steps_per_epoch": train.steps_per_epoch(cfg),
         "shape": f"{cfg.data.n_features}-{cfg.model.n_hidden}-{cfg.data.n_features}",
         "activation": cfg.model.activation,
         "shuffle": case.shuffle if case.shuffle != "config" else cfg.train.shuffle,
@@ -433,6 +443,7 @@ def run_all(
     for r in results:
         if peak and "gflops_best" in r:
             r["fraction_of_matmul_peak"] = r["gflops_best"] / peak
+    out["ratios_to_relu"] = sparse_ratios(out)
     return out
 
 
@@ -467,9 +478,30 @@ def table(out: dict[str, Any]) -> str:
             f"{100 * r.get('fraction_of_matmul_peak', float('nan')):.1f}% | "
             f"{r['rss_peak_mib']:.0f} (+{r['rss_peak_mib'] - r['rss_start_mib']:.0f}){device} |"
         )
+    ratios = sparse_ratios(out)
+    if ratios:
+        against = "; ".join(f"{name} {ratio:.2f}x" for name, ratio in ratios.items())
+        lines += ["", f"Against ReLU of the same width and seeds (seed-steps/s, best): {against}"]
     if "torch" in out:
         lines += ["", "PyTorch (one thread): " + json.dumps(out["torch"])]
     return "\n".join(lines)
+
+
+# (case, its ReLU reference): the sparse mechanisms' speed beside ReLU at the same width and seeds.
+RATIO_PAIRS = (
+    ("topk_10", "relu_10"),
+    ("sparse_topk", "sparse_relu"),
+    ("sparse_topk_revive", "sparse_relu"),
+)
+
+
+def sparse_ratios(out: dict[str, Any]) -> dict[str, float]:
+    """Seed-steps/s of each top-k case over its ReLU reference's, for the pairs both measured."""
+    best = {
+        r["name"]: r["seed_steps_per_s_best"] for r in out["cases"] if "seed_steps_per_s_best" in r
+    }
+    pairs = [(case, ref) for case, ref in RATIO_PAIRS if case in best and ref in best]
+    return {case: best[case] / best[ref] for case, ref in pairs}
 
 
 if __name__ == "__main__":

@@ -2,12 +2,23 @@
 
     jaxae list
     jaxae run NAME [--seeds N] [--seed S] [--epochs E] [--set section.field=value ...] [--out DIR]
+              [--sweep section.field=v1,v2,... ...]
     jaxae run --resume DIR
     jaxae reproduce [--seeds N] [--seed S] [--out DIR] [--resume]
     jaxae report DIR
 
 Invalid arguments print one line on stderr and exit with status 2. Ctrl-C or SIGTERM stops a run at
 the next chunk boundary, saves it for `--resume` and exits with 130 or 143.
+
+Environment (read by `run` and `reproduce`):
+
+- JAXAE_MEMORY_BUDGET: bytes per device one batch of seeds may take (e.g. 6GiB); by default a share
+  of the device's memory (on CPU, of the host's available memory). Seeds that do not fit at once
+  train and are evaluated in batches, with the same results.
+- JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID: run the
+  same command once per process to shard the seeds over the devices of all of them
+  (jax.distributed; on CPU over gloo). JAXAE_DISTRIBUTED=auto instead lets jax detect them on a
+  managed cluster (Slurm, Open MPI, Cloud TPU pod slices). Only process 0 writes the run.
 """
 
 from __future__ import annotations
@@ -24,7 +35,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from jaxae import experiments, report, results
+from jaxae import experiments, report, results, sweep, train
 
 console = Console(stderr=True)
 
@@ -52,6 +63,16 @@ class StopFlag:
         signal.signal(signal.SIGTERM, self)
 
 
+# The environment `run` and `reproduce` read (their --help ends with it).
+ENVIRONMENT = (
+    "environment: JAXAE_MEMORY_BUDGET=BYTES per device for one batch of seeds (e.g. 6GiB; "
+    "default: a share of the device's or host's free memory); JAX_COORDINATOR_ADDRESS=host:port "
+    "of process 0, JAX_NUM_PROCESSES and JAX_PROCESS_ID (or JAXAE_DISTRIBUTED=auto on Slurm, "
+    "Open MPI or a Cloud TPU pod slice) shard the seeds over several processes; only process 0 "
+    "writes."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="jaxae", description="Train (sparse) autoencoders over many seeds at once."
@@ -66,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=0, help="base seed: seed i = fold_in(key(S), i)")
         p.add_argument("--out", type=Path, default=None, help="output directory (must not exist)")
 
-    run = sub.add_parser("run", help="train one experiment on many seeds")
+    run = sub.add_parser("run", help="train one experiment on many seeds", epilog=ENVIRONMENT)
     run.add_argument("name", nargs="?", help="experiment name (see `jaxae list`)")
     common(run)
     run.add_argument("--epochs", type=int, default=None, help="shorthand for --set train.epochs=E")
@@ -79,10 +100,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config field of every arm, e.g. --set optim.learning_rate=3e-3",
     )
     run.add_argument(
+        "--sweep",
+        dest="sweeps",
+        action="append",
+        default=[],
+        metavar="FIELD=V1,V2,...",
+        help="train every arm at each point of the grid the --sweep lists span, e.g. "
+        "--sweep optim.learning_rate=1e-4,1e-3 --sweep loss.weight=0.1,1",
+    )
+    run.add_argument(
         "--resume", type=Path, default=None, metavar="DIR", help="continue a stopped run"
     )
 
-    repro = sub.add_parser("reproduce", help="run every tutorial experiment and write one report")
+    repro = sub.add_parser(
+        "reproduce", help="run every tutorial experiment and write one report", epilog=ENVIRONMENT
+    )
     common(repro)
     repro.add_argument(
         "--resume", action="store_true", help="continue a stopped reproduce in --out"
@@ -127,8 +159,12 @@ def run_experiment(
     overrides: list[str],
     stop: StopFlag,
     resume: list[experiments.GroupCheckpoint] | None = None,
+    grid: sweep.Grid | None = None,
 ) -> dict[str, Any] | None:
-    """Train, then write the run directory; on a stop, save `DIR.partial/` and return None."""
+    """Train, then write the run directory; on a stop, save `DIR.partial/` and return None.
+
+    With a `grid`, `exp` is its swept experiment and the run directory is keyed by grid point.
+    """
     groups = experiments.groups_of(exp)
     total = sum(g[0].config.train.epochs for g in groups)
     with _progress() as bar:
@@ -146,17 +182,24 @@ def run_experiment(
 
         out = experiments.run(exp, n_seeds, seed, callback=callback, resume=resume)
     if not out.finished:
-        where = results.write_partial(out_dir, out, overrides)
+        where = results.write_partial(out_dir, out, overrides, grid.specs if grid else None)
         console.print(f"stopped; progress saved in {where}; continue with --resume")
         return None
+    if not train.is_writer():  # a process other than 0 of a multi-process run: 0 writes it
+        return {}
+    if grid is not None:
+        return sweep.write_run(out_dir, out, grid, overrides, render=report.render_run)
     analysis = exp.analyse(exp, out.results)
     return results.write_run(out_dir, out, analysis, overrides, render=report.render_run)
 
 
 def _print_summary(data: dict[str, Any], out_dir: Path) -> None:
     timing = data["timing"]
-    print(f"{data['experiment']} ({data['section']}): {data['n_seeds']} seeds -> {out_dir}")
-    for label, arm in data["arms"].items():
+    if "grid" in data:  # a sweep: the main metric per grid point and arm, no top-level arms
+        print("\n".join(report.grid.summary_lines(data, out_dir, report.main_metric(data))))
+    else:
+        print(f"{data['experiment']} ({data['section']}): {data['n_seeds']} seeds -> {out_dir}")
+    for label, arm in data.get("arms", {}).items():
         if "heldout_fvu_quantiles" in arm:  # real data: held-out figures, not the PCA floor
             print(
                 f"  {data['arm_axis']}={label}: held-out fvu "
@@ -183,6 +226,9 @@ def _print_summary(data: dict[str, Any], out_dir: Path) -> None:
         f"  compile {timing['compile_s']:.1f} s, train {timing['train_s']:.1f} s, "
         f"{timing['seed_steps_per_s']:,.0f} seed-steps/s"
     )
+    memory = report.base.memory_summary(data.get("memory", {}))
+    if memory:
+        print(f"  {memory}")
 
 
 def cmd_list() -> int:
@@ -191,18 +237,27 @@ def cmd_list() -> int:
     return 0
 
 
+def _experiment(
+    name: str, overrides: list[str], sweeps: list[str]
+) -> tuple[experiments.Experiment, sweep.Grid | None]:
+    """The experiment `run` trains, and its grid when swept (every spec checked, nothing built)."""
+    if not sweeps:
+        return _checked(lambda: experiments.with_overrides(experiments.get(name), overrides)), None
+    grid = _checked(lambda: sweep.expand(experiments.get(name), overrides, sweeps))
+    return grid.experiment, grid
+
+
 def cmd_run(args: argparse.Namespace, stop: StopFlag) -> int:
     overrides = list(args.overrides)
     if args.resume is not None:
-        if args.name is not None or overrides or args.seeds is not None or args.epochs is not None:
+        given = (args.name, args.seeds, args.epochs)
+        if any(a is not None for a in given) or overrides or args.sweeps:
             raise UsageError(
-                "--resume takes no experiment, --seeds, --epochs or --set: it reuses them"
+                "--resume takes no experiment, --seeds, --epochs, --set or --sweep: it reuses them"
             )
         progress = _checked(lambda: results.read_progress(args.resume))
-        exp = _checked(
-            lambda: experiments.with_overrides(
-                experiments.get(progress["experiment"]), progress["overrides"]
-            )
+        exp, grid = _experiment(
+            progress["experiment"], progress["overrides"], progress.get("sweep", [])
         )
         resume = results.load_partial(args.resume, exp, progress)
         out_dir, n_seeds, seed = args.resume, progress["n_seeds"], progress["seed"]
@@ -215,16 +270,19 @@ def cmd_run(args: argparse.Namespace, stop: StopFlag) -> int:
         _positive("--epochs", args.epochs)
         if args.epochs is not None:
             overrides.append(f"train.epochs={args.epochs}")
-        exp = _checked(lambda: experiments.with_overrides(experiments.get(args.name), overrides))
+        exp, grid = _experiment(args.name, overrides, args.sweeps)
         n_seeds = args.seeds or exp.default_seeds
         seed = args.seed
         out_dir = args.out or Path("runs") / exp.name
         _checked(lambda: results.check_writable(out_dir))
         resume = None
-    data = run_experiment(exp, n_seeds, seed, out_dir, overrides, stop, resume)
+    if grid is not None:
+        print("\n".join(grid.plan()), flush=True)
+    data = run_experiment(exp, n_seeds, seed, out_dir, overrides, stop, resume, grid)
     if data is None:
         return 128 + (stop.signal or signal.SIGINT)
-    _print_summary(data, out_dir)
+    if data:
+        _print_summary(data, out_dir)
     return 0
 
 
@@ -247,9 +305,11 @@ def cmd_reproduce(args: argparse.Namespace, stop: StopFlag) -> int:
         data = run_experiment(exp, n_seeds, args.seed, out_dir, [], stop, resume)
         if data is None:
             return 128 + (stop.signal or signal.SIGINT)
-        _print_summary(data, out_dir)
-    report.render_reproduction(out_root)
-    print(f"report: {out_root / 'report.md'}")
+        if data:
+            _print_summary(data, out_dir)
+    if train.is_writer():
+        report.render_reproduction(out_root)
+        print(f"report: {out_root / 'report.md'}")
     return 0
 
 
@@ -266,6 +326,15 @@ def use_every_core() -> None:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={cores}".strip()
 
 
+def setup_processes() -> None:
+    """Check JAXAE_MEMORY_BUDGET and join a multi-process run if the environment names one
+    (`train.init_processes`), before anything touches a device; bad values are usage errors."""
+    budget = os.environ.get(train.MEMORY_BUDGET_ENV)
+    if budget:
+        _checked(lambda: train.parse_bytes(budget))
+    _checked(train.init_processes)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `jaxae` console script."""
     use_every_core()
@@ -278,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         args = build_parser().parse_args(argv)
+        if args.command in ("run", "reproduce"):
+            setup_processes()
         stop.install()
         return commands[args.command](args)
     except UsageError as err:

@@ -22,6 +22,7 @@ Activation = Literal["relu", "sigmoid", "identity", "topk"]
 Init = Literal["torch", "flax"]
 Sparsity = Literal["none", "kl", "l1"]
 Shuffle = Literal["feistel", "sort"]
+Schedule = Literal["constant", "cosine"]
 
 DATA_KINDS: tuple[str, ...] = typing.get_args(DataKind)
 MAGNITUDES: tuple[str, ...] = typing.get_args(Magnitude)
@@ -46,6 +47,7 @@ IMAGES: tuple[str, ...] = (
     "moon",
 )
 SHUFFLES: tuple[str, ...] = typing.get_args(Shuffle)
+SCHEDULES: tuple[str, ...] = typing.get_args(Schedule)
 # Activations whose every output lies in (0, 1): the only ones a KL penalty on mean activation fits.
 UNIT_INTERVAL_ACTIVATIONS: tuple[str, ...] = ("sigmoid",)
 
@@ -195,8 +197,12 @@ class LossConfig:
     aux_weight: float = 1.0 / 32.0  # its coefficient (the paper's 1/32)
     dead_steps: int = 100  # a unit is dead after this many training steps without firing
     # Resampling (Bricken et al. 2023, simplified): at the end of each epoch of the first half of
-    # training, every dead unit is re-aimed at the residual of a badly reconstructed sample.
+    # training, every dead unit is re-aimed at the residual of a badly reconstructed sample; with
+    # `resample_rare` > 0, so is every unit that fires on fewer samples of the data set than that
+    # share of the median unit's (a unit stuck on a rare mixture, which a few firings keep alive).
     resample_dead: bool = False
+    resample_rare: float = 0.0
+    resample_every: int = 1  # epochs between resamplings (a re-aimed unit's time to settle)
 
     def __post_init__(self) -> None:
         _one_of("loss.sparsity", self.sparsity, SPARSITIES)
@@ -211,6 +217,10 @@ class LossConfig:
         _positive_int("loss.dead_steps", self.dead_steps)
         if not isinstance(self.resample_dead, bool):
             _fail("loss.resample_dead", self.resample_dead, "true or false")
+        _positive_int("loss.resample_every", self.resample_every)
+        rare = self.resample_rare
+        if isinstance(rare, bool) or not isinstance(rare, int | float) or not 0 <= rare < 1:
+            _fail("loss.resample_rare", rare, "a number in [0, 1) (0: dead units only)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,9 +233,17 @@ class OptimConfig:
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-8
+    # The learning rate over training: "constant", or "cosine" from `learning_rate` at the first
+    # step down to `learning_rate * final_lr_ratio` at the last (optax.cosine_decay_schedule).
+    schedule: Schedule = "constant"
+    final_lr_ratio: float = 0.0
 
     def __post_init__(self) -> None:
         _positive_float("optim.learning_rate", self.learning_rate)
+        _one_of("optim.schedule", self.schedule, SCHEDULES)
+        ratio = self.final_lr_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio <= 1:
+            _fail("optim.final_lr_ratio", ratio, "a number in [0, 1]")
         _non_negative_float("optim.weight_decay", self.weight_decay)
         for name in ("b1", "b2"):
             value = getattr(self, name)
@@ -241,10 +259,10 @@ class TrainConfig:
     epochs: int = 1500
     batch_size: int = 100  # B; a last partial batch is kept (masked), as DataLoader does
     chunk_epochs: int = 50  # epochs per compiled call; between calls the host reports progress
-    # Each epoch's order: "sort", an exactly uniform permutation; "feistel", a keyed pseudo-random
-    # one (no sort: about twice as fast for tiny models; jaxae/shuffle.py). Different orders from
-    # the same key, so results differ; the recorded results in README.md use "sort".
-    shuffle: Shuffle = "sort"
+    # Each epoch's order: "feistel", a keyed pseudo-random permutation (no sort: about twice as
+    # fast for tiny models; its uniformity is tested, jaxae/shuffle.py), or "sort", an exactly
+    # uniform one. Different orders from the same key, so results differ between the two.
+    shuffle: Shuffle = "feistel"
 
     def __post_init__(self) -> None:
         _positive_int("train.epochs", self.epochs)

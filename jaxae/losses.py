@@ -70,7 +70,8 @@ def auxk_loss(
     gradient from it; the caller passes `e` with its gradient stopped.
     """
     dead_pre_BxH = jnp.where(jnp.broadcast_to(dead_H, pre_BxH.shape), pre_BxH, -jnp.inf)
-    e_hat_BxD = top_k_relu(dead_pre_BxH, k_aux, k_aux) @ decoder_HxD
+    # Dead units are few, so the k_aux largest are found in as many rounds as there are dead units.
+    e_hat_BxD = top_k_relu(dead_pre_BxH, k_aux, k_aux, early_exit=True) @ decoder_HxD
     error = _weighted_mean(jnp.sum(jnp.square(e_hat_BxD - residual_BxD), axis=-1), w_B)
     energy = _weighted_mean(jnp.sum(jnp.square(residual_BxD), axis=-1), w_B)
     ratio = error / jnp.maximum(energy, jnp.finfo(energy.dtype).tiny)

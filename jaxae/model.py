@@ -54,32 +54,65 @@ RANK_COUNT_MAX_UNITS = 16
 ITERATED_MAX_K = 32
 
 
-def _kth_largest(pre_BxH: jax.Array, k: jax.Array | int, k_max: int) -> jax.Array:
+def _max_step(
+    carry: tuple[jax.Array, jax.Array, jax.Array, jax.Array], k: jax.Array | int
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """One round of `_kth_largest`: take each row's maximum out and count it (ties together)."""
+    remaining_BxH, kth_Bx1, seen_Bx1, found_Bx1 = carry
+    top_Bx1 = jnp.max(remaining_BxH, axis=-1, keepdims=True)
+    at_top_BxH = remaining_BxH == top_Bx1
+    seen_Bx1 = seen_Bx1 + jnp.sum(at_top_BxH, axis=-1, keepdims=True)
+    hit_Bx1 = ~found_Bx1 & (seen_Bx1 >= k)
+    kth_Bx1 = jnp.where(hit_Bx1, top_Bx1, kth_Bx1)
+    found_Bx1 = found_Bx1 | hit_Bx1
+    remaining_BxH = jnp.where(at_top_BxH, -jnp.inf, remaining_BxH)
+    return remaining_BxH, kth_Bx1, seen_Bx1, found_Bx1
+
+
+def _kth_largest(
+    pre_BxH: jax.Array, k: jax.Array | int, k_max: int, *, early_exit: bool = False
+) -> jax.Array:
     """`kth_Bx1`: the value v of each row at which the units >= v are those with fewer than k units
-    strictly above them, by taking the row maximum `k_max` times and counting ties as it goes."""
+    strictly above them, by taking the row maximum `k_max` times and counting ties as it goes.
+
+    A row with fewer than k finite entries gets -inf (every entry kept). With `early_exit` the
+    rounds are a `while_loop` that stops once every row has its k-th value or nothing finite left:
+    for rows that are mostly -inf (the auxiliary loss's few dead units) that is a few rounds
+    instead of `k_max`; for dense rows the unrolled loop is faster.
+    """
     rows = (*pre_BxH.shape[:-1], 1)
-    remaining_BxH = pre_BxH
-    kth_Bx1 = jnp.full(rows, -jnp.inf, pre_BxH.dtype)
-    seen_Bx1 = jnp.zeros(rows, jnp.int32)  # units at or above the current maximum
-    found_Bx1 = jnp.zeros(rows, bool)
-    for _ in range(k_max):
-        top_Bx1 = jnp.max(remaining_BxH, axis=-1, keepdims=True)
-        at_top_BxH = remaining_BxH == top_Bx1
-        seen_Bx1 = seen_Bx1 + jnp.sum(at_top_BxH, axis=-1, keepdims=True)
-        hit_Bx1 = ~found_Bx1 & (seen_Bx1 >= k)
-        kth_Bx1 = jnp.where(hit_Bx1, top_Bx1, kth_Bx1)
-        found_Bx1 = found_Bx1 | hit_Bx1
-        remaining_BxH = jnp.where(at_top_BxH, -jnp.inf, remaining_BxH)
-    return kth_Bx1
+    carry = (
+        pre_BxH,
+        jnp.full(rows, -jnp.inf, pre_BxH.dtype),
+        jnp.zeros(rows, jnp.int32),  # units at or above the current maximum
+        jnp.zeros(rows, bool),
+    )
+    if not early_exit:
+        for _ in range(k_max):
+            carry = _max_step(carry, k)
+        return carry[1]
+
+    def more(state: tuple[jax.Array, tuple]) -> jax.Array:
+        i, (remaining_BxH, _, _, found_Bx1) = state
+        left_Bx1 = jnp.max(remaining_BxH, axis=-1, keepdims=True) > -jnp.inf
+        return (i < k_max) & jnp.any(~found_Bx1 & left_Bx1)
+
+    def step(state: tuple[jax.Array, tuple]) -> tuple[jax.Array, tuple]:
+        return state[0] + 1, _max_step(state[1], k)
+
+    return jax.lax.while_loop(more, step, (jnp.int32(0), carry))[1][1]
 
 
-def top_k_mask(pre_BxH: jax.Array, k: jax.Array | int, k_max: int | None = None) -> jax.Array:
+def top_k_mask(
+    pre_BxH: jax.Array, k: jax.Array | int, k_max: int | None = None, *, early_exit: bool = False
+) -> jax.Array:
     """Boolean `keep_BxH`: the k largest entries of each row (every unit tied with the k-th too).
 
     `k` may be traced (a per-seed value under `vmap`) as long as it is at most `k_max`, the static
     largest k; one compiled program then serves every k of a sweep. A unit is kept exactly when
     fewer than k units of its row are strictly larger, which is the same as `pre >= k-th largest`;
     the three ways of computing it (see `RANK_COUNT_MAX_UNITS`) agree exactly, ties included.
+    `early_exit` suits rows that are mostly -inf (see `_kth_largest`); the result is the same.
     """
     h = pre_BxH.shape[-1]
     k_max = h if k_max is None else min(k_max, h)
@@ -87,13 +120,15 @@ def top_k_mask(pre_BxH: jax.Array, k: jax.Array | int, k_max: int | None = None)
         above_BxH = jnp.sum(pre_BxH[..., None, :] > pre_BxH[..., :, None], axis=-1)
         return above_BxH < k
     if k_max <= ITERATED_MAX_K:
-        return pre_BxH >= _kth_largest(pre_BxH, k, k_max)
+        return pre_BxH >= _kth_largest(pre_BxH, k, k_max, early_exit=early_exit)
     values_BxK = jax.lax.top_k(pre_BxH, k_max)[0]
     index = jnp.broadcast_to(jnp.asarray(k, jnp.int32) - 1, (*pre_BxH.shape[:-1], 1))
     return pre_BxH >= jnp.take_along_axis(values_BxK, index, axis=-1)
 
 
-def top_k_relu(pre_BxH: jax.Array, k: jax.Array | int, k_max: int | None = None) -> jax.Array:
+def top_k_relu(
+    pre_BxH: jax.Array, k: jax.Array | int, k_max: int | None = None, *, early_exit: bool = False
+) -> jax.Array:
     """Keep the k largest pre-activations of each row (then ReLU), zero the rest.
 
     Exact ties at the k-th value keep every tied unit; for continuous inputs that has probability 0.
@@ -101,7 +136,8 @@ def top_k_relu(pre_BxH: jax.Array, k: jax.Array | int, k_max: int | None = None)
     `pre_i >= the k-th largest value`: narrow rows count (see `RANK_TOP_K_MAX_UNITS`), wide rows
     compare with `lax.top_k`; both keep the same units.
     """
-    return jnp.where(top_k_mask(pre_BxH, k, k_max), jax.nn.relu(pre_BxH), 0.0)
+    keep_BxH = top_k_mask(pre_BxH, k, k_max, early_exit=early_exit)
+    return jnp.where(keep_BxH, jax.nn.relu(pre_BxH), 0.0)
 
 
 def unit_rows(w_HxD: jax.Array) -> jax.Array:

@@ -17,17 +17,33 @@ import optax
 from jaxae.config import OptimConfig
 
 
+def learning_rate_schedule(
+    cfg: OptimConfig, learning_rate: jax.Array | float, total_steps: int | None
+) -> jax.Array | float | optax.Schedule:
+    """The step size, or a schedule of it over `total_steps` optimizer steps (`optim.schedule`)."""
+    if cfg.schedule == "constant":
+        return learning_rate
+    if total_steps is None:
+        raise ValueError(f"optim.schedule={cfg.schedule!r} needs the number of training steps")
+    shape = optax.cosine_decay_schedule(1.0, max(total_steps - 1, 1), alpha=cfg.final_lr_ratio)
+    return lambda count: learning_rate * shape(count)
+
+
 def make_optimizer(
     cfg: OptimConfig,
     learning_rate: jax.Array | float | None = None,
     weight_decay: jax.Array | float | None = None,
+    total_steps: int | None = None,
 ) -> optax.GradientTransformation:
     """The optax chain `cfg` describes.
 
     `learning_rate` and `weight_decay` override the config's values; they may be traced arrays, so
-    one compiled program can train many values of them side by side (vmapped).
+    one compiled program can train many values of them side by side (vmapped). `total_steps`, the
+    run's number of optimizer steps, is what a learning-rate schedule spans.
     """
-    lr = cfg.learning_rate if learning_rate is None else learning_rate
+    lr = learning_rate_schedule(
+        cfg, cfg.learning_rate if learning_rate is None else learning_rate, total_steps
+    )
     wd = cfg.weight_decay if weight_decay is None else weight_decay
     adam = optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
     if cfg.decoupled:

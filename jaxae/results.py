@@ -4,6 +4,8 @@ A finished run is one directory (see the output contract in README.md). It is wr
 temporary name next to its destination and renamed into place at the end, so a run directory is
 either complete or absent; an existing one is never replaced. A run stopped early leaves
 `DIR.partial/` (progress.json plus an Orbax checkpoint of every program's state) for `--resume`.
+In a multi-process run only process 0 writes either (every process holds every seed's results);
+resuming one needs `DIR.partial/` where every process can read it (a shared file system).
 """
 
 from __future__ import annotations
@@ -117,6 +119,7 @@ def versions() -> dict[str, Any]:
         "device_kind": devices[0].device_kind,
         "platform": devices[0].platform,
         "device_count": len(devices),
+        "process_count": jax.process_count(),
     }
 
 
@@ -139,27 +142,36 @@ def _host_tree(tree: Any) -> Any:
     return jax.tree.map(leaf, tree)
 
 
+def _checkpointer() -> ocp.StandardCheckpointer:
+    """Orbax for this process alone: in a multi-process run process 0 writes and every process
+    reads by itself, so none may wait for the others at Orbax's barriers."""
+    if jax.process_count() == 1:
+        return ocp.StandardCheckpointer()
+    me = jax.process_index()
+    alone = ocp.options.MultiprocessingOptions(
+        primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"jaxae_process_{me}"
+    )
+    return ocp.StandardCheckpointer(multiprocessing_options=alone)
+
+
 def save_checkpoint(path: Path, tree: Any) -> None:
     """An Orbax checkpoint of `tree` (host numpy copy) at `path`."""
-    with ocp.StandardCheckpointer() as ckptr:
+    with _checkpointer() as ckptr:
         ckptr.save(path.absolute(), _host_tree(tree))
         ckptr.wait_until_finished()
 
 
 def load_checkpoint(path: Path, target: Any | None = None) -> Any:
     """Restore a checkpoint written by `save_checkpoint` (into `target`'s structure, if given)."""
-    with ocp.StandardCheckpointer() as ckptr:
+    with _checkpointer() as ckptr:
         if target is None:
             return ckptr.restore(path.absolute())
         return ckptr.restore(path.absolute(), _host_tree(target))
 
 
-def metrics_dict(out: RunOutput, analysis: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """metrics.json: the first arm's per-seed figures at the top level, every arm under `arms`."""
-    exp, results = out.experiment, out.results
-    assert results is not None
-    primary = results[exp.arms[0].label].summary()
-    data: dict[str, Any] = {
+def run_header(exp: Experiment, out: RunOutput, overrides: list[str]) -> dict[str, Any]:
+    """The first keys of every metrics.json: what was run, on which seeds, with which overrides."""
+    return {
         "experiment": exp.name,
         "family": exp.family,
         "section": exp.section,
@@ -169,11 +181,22 @@ def metrics_dict(out: RunOutput, analysis: dict[str, Any], overrides: list[str])
         "n_seeds": out.n_seeds,
         "seed": out.seed,
         "arm_axis": exp.arm_axis,
+    }
+
+
+def metrics_dict(out: RunOutput, analysis: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """metrics.json: the first arm's per-seed figures at the top level, every arm under `arms`."""
+    exp, results = out.experiment, out.results
+    assert results is not None
+    primary = results[exp.arms[0].label].summary()
+    data: dict[str, Any] = {
+        **run_header(exp, out, overrides),
         "convergence_fraction": metrics.CONVERGENCE_FRACTION,
         **primary,
         "arms": {label: r.summary() for label, r in results.items()},
         "analysis": {k: v for k, v in analysis.items() if k != "arrays"},
         "timing": out.timing,
+        "memory": out.memory,
         "versions": versions(),
     }
     return data
@@ -197,7 +220,12 @@ def write_run(
     overrides: list[str],
     render: Any | None = None,
 ) -> dict[str, Any]:
-    """Write a finished run to `out_dir` atomically; `render(staging_dir)` adds figures/report."""
+    """Write a finished run to `out_dir` atomically; `render(staging_dir)` adds figures/report.
+
+    Only process 0 of a multi-process run writes (`train.is_writer`); the others return `{}`.
+    """
+    if not train.is_writer():
+        return {}
     check_writable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = _staging_dir(out_dir)
@@ -223,9 +251,15 @@ def write_run(
     return data
 
 
-def write_partial(out_dir: Path, out: RunOutput, overrides: list[str]) -> Path:
-    """Save a stopped run's progress and state to `DIR.partial/` (replacing an older one)."""
+def write_partial(
+    out_dir: Path, out: RunOutput, overrides: list[str], sweep: list[str] | None = None
+) -> Path:
+    """Save a stopped run's progress and state to `DIR.partial/` (replacing an older one);
+    `sweep`, the `--sweep` specs of a swept run, is kept so `--resume` rebuilds the same arms.
+    Only process 0 of a multi-process run writes; the others return the path at once."""
     target = partial_dir(out_dir)
+    if not train.is_writer():
+        return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = _staging_dir(target)
     try:
@@ -237,6 +271,7 @@ def write_partial(out_dir: Path, out: RunOutput, overrides: list[str]) -> Path:
                 "n_seeds": out.n_seeds,
                 "seed": out.seed,
                 "overrides": list(overrides),
+                **({"sweep": list(sweep)} if sweep else {}),
                 "groups": groups,
             },
         )

@@ -15,8 +15,14 @@ The pieces, from the inside out:
   a sweep inside each seed: the arms share the seed's initial key and its shuffle (computed once),
   and differ only in their hyperparameters.
 - `train_seeds`: the host loop. Seed i's key is `fold_in(key(seed), i)`, whatever the number of
-  seeds or devices; the seed axis is sharded over `jax.devices()`; the loop runs in chunks of epochs
-  so the caller can show progress, checkpoint or stop between chunks without changing any result.
+  seeds or devices; the seed axis is sharded over `jax.devices()` (of every process, after
+  `init_processes`); the loop runs in chunks of epochs so the caller can show progress, checkpoint
+  or stop between chunks without changing any result.
+- Memory: a program's peak bytes per device are `fixed + per_seed x seeds per device`, measured by
+  XLA's memory analysis of the program compiled for a few seeds (`MemoryPlan`). When all seeds
+  would not fit in the budget (`memory_budget`), `train_seeds` and `evaluate_seeds` split them into
+  equal batches that do (the last one padded) and run every batch through the same compiled
+  program, chunk by chunk; the state of every seed waits on the host between chunks.
 """
 
 from __future__ import annotations
@@ -24,8 +30,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
+import re
+import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import flax.struct
@@ -34,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxae import metrics, shuffle
@@ -93,13 +104,13 @@ def seed_keys(seed: int, n_seeds: int) -> jax.Array:
 
 
 def epoch_batches(
-    key: jax.Array, n: int, batch_size: int, method: str = "sort"
+    key: jax.Array, n: int, batch_size: int, method: str = "feistel"
 ) -> tuple[jax.Array, jax.Array | None]:
     """Minibatch indices `idx_KxB` of one shuffled epoch and weights `w_KxB` for a partial batch.
 
     As `DataLoader(shuffle=True, drop_last=False)`: every sample once per epoch; the last batch is
     padded with repeated indices that get weight 0 (`w` is None when the batch size divides n).
-    `method` is the shuffle (`train.shuffle`: "sort", the config's default, or "feistel"; see
+    `method` is the shuffle (`train.shuffle`: "feistel", the config's default, or "sort"; see
     jaxae/shuffle.py).
     """
     perm_N = shuffle.permutation(key, n, method)
@@ -110,6 +121,16 @@ def epoch_batches(
     idx = jnp.concatenate([perm_N, perm_N[:pad]]).reshape(n_batches, batch_size)
     w = (jnp.arange(n_batches * batch_size) < n).astype(jnp.float32)
     return idx, w.reshape(n_batches, batch_size)
+
+
+def steps_per_epoch(cfg: Config) -> int:
+    """Optimizer steps per epoch: ceil(N / B), the last batch padded as DataLoader keeps it."""
+    return math.ceil(cfg.data.n_samples / cfg.train.batch_size)
+
+
+def total_steps(cfg: Config) -> int:
+    """Optimizer steps of a whole run (what a learning-rate schedule spans)."""
+    return cfg.train.epochs * steps_per_epoch(cfg)
 
 
 def hidden_mask(n_active: jax.Array, n_hidden: int) -> jax.Array:
@@ -144,7 +165,7 @@ def init_state(key: jax.Array, hyper: Hyper, *, model: Autoencoder, cfg: Config)
     scale = jnp.sqrt(model.n_hidden / hyper.n_active.astype(jnp.float32))
     decoder = jax.tree.map(lambda p: p * scale, params["params"]["decoder"])
     params = {"params": {**params["params"], "decoder": decoder}}
-    opt = make_optimizer(cfg.optim, hyper.learning_rate, hyper.weight_decay)
+    opt = make_optimizer(cfg.optim, hyper.learning_rate, hyper.weight_decay, total_steps(cfg))
     return TrainState(
         params=params,
         opt_state=opt.init(params),
@@ -178,7 +199,9 @@ def train_step(
         k=state.hyper.k,
         dead_H=state.since_fired >= cfg.loss.dead_steps,
     )
-    opt = make_optimizer(cfg.optim, state.hyper.learning_rate, state.hyper.weight_decay)
+    opt = make_optimizer(
+        cfg.optim, state.hyper.learning_rate, state.hyper.weight_decay, total_steps(cfg)
+    )
     updates, opt_state = opt.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ok = ~state.diverged & jnp.isfinite(loss) & _all_finite(params)
@@ -205,7 +228,8 @@ def _column_norms(w_DxH: jax.Array, weight_H: jax.Array) -> jax.Array:
 def resample_dead(
     state: TrainState, x_NxD: jax.Array, *, model: Autoencoder, cfg: Config
 ) -> TrainState:
-    """Re-aim every dead unit (no firing for `loss.dead_steps` steps) at a missing direction.
+    """Re-aim every dead unit (no firing for `loss.dead_steps` steps) at a missing direction; with
+    `loss.resample_rare`, also every unit firing on less than that share of the median unit's rate.
 
     The n dead units take, in order, the residuals `x - x_hat` of the n worst-reconstructed samples
     of the data set, normalised: the decoder row becomes that direction (at the mean norm of the
@@ -214,9 +238,12 @@ def resample_dead(
     already decayed (it had no gradient for `dead_steps` steps), so they are left as they are.
     """
     mask_H = hidden_mask(state.hyper.n_active, model.n_hidden)
-    dead_H = (state.since_fired >= cfg.loss.dead_steps) & (mask_H > 0)
+    x_hat_NxD, h_NxH = model.apply(state.params, x_NxD, mask_H, state.hyper.k)
+    rate_H = jnp.mean(model.is_active(h_NxH), axis=0)
+    median_rate = jnp.nanmedian(jnp.where(mask_H > 0, rate_H, jnp.nan))
+    rare_H = rate_H < cfg.loss.resample_rare * median_rate
+    dead_H = ((state.since_fired >= cfg.loss.dead_steps) | rare_H) & (mask_H > 0)
     live_H = ((~dead_H) & (mask_H > 0)).astype(jnp.float32)
-    x_hat_NxD, _ = model.apply(state.params, x_NxD, mask_H, state.hyper.k)
     residual_NxD = x_NxD - x_hat_NxD
     worst_H = lax.top_k(jnp.sum(jnp.square(residual_NxD), axis=-1), model.n_hidden)[1]
     rank_H = jnp.cumsum(dead_H) - 1  # the i-th dead unit takes the i-th worst sample
@@ -238,6 +265,13 @@ def resample_dead(
     }
     params = {"params": {**p, "encoder": encoder, "decoder": decoder}}
     return state.replace(params=params, since_fired=jnp.where(dead_H, 0, state.since_fired))
+
+
+def _mean_in_order(loss_K: jax.Array) -> jax.Array:
+    """The mean over the leading axis, summed first to last. `jnp.mean` lets XLA pick the order of
+    the sum by the shape of the whole batch of seeds, so a seed's recorded loss would change in the
+    last bit with the number of seeds trained together."""
+    return functools.reduce(jnp.add, list(loss_K)) / loss_K.shape[0]
 
 
 def run_epochs(
@@ -269,9 +303,11 @@ def run_epochs(
     def one_epoch(state: TrainState, epoch_and_key: tuple) -> tuple[TrainState, jax.Array]:
         idx_KxB, w_KxB = epoch_batches(epoch_and_key[1], n, batch_size, cfg.train.shuffle)
         state, loss_K = lax.scan(step, state, (idx_KxB, w_KxB))
-        loss = jnp.where(state.diverged, jnp.nan, jnp.mean(loss_K, axis=0))
+        loss = jnp.where(state.diverged, jnp.nan, _mean_in_order(loss_K))
         if cfg.loss.resample_dead:
-            state = lax.cond(epoch_and_key[0] < cfg.train.epochs // 2, resample, lambda s: s, state)
+            epoch = epoch_and_key[0]
+            due = (epoch < cfg.train.epochs // 2) & ((epoch + 1) % cfg.loss.resample_every == 0)
+            state = lax.cond(due, resample, lambda s: s, state)
         return state, loss
 
     def guarded_epoch(state: TrainState, epoch_and_key: tuple) -> tuple[TrainState, jax.Array]:
@@ -379,10 +415,335 @@ def programs(cfg: Config) -> Programs:
         init=jax.jit(lambda keys, hyper: lax.map(lambda a: init(*a), (keys, hyper))),
         run_chunk=jax.jit(jax.vmap(run, in_axes=(0, x_axis, None)), donate_argnums=0),
         seed_data=jax.jit(jax.vmap(functools.partial(seed_data, cfg=cfg))),
-        evaluate=jax.jit(
-            jax.vmap(functools.partial(evaluate_state, model=model, cfg=cfg), in_axes=(0, x_axis))
-        ),
+        evaluate=jax.jit(functools.partial(evaluate_each, model=model, cfg=cfg)),
     )
+
+
+def evaluate_each(
+    states: TrainState, x: jax.Array, *, model: Autoencoder, cfg: Config
+) -> dict[str, jax.Array]:
+    """`evaluate_state` of every seed of `states` (leading axis S) on `x_NxD`, or with
+    `data.per_seed` on its own `x_SxNxD`.
+
+    A loop over seeds, not a vmap: XLA picks vectorised kernels by shape, so a vmapped seed's
+    figures would change in the last bit with the number of seeds evaluated together; in a loop
+    each seed runs the same program whatever their number, and only one seed's N x D
+    intermediates exist at a time.
+    """
+    evaluate = functools.partial(evaluate_state, model=model, cfg=cfg)
+    if cfg.data.per_seed:
+        return lax.map(lambda pair: evaluate(*pair), (states, x))
+    return lax.map(lambda state: evaluate(state, x), states)
+
+
+# ----------------------------------------------------------------------------------------------
+# Processes: one sweep over the devices of many processes (jax.distributed)
+
+# The variables `init_processes` reads. JAX_COORDINATOR_ADDRESS (host:port of process 0) and, for
+# accelerators, JAX_LOCAL_DEVICE_IDS are also read by jax.distributed.initialize itself; the count
+# and the id are not, so jaxae passes them. JAXAE_DISTRIBUTED=auto instead leaves all of them to
+# jax's detection of a managed cluster (Slurm, Open MPI, Cloud TPU pod slices, Kubernetes).
+PROCESS_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+AUTO_PROCESS_ENV = "JAXAE_DISTRIBUTED"
+
+
+def _env_int(env: dict[str, str], name: str, low: int, high: int | None, allowed: str) -> int:
+    text = env[name]
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < low or (high is not None and value >= high):
+        raise ValueError(f"{name}={text!r} is invalid: allowed is {allowed}")
+    return value
+
+
+def process_settings(env: dict[str, str] | None = None) -> dict[str, Any] | None:
+    """`jax.distributed.initialize` keywords from the environment; None for a single process.
+
+    With JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (all three, the same address
+    and count in every process, ids 0..n-1) they are passed as given; with JAXAE_DISTRIBUTED=auto,
+    jax detects them (`{}`). Anything else set but incomplete or out of range is a `ValueError`.
+    """
+    env = dict(os.environ if env is None else env)
+    auto = env.get(AUTO_PROCESS_ENV)
+    if auto is not None and auto != "auto":
+        raise ValueError(f"{AUTO_PROCESS_ENV}={auto!r} is invalid: allowed is 'auto' or unset")
+    given = [name for name in PROCESS_ENV if env.get(name)]
+    if auto is not None and not given:
+        return {}
+    if not given:
+        return None
+    missing = [name for name in PROCESS_ENV if name not in given]
+    if missing:
+        raise ValueError(
+            f"{given[0]}={env[given[0]]!r} is invalid without {' and '.join(missing)}: allowed is "
+            f"all of {', '.join(PROCESS_ENV)} set, or {AUTO_PROCESS_ENV}=auto on a managed cluster"
+        )
+    address = env["JAX_COORDINATOR_ADDRESS"]
+    if not re.fullmatch(r".+:[0-9]+", address):
+        raise ValueError(
+            f"JAX_COORDINATOR_ADDRESS={address!r} is invalid: allowed is host:port of process 0"
+        )
+    n = _env_int(env, "JAX_NUM_PROCESSES", 1, None, "a positive integer")
+    pid = _env_int(env, "JAX_PROCESS_ID", 0, n, f"an integer from 0 to {n - 1}")
+    return {"coordinator_address": address, "num_processes": n, "process_id": pid}
+
+
+def init_processes(env: dict[str, str] | None = None) -> bool:
+    """Join a multi-process run when the environment asks for one (see `process_settings`).
+
+    Must run before anything touches a device. On CPU the processes exchange data over gloo (jax's
+    `jax_cpu_collectives_implementation`). Returns whether jax.distributed was initialised.
+    """
+    settings = process_settings(env)
+    if settings is None:
+        return False
+    if jax.config.jax_cpu_collectives_implementation is None:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**settings)
+    return True
+
+
+def is_writer() -> bool:
+    """Whether this process writes results: process 0 of a multi-process run (or the only one)."""
+    return jax.process_index() == 0
+
+
+def _place(tree: Any, sharding: NamedSharding) -> Any:
+    """Host arrays (every process holds all of them) as global arrays with `sharding`: each process
+    puts the rows of its own devices."""
+    if sharding.is_fully_addressable:
+        return jax.device_put(tree, sharding)
+    return jax.tree.map(
+        lambda v: jax.make_array_from_process_local_data(sharding, v, v.shape), tree
+    )
+
+
+def _gather(tree: Any) -> Any:
+    """Arrays as host numpy arrays, whole on every process. Arrays that span processes are first
+    replicated over their mesh, by one collective program for the whole tree (`_replicate`)."""
+    leaves = jax.tree.leaves(tree)
+    if all(getattr(v, "is_fully_addressable", True) for v in leaves):
+        return jax.device_get(tree)
+    everywhere = _replicate(leaves[0].sharding.mesh)(tree)
+    return jax.tree.map(lambda v: np.asarray(v.addressable_data(0)), everywhere)
+
+
+@functools.cache
+def _replicate(mesh: jax.sharding.Mesh) -> Callable[[Any], Any]:
+    """The identity with its outputs replicated on every device of `mesh` (compiled once per
+    shape: `multihost_utils.process_allgather` would compile one program per leaf)."""
+    return jax.jit(lambda tree: tree, out_shardings=NamedSharding(mesh, PartitionSpec()))
+
+
+def _to_host(state: TrainState) -> TrainState:
+    """Writable host copies of every leaf; the key as its raw data (`key_data`)."""
+    raw = state.replace(key=jax.random.key_data(state.key))
+    return jax.tree.map(np.array, _gather(raw))
+
+
+def _from_host(host: TrainState, impl: Any, sharding: NamedSharding | None = None) -> TrainState:
+    """`_to_host` undone: placed with `sharding` (or left on the host), the key wrapped again."""
+    placed = host if sharding is None else _place(host, sharding)
+    return placed.replace(key=jax.random.wrap_key_data(placed.key, impl=impl))
+
+
+def _rows(tree: Any, lo: int, n: int) -> Any:
+    """Rows `lo .. lo + n - 1` of every leaf, padded by repeating the last (copies to drop)."""
+
+    def rows(v: np.ndarray) -> np.ndarray:
+        part = v[lo : lo + n]
+        extra = n - part.shape[0]
+        return part if extra == 0 else np.concatenate([part, np.repeat(part[-1:], extra, axis=0)])
+
+    return jax.tree.map(rows, tree)
+
+
+def _abstract(tree: Any, n: int, sharding: NamedSharding) -> Any:
+    """Shapes and dtypes of `tree` with `n` rows, placed with `sharding`: what a program compiles
+    for."""
+    return jax.tree.map(
+        lambda v: jax.ShapeDtypeStruct((n, *v.shape[1:]), v.dtype, sharding=sharding), tree
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Memory: how many seeds a device holds at once
+
+# Bytes per device one batch may take, e.g. "6GiB", "512MiB" or "2e9"; unset, the budget follows
+# from the device (see `device_memory_budget`). `train_seeds(memory_budget=...)` takes precedence.
+MEMORY_BUDGET_ENV = "JAXAE_MEMORY_BUDGET"
+# Of an accelerator's memory (`bytes_limit`), the share a batch may take; XLA keeps some for itself.
+DEVICE_MEMORY_FRACTION = 0.8
+# Of the host's available memory, the share the batches of this process's CPU devices may take
+# together: the host also keeps every seed's state, history and data, and the analysis copies them.
+HOST_MEMORY_FRACTION = 0.5
+# Seeds per device of the program compiled to measure the bytes of one seed. XLA:CPU picks its
+# kernels by shape, and at small seed counts per device a seed's result can differ in the last bit
+# between size classes (seen: 1-8, 9-99 and 100 or more seeds of a plain run; a lone seed with
+# arms), so the probe is compiled at a count like a large run's, whose memory it extrapolates.
+PROBE_SEEDS = 128
+
+_BYTE_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+
+
+def parse_bytes(text: str, name: str = MEMORY_BUDGET_ENV) -> int:
+    """`"6GiB"`, `"512MiB"`, `"8G"`, `"2e9"` as bytes (K, M, G, T: powers of 1000; KiB, MiB, GiB,
+    TiB: of 1024); `ValueError` naming `name` otherwise."""
+    number, unit = r"([0-9]*\.?[0-9]+(?:e[0-9]+)?)", r"(?:([kmgt])(i)?b?|(b))?"
+    match = re.fullmatch(rf"\s*{number}\s*{unit}\s*", text.lower())
+    value = 0.0
+    if match:
+        unit = match.group(2) or match.group(4) or ""
+        base = 1024 ** " kmgt".index(unit) if match.group(3) else _BYTE_UNITS[unit]
+        value = float(match.group(1)) * base
+    if value < 1:
+        raise ValueError(
+            f"{name}={text!r} is invalid: allowed is a positive number of bytes, e.g. 6GiB, "
+            "512MiB, 8G or 2e9"
+        )
+    return int(value)
+
+
+def host_available_bytes() -> int:
+    """Memory this process may still take: the kernel's MemAvailable, or less under a cgroup
+    (container) limit."""
+    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        if limit != "max":
+            available = min(available, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return max(available, 0)
+
+
+def device_memory_budget(devices: Sequence[jax.Device], budget: int | None = None) -> int:
+    """Bytes one device may take for one batch of seeds.
+
+    `budget` if given, else `$JAXAE_MEMORY_BUDGET`, else on an accelerator
+    `DEVICE_MEMORY_FRACTION` of its memory, on CPU `HOST_MEMORY_FRACTION` of the host's available
+    memory shared among this process's CPU devices (they all live in it).
+    """
+    if budget is not None:
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
+            raise ValueError(f"memory_budget={budget!r} is invalid: allowed is a positive integer")
+        return budget
+    if os.environ.get(MEMORY_BUDGET_ENV):
+        return parse_bytes(os.environ[MEMORY_BUDGET_ENV])
+    local = [d for d in devices if d.process_index == jax.process_index()] or jax.local_devices()
+    stats = local[0].memory_stats() or {}
+    if local[0].platform != "cpu" and "bytes_limit" in stats:
+        return int(DEVICE_MEMORY_FRACTION * stats["bytes_limit"])
+    return int(HOST_MEMORY_FRACTION * host_available_bytes() / len(local))
+
+
+def program_bytes(compiled: jax.stages.Compiled) -> int | None:
+    """Bytes one device holds while `compiled` runs, from XLA's memory analysis: arguments, outputs
+    not aliased to (donated) arguments, temporaries and code; None where the backend has none."""
+    m = compiled.memory_analysis()
+    if m is None:
+        return None
+    return int(
+        m.argument_size_in_bytes
+        + m.output_size_in_bytes
+        - m.alias_size_in_bytes
+        + m.temp_size_in_bytes
+        + m.generated_code_size_in_bytes
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryPlan:
+    """How one program's seeds are split into batches that fit a device.
+
+    Peak bytes per device are modelled as `fixed_bytes + per_seed_bytes * seeds per device`, from
+    one compilation at `probe_seeds` seeds per device (`fixed_bytes` is what does not grow with
+    seeds: the shared data set). Batches are equal, `seeds_per_device` on every device.
+    """
+
+    n_seeds: int
+    n_devices: int
+    fixed_bytes: int  # per device
+    per_seed_bytes: float  # per device and seed on it; NaN where the backend has no analysis
+    budget_bytes: int  # per device
+    seeds_per_device: int  # in one batch
+    probe_seeds: int
+
+    @property
+    def batch_seeds(self) -> int:
+        return self.seeds_per_device * self.n_devices
+
+    @property
+    def n_batches(self) -> int:
+        return math.ceil(self.n_seeds / self.batch_seeds)
+
+    def bytes_at(self, seeds_per_device: int) -> float:
+        """Estimated peak bytes per device of the program at `seeds_per_device`."""
+        return self.fixed_bytes + self.per_seed_bytes * seeds_per_device
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as metrics.json records it (bytes per device)."""
+        return {
+            "budget_bytes": self.budget_bytes,
+            "fixed_bytes": self.fixed_bytes,
+            "per_seed_bytes": self.per_seed_bytes,
+            "all_seeds_bytes": self.bytes_at(math.ceil(self.n_seeds / self.n_devices)),
+            "batch_bytes": self.bytes_at(self.seeds_per_device),
+            "batch_seeds": self.batch_seeds,
+            "batches": self.n_batches,
+            "devices": self.n_devices,
+        }
+
+
+def plan_batches(
+    compile_at: Callable[[int], jax.stages.Compiled],
+    *,
+    n_seeds: int,
+    n_devices: int,
+    fixed_bytes: int,
+    budget: int,
+) -> tuple[MemoryPlan, jax.stages.Compiled]:
+    """The batches of a program and the program compiled for one batch.
+
+    `compile_at(p)` compiles it for `p` seeds per device. It is compiled once at
+    `min(seeds per device, PROBE_SEEDS)` to measure the bytes per seed, and again for the batch if
+    that differs, so a program too large for the device is never compiled whole. The batches are
+    the fewest that fit `budget`, of equal size (the last padded).
+    """
+    per_device = math.ceil(n_seeds / n_devices)
+    probe = min(per_device, PROBE_SEEDS)
+    compiled = compile_at(probe)
+    peak = program_bytes(compiled)
+    per_seed = float("nan") if peak is None else max(peak - fixed_bytes, 0) / probe
+    fit = per_device
+    if peak is not None and per_seed > 0:
+        fit = int((budget - fixed_bytes) // per_seed)
+    if fit < 1:
+        raise ValueError(
+            f"memory budget={budget} bytes per device is invalid: allowed is at least "
+            f"{math.ceil(fixed_bytes + per_seed)}, what one seed of this program takes (set it "
+            f"with {MEMORY_BUDGET_ENV} or memory_budget)"
+        )
+    n_batches = math.ceil(per_device / min(fit, per_device))
+    seeds = math.ceil(per_device / n_batches)  # equal batches, the least padding
+    plan = MemoryPlan(n_seeds, n_devices, fixed_bytes, per_seed, budget, seeds, probe)
+    return plan, compiled if seeds == probe else compile_at(seeds)
+
+
+def peak_memory() -> dict[str, int | None]:
+    """Measured peaks so far: this process's resident set (`ru_maxrss`; Linux counts KiB) and, on
+    an accelerator, the first local device's bytes in use."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    return {
+        "process_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "device_peak_bytes": stats.get("peak_bytes_in_use"),
+    }
 
 
 class Progress(NamedTuple):
@@ -390,7 +751,8 @@ class Progress(NamedTuple):
 
     epochs_done: int
     epochs_total: int
-    state: TrainState  # leading axis = the run's seeds (padding removed)
+    # leading axis = the run's seeds (padding removed); host arrays when trained in batches
+    state: TrainState
     history_SxE: np.ndarray  # loss per seed and epoch; NaN for epochs not yet run
 
 
@@ -401,11 +763,12 @@ class TrainResult:
     cfg: Config
     seed: int
     n_seeds: int
-    state: TrainState  # leading axis S
+    state: TrainState  # leading axis S; numpy leaves (the key a jax array) if trained in batches
     history_SxE: np.ndarray
     x: jax.Array  # the data trained on: x_NxD, or x_SxNxD with data.per_seed
     epochs_done: int
     timing: dict[str, float]
+    memory: dict[str, Any] = dataclasses.field(default_factory=dict)  # MemoryPlan.to_dict()
 
     @property
     def finished(self) -> bool:
@@ -439,6 +802,7 @@ def train_seeds(
     callback: Callable[[Progress], bool | None] | None = None,
     resume: tuple[TrainState, np.ndarray, int] | None = None,
     compiler_options: dict[str, Any] | None = None,
+    memory_budget: int | None = None,
 ) -> TrainResult:
     """Train seeds `0..n_seeds-1` of `cfg` as one sharded program, chunk by chunk.
 
@@ -453,26 +817,31 @@ def train_seeds(
     `{"xla_cpu_prefer_vector_width": 512}`; scripts/benchmark.py compares some). Fewer seeds than
     devices use only as many devices as seeds: a device without a seed of its own would only run a
     padding copy in lockstep.
+
+    `memory_budget` (bytes per device; default `device_memory_budget`) bounds what one device
+    trains at once. When all seeds would not fit, they train in equal batches (the plan is
+    `TrainResult.memory`): every chunk of epochs runs batch after batch through one compiled
+    program, so the callback still comes once per chunk with every seed's epochs done, and a stop
+    and resume work as before. A seed's result does not depend on its batch: it equals one big
+    batch's bit for bit when both have seeds per device in the same size class (see PROBE_SEEDS).
+
+    After `init_processes`, the seeds are sharded over the devices of every process: every process
+    calls this with the same arguments, keeps every seed's state on the host and returns the same
+    result; process 0's callback decides a stop for all.
     """
     if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds <= 0:
         raise ValueError(f"n_seeds={n_seeds!r} is invalid: allowed is a positive integer")
-    devices = list(jax.devices() if devices is None else devices)[:n_seeds]
+    multi = jax.process_count() > 1
+    devices = _seed_devices(devices, n_seeds)
     progs = programs(cfg)
     mesh = jax.sharding.Mesh(np.array(devices), ("seed",))
     by_seed = NamedSharding(mesh, PartitionSpec("seed"))
     replicated = NamedSharding(mesh, PartitionSpec())
-    n_padded = math.ceil(n_seeds / len(devices)) * len(devices)
     total, chunk = cfg.train.epochs, min(cfg.train.chunk_epochs, cfg.train.epochs)
 
     keys = seed_keys(seed, n_seeds) if keys is None else keys
     if keys.shape != (n_seeds,):
         raise ValueError(f"keys has shape {keys.shape}: allowed is ({n_seeds},), one per seed")
-    if cfg.data.per_seed:
-        x = progs.seed_data(keys)
-        x_dev = jax.device_put(_pad_seeds(x, n_padded), by_seed)
-    else:
-        x = shared_data(cfg)
-        x_dev = jax.device_put(x, replicated)
 
     t0 = time.perf_counter()
     if resume is None:
@@ -484,22 +853,58 @@ def train_seeds(
     else:
         state, history, epochs_done = resume
         history = np.array(history, np.float32)
-    state = jax.device_put(_pad_seeds(state, n_padded), by_seed)
-    lowered = progs.run_chunk.lower(state, x_dev, jnp.int32(epochs_done))
-    run_chunk = lowered.compile(compiler_options=compiler_options)
+    impl = jax.random.key_impl(state.key)
+    if cfg.data.per_seed:
+        x_one = jax.eval_shape(progs.seed_data, keys[:1])
+    else:
+        x = x_one = shared_data(cfg)
+        x_dev = _place(np.asarray(x), replicated)
+    plan, run_chunk = _chunk_program(
+        cfg, state, x_one, n_seeds, devices, memory_budget, compiler_options
+    )
+    batch = plan.batch_seeds
+    # One batch on one process: the state stays on the devices from chunk to chunk.
+    resident = plan.n_batches == 1 and not multi
+    if cfg.data.per_seed:
+        x = seed_data_batches(cfg, keys, batch) if not resident else progs.seed_data(keys)
+        if resident:
+            x_dev = jax.device_put(_pad_seeds(x, batch), by_seed)
+    if resident:
+        state = jax.device_put(_pad_seeds(state, batch), by_seed)
+    else:
+        host = _to_host(state)
     compile_s = time.perf_counter() - t0
 
     t1 = time.perf_counter()
     while epochs_done < total:
-        state, loss_SxC = run_chunk(state, x_dev, jnp.int32(epochs_done))  # [S, C] or [S, C, A]
         n_new = min(chunk, total - epochs_done)
-        loss = np.moveaxis(np.asarray(loss_SxC)[:n_seeds, :n_new], 1, -1)
-        history[..., epochs_done : epochs_done + n_new] = loss
+        epoch = np.int32(epochs_done)
+        if resident:
+            state, loss = run_chunk(state, x_dev, epoch)  # loss [S, C] or [S, C, A]
+            _record(history, np.asarray(loss)[:n_seeds], 0, epochs_done, n_new)
+        else:  # batch after batch, each through the same program, the states back to the host
+            for lo in range(0, n_seeds, batch):
+                x_arg = _place(_rows(x, lo, batch), by_seed) if cfg.data.per_seed else x_dev
+                placed = _from_host(_rows(host, lo, batch), impl, by_seed)
+                out, loss = run_chunk(placed, x_arg, epoch)
+                out, loss = _gather((out.replace(key=jax.random.key_data(out.key)), loss))
+                hi = min(lo + batch, n_seeds)
+                for dst, src in zip(jax.tree.leaves(host), jax.tree.leaves(out), strict=True):
+                    dst[lo:hi] = src[: hi - lo]
+                _record(history, loss[: hi - lo], lo, epochs_done, n_new)
         epochs_done += n_new
+        stop = False
         if callback is not None:
-            seeds_state = jax.tree.map(lambda leaf: leaf[:n_seeds], state)
-            if callback(Progress(epochs_done, total, seeds_state, history)) and epochs_done < total:
-                break
+            seeds_state = (
+                jax.tree.map(lambda leaf: leaf[:n_seeds], state)
+                if resident
+                else _from_host(jax.tree.map(np.copy, host), impl)
+            )
+            stop = bool(callback(Progress(epochs_done, total, seeds_state, history)))
+        if multi:  # process 0 decides for all, so that none waits for the others in vain
+            stop = bool(multihost_utils.broadcast_one_to_all(np.int32(stop)))
+        if stop and epochs_done < total:
+            break
     jax.block_until_ready(state)
     train_s = time.perf_counter() - t1
     steps = (epochs_done - (0 if resume is None else resume[2])) * math.ceil(
@@ -509,7 +914,9 @@ def train_seeds(
         cfg=cfg,
         seed=seed,
         n_seeds=n_seeds,
-        state=jax.tree.map(lambda leaf: leaf[:n_seeds], state),
+        state=jax.tree.map(lambda leaf: leaf[:n_seeds], state)
+        if resident
+        else _from_host(host, impl),
         history_SxE=history,
         x=x,
         epochs_done=epochs_done,
@@ -521,4 +928,158 @@ def train_seeds(
             if train_s > 0
             else float("nan"),
         },
+        memory={**plan.to_dict(), **peak_memory()},
     )
+
+
+def _seed_devices(devices: Sequence[jax.Device] | None, n_seeds: int) -> list[jax.Device]:
+    """The devices that carry the seed axis: `devices` (default: every process's), on one process
+    no more than there are seeds; in a multi-process run every process keeps its share."""
+    devices = list(jax.devices() if devices is None else devices)
+    return devices if jax.process_count() > 1 else devices[:n_seeds]
+
+
+def _chunk_program(
+    cfg: Config,
+    state: Any,
+    x_one: Any,
+    n_seeds: int,
+    devices: list[jax.Device],
+    memory_budget: int | None,
+    compiler_options: dict[str, Any] | None,
+) -> tuple[MemoryPlan, jax.stages.Compiled]:
+    """The batches of `train_seeds` and its chunk program compiled for one batch. `state` (or its
+    shapes) gives the shapes of a seed; `x_one` those of the shared data set `x_NxD`, or with
+    `data.per_seed` of one seed's `x_1xNxD`."""
+    progs = programs(cfg)
+    mesh = jax.sharding.Mesh(np.array(devices), ("seed",))
+    by_seed = NamedSharding(mesh, PartitionSpec("seed"))
+    budget = device_memory_budget(devices, memory_budget)
+    if jax.process_count() > 1 and memory_budget is None and not os.environ.get(MEMORY_BUDGET_ENV):
+        # Every process must cut the same batches: the smallest budget of any, in KiB (int32).
+        kib = np.int32(min(budget // 1024, 2**31 - 1))
+        budget = 1024 * int(np.min(multihost_utils.process_allgather(kib)))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    x_shared = jax.ShapeDtypeStruct(x_one.shape, x_one.dtype, sharding=replicated)
+
+    def compile_at(per_device: int) -> jax.stages.Compiled:
+        n = per_device * len(devices)
+        x_arg = _abstract(x_one, n, by_seed) if cfg.data.per_seed else x_shared
+        lowered = progs.run_chunk.lower(_abstract(state, n, by_seed), x_arg, np.int32(0))
+        return lowered.compile(compiler_options=compiler_options)
+
+    fixed = 0 if cfg.data.per_seed else math.prod(x_one.shape) * x_one.dtype.itemsize
+    return plan_batches(
+        compile_at, n_seeds=n_seeds, n_devices=len(devices), fixed_bytes=fixed, budget=budget
+    )
+
+
+def training_memory(
+    cfg: Config,
+    n_seeds: int,
+    *,
+    hyper: Hyper | None = None,
+    devices: list[jax.Device] | None = None,
+    memory_budget: int | None = None,
+    compiler_options: dict[str, Any] | None = None,
+) -> MemoryPlan:
+    """The batches `train_seeds` would cut for `n_seeds` seeds of `cfg`, and its memory estimate
+    (`MemoryPlan.bytes_at`), from compiling its program for a few seeds; nothing is trained.
+    `hyper` with an arm axis ([S, A] leaves) sizes a run with arms."""
+    one = (
+        jax.tree.map(lambda v: jnp.broadcast_to(v, (1,)), Hyper.from_config(cfg))
+        if hyper is None
+        else jax.tree.map(lambda v: v[:1], hyper)
+    )
+    progs = programs(cfg)
+    state = jax.eval_shape(progs.init, seed_keys(0, 1), one)
+    x_one = (
+        jax.eval_shape(progs.seed_data, seed_keys(0, 1)) if cfg.data.per_seed else shared_data(cfg)
+    )
+    devices = _seed_devices(devices, n_seeds)
+    return _chunk_program(cfg, state, x_one, n_seeds, devices, memory_budget, compiler_options)[0]
+
+
+def _record(history: np.ndarray, loss: np.ndarray, lo: int, first: int, n_new: int) -> None:
+    """Write a chunk's losses `[b, C]` (`[b, C, A]` with arms) of seeds `lo..lo+b-1` into the
+    history `[S, E]` (`[S, A, E]`) at epochs `first..first+n_new-1`."""
+    history[lo : lo + loss.shape[0], ..., first : first + n_new] = np.moveaxis(
+        loss[:, :n_new], 1, -1
+    )
+
+
+def seed_data_batches(cfg: Config, keys: jax.Array, batch: int) -> np.ndarray:
+    """Per-seed data sets (`data.per_seed`) `x_SxNxD` of `keys` on the host, drawn `batch` seeds
+    at a time on the default device (each seed's set is the one `train_seeds` trains it on)."""
+    progs = programs(cfg)
+    parts = []
+    for lo in range(0, keys.shape[0], batch):
+        part = np.asarray(progs.seed_data(_pad_seeds(keys[lo : lo + batch], batch)))
+        parts.append(part[: keys.shape[0] - lo])
+    return np.concatenate(parts)
+
+
+def evaluate_seeds(
+    cfg: Config,
+    state: TrainState,
+    x: jax.Array | np.ndarray,
+    *,
+    devices: list[jax.Device] | None = None,
+    memory_budget: int | None = None,
+) -> tuple[dict[str, np.ndarray], MemoryPlan]:
+    """`evaluate_state` of every seed (and arm) of `state` on its whole data set, in batches.
+
+    `x` is the shared `x_NxD` or, with `data.per_seed`, `x_SxNxD`. Every device loops over its
+    share of the seeds (`evaluate_each`, so a seed's figures are the same whatever the number of
+    seeds); the seeds are split into batches as `train_seeds` splits them (`plan_batches`, with
+    the same budget), over `devices` (default: this process's own: in a multi-process run, the
+    analysis runs on process 0 alone). Returns host arrays with a leading seed axis, and the plan.
+    """
+    progs = programs(cfg)
+    n_seeds = int(state.diverged.shape[0])
+    devices = list(jax.local_devices() if devices is None else devices)[:n_seeds]
+    mesh = jax.sharding.Mesh(np.array(devices), ("seed",))
+    by_seed = NamedSharding(mesh, PartitionSpec("seed"))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    x = np.asarray(x)
+    fixed = 0 if cfg.data.per_seed else x.nbytes
+    budget = device_memory_budget(devices, memory_budget)
+    key = (cfg, n_seeds, jax.tree.structure(state), tuple(devices), x.shape)
+    key += tuple((v.shape[1:], v.dtype) for v in jax.tree.leaves(state))
+    compiled = _EVALUATE_PROGRAMS.setdefault(key, {})  # seeds per device -> program
+
+    def compile_at(per_device: int) -> jax.stages.Compiled:
+        if per_device not in compiled:
+            n = per_device * len(devices)
+            x_arg = (
+                _abstract(x, n, by_seed)
+                if cfg.data.per_seed
+                else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated)
+            )
+            x_spec = PartitionSpec("seed") if cfg.data.per_seed else PartitionSpec()
+            each_device = jax.shard_map(  # every device loops over its own seeds
+                progs.evaluate,
+                mesh=mesh,
+                in_specs=(PartitionSpec("seed"), x_spec),
+                out_specs=PartitionSpec("seed"),
+            )
+            lowered = jax.jit(each_device).lower(_abstract(state, n, by_seed), x_arg)
+            compiled[per_device] = lowered.compile()
+        return compiled[per_device]
+
+    plan, evaluate = plan_batches(
+        compile_at, n_seeds=n_seeds, n_devices=len(devices), fixed_bytes=fixed, budget=budget
+    )
+    host, impl = _to_host(state), jax.random.key_impl(state.key)
+    x_dev = None if cfg.data.per_seed else jax.device_put(x, replicated)
+    parts = []
+    for lo in range(0, n_seeds, plan.batch_seeds):
+        x_arg = jax.device_put(_rows(x, lo, plan.batch_seeds), by_seed) if x_dev is None else x_dev
+        figures = evaluate(_from_host(_rows(host, lo, plan.batch_seeds), impl, by_seed), x_arg)
+        parts.append(jax.tree.map(lambda v, lo=lo: np.asarray(v)[: n_seeds - lo], figures))
+    return jax.tree.map(lambda *v: np.concatenate(v), *parts), plan
+
+
+# Compiled evaluation programs by config, shapes and devices, then seeds per device: a run
+# evaluates its trained and its untrained weights with the same programs.
+_EVALUATE_PROGRAMS: dict[tuple, dict[int, jax.stages.Compiled]] = {}

@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from jaxae import benchmark
+from jaxae import benchmark, train
 from jaxae.config import Config, DataConfig, ModelConfig, TrainConfig
 
 
@@ -30,8 +30,8 @@ def test_matmul_flops_are_most_of_xla_count(d, h):
 
 
 def test_steps_per_epoch_counts_the_partial_batch():
-    assert benchmark.steps_per_epoch(_config(8, 4, n=1797)) == 18
-    assert benchmark.steps_per_epoch(_config(8, 4, n=1000)) == 10
+    assert train.steps_per_epoch(_config(8, 4, n=1797)) == 18
+    assert train.steps_per_epoch(_config(8, 4, n=1000)) == 10
 
 
 def test_cases_cover_the_issue_and_round_trip():

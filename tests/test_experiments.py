@@ -134,7 +134,7 @@ def test_overcomplete_control_is_identical_and_agreement_has_its_chance_level():
 def test_sparse_presets_one_program_per_mechanism():
     sparse = experiments.get("sparse")
     groups = experiments.groups_of(sparse)
-    assert [g[0].label.split()[0] for g in groups] == ["relu", "topk", "topk_auxk", "kl", "l1"]
+    assert [g[0].label.split()[0] for g in groups] == ["relu", "topk", "topk_revive", "kl", "l1"]
     assert [a.label for a in groups[1]] == ["topk k=3", "topk k=4"]
     for arms in groups:
         assert len({a.config for a in arms}) == 1
@@ -198,7 +198,7 @@ def test_sparse_run_measures_every_arm(sparse_run):
     for label in ("topk k=3", "topk k=4"):  # top-k then ReLU: at most k units fire
         assert np.all(sparse_run.results[label].figures["l0"] <= int(label[-1]))
     analysis = exp.analyse(exp, sparse_run.results)
-    assert set(analysis["chosen"]) == {"relu", "topk", "topk_auxk", "kl", "l1"}
+    assert set(analysis["chosen"]) == {"relu", "topk", "topk_revive", "kl", "l1"}
     assert analysis["best"] in analysis["chosen"].values()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any
 
 import chex
@@ -47,9 +48,15 @@ GRADS = jax.tree.map(
 
 
 def numpy_adam(
-    params: dict[str, Any], grads: dict[str, Any], lr: float, wd: float, decoupled: bool
+    params: dict[str, Any],
+    grads: dict[str, Any],
+    lr: float | list[float],
+    wd: float,
+    decoupled: bool,
 ) -> dict[str, Any]:
-    """`torch.optim.Adam(lr, weight_decay=wd)` or, if decoupled, `torch.optim.AdamW`, in float64."""
+    """`torch.optim.Adam(lr, weight_decay=wd)` or, if decoupled, `torch.optim.AdamW`, in float64;
+    `lr` may be a list, one learning rate per step."""
+    lrs = lr if isinstance(lr, list) else [lr] * STEPS
     b1, b2, eps = 0.9, 0.999, 1e-8
     leaves, treedef = jax.tree.flatten(jax.tree.map(lambda a: np.asarray(a, np.float64), params))
     m = [np.zeros_like(p) for p in leaves]
@@ -67,7 +74,7 @@ def numpy_adam(
             step = m_hat / (np.sqrt(v_hat) + eps)
             if decoupled:
                 step = step + wd * p_i
-            leaves[i] = p_i - lr * step
+            leaves[i] = p_i - lrs[t - 1] * step
     return jax.tree.unflatten(treedef, leaves)
 
 
@@ -78,7 +85,7 @@ def run(
     weight_decay: jax.Array | float | None = None,
 ) -> Any:
     """`STEPS` updates of `make_optimizer(cfg, ...)` from `PARAMS` along `GRADS`."""
-    opt = make_optimizer(cfg, learning_rate, weight_decay)
+    opt = make_optimizer(cfg, learning_rate, weight_decay, total_steps=STEPS)
 
     def step(carry: tuple[Any, Any], g: Any) -> tuple[tuple[Any, Any], None]:
         p, state = carry
@@ -163,3 +170,34 @@ def test_vmap_over_learning_rates_and_weight_decays(decoupled: bool) -> None:
     for i in range(3):
         expected = numpy_adam(PARAMS, GRADS, float(lrs[i]), float(wds[i]), decoupled)
         chex.assert_trees_all_close(row(batched, i), expected, **tolerance(float(lrs[i])))
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.25])
+def test_cosine_schedule_is_adam_with_the_cosine_learning_rate_per_step(ratio: float) -> None:
+    """`optim.schedule="cosine"`: step t (0-based) of T uses
+    lr * (r + (1 - r) * (1 + cos(pi t / (T - 1))) / 2): the full rate first, `final_lr_ratio` of it
+    last; traced rates scale the same."""
+    lrs = [
+        LR * (ratio + (1 - ratio) * 0.5 * (1 + np.cos(np.pi * t / (STEPS - 1))))
+        for t in range(STEPS)
+    ]
+    want = numpy_adam(PARAMS, GRADS, lrs, WD, decoupled=False)
+    cfg = OptimConfig(learning_rate=LR, weight_decay=WD, schedule="cosine", final_lr_ratio=ratio)
+    chex.assert_trees_all_close(to_numpy(run(cfg)), want, **tolerance(LR))
+    traced = run(cfg, jnp.float32(2 * LR))
+    want_traced = numpy_adam(PARAMS, GRADS, [2 * lr for lr in lrs], WD, decoupled=False)
+    chex.assert_trees_all_close(to_numpy(traced), want_traced, **tolerance(2 * LR))
+
+
+def test_a_schedule_without_the_number_of_steps_is_refused() -> None:
+    with pytest.raises(ValueError, match=re.escape("optim.schedule='cosine'")):
+        make_optimizer(OptimConfig(schedule="cosine"))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("schedule", "linear"), ("final_lr_ratio", -0.1), ("final_lr_ratio", 1.5)],
+)
+def test_invalid_schedule_settings_name_the_field(field: str, value: Any) -> None:
+    with pytest.raises(ValueError, match=f"optim.{field}"):
+        OptimConfig(**{field: value})

@@ -283,6 +283,33 @@ def test_resample_re_aims_only_dead_units_at_the_worst_residuals():
     np.testing.assert_array_equal(new.since_fired, [0, 0, 1, 0, 0, 2])
 
 
+def test_resample_rare_re_aims_a_unit_that_fires_on_one_sample():
+    """`loss.resample_rare`: a unit that fired a step ago (not dead by `dead_steps`) but fires on
+    one sample of the data set, far below the median unit's rate, is re-aimed as a dead one;
+    without the option, or with units at ordinary rates, nothing changes."""
+    cfg = dataclasses.replace(SPARSE, loss=LossConfig(dead_steps=3, resample_dead=True))
+    model = make_model(cfg.model, cfg.data.n_features)
+    state, x = _state_with_biases(cfg, np.zeros(6))
+    pre_N = np.asarray(x) @ np.asarray(state.params["params"]["encoder"]["kernel"])[:, 0]
+    bias = np.zeros(6)
+    bias[0] = -np.mean(np.sort(pre_N)[-2:])  # unit 0 fires on its single largest sample only
+    state, _ = _state_with_biases(cfg, bias)
+    _, h = model.apply(state.params, x)
+    rates = np.mean(np.asarray(h) > 0, axis=0)
+    assert rates[0] == 1 / len(pre_N) and np.median(rates) > 0.2
+    kernel = model.apply(state.params, method="decoder_weights")
+
+    plain = train.resample_dead(state, x, model=model, cfg=cfg)
+    np.testing.assert_array_equal(model.apply(plain.params, method="decoder_weights"), kernel)
+    rare_cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, resample_rare=0.3))
+    rare = train.resample_dead(state, x, model=model, cfg=rare_cfg)
+    new_kernel = np.asarray(model.apply(rare.params, method="decoder_weights"))
+    np.testing.assert_array_equal(new_kernel[1:], kernel[1:])
+    residual = np.asarray(x - model.apply(state.params, x)[0])
+    worst = residual[np.argmax(np.sum(residual**2, axis=1))]
+    np.testing.assert_allclose(new_kernel[0], worst / np.linalg.norm(worst), atol=1e-5)
+
+
 def test_resampling_in_the_loop_changes_a_run_with_dead_units():
     """With `dead_steps=1` some unit is dead at an epoch's end, so resampling must change the
     trained weights; the run stays finite."""

@@ -19,6 +19,7 @@ this module; this module knows no family and no registry.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -260,12 +261,23 @@ class RunOutput:
     n_seeds: int
     seed: int
     groups: list[GroupCheckpoint]
-    results: dict[str, ArmResult] | None  # None when the run was stopped early
+    # None when the run was stopped early, and on every process but 0 of a multi-process run
+    results: dict[str, ArmResult] | None
     timing: dict[str, float]
+    # Bytes per device: the budget, the largest group's plans for training and for evaluation
+    # (`train.MemoryPlan.to_dict()`), and the measured peaks (`train.peak_memory`).
+    memory: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def finished(self) -> bool:
-        return self.results is not None
+        """Every group trained all its epochs (evaluated too, unless on a process other than 0)."""
+        if self.results is not None:
+            return True
+        groups = groups_of(self.experiment)
+        return len(self.groups) == len(groups) and all(
+            g.epochs_done >= arms[0].config.train.epochs
+            for g, arms in zip(self.groups, groups, strict=True)
+        )
 
 
 def groups_of(exp: Experiment) -> list[list[Arm]]:
@@ -297,27 +309,35 @@ def run(
     callback: Callable[[int, train.Progress], bool | None] | None = None,
     resume: list[GroupCheckpoint] | None = None,
     devices: list[jax.Device] | None = None,
+    memory_budget: int | None = None,
 ) -> RunOutput:
     """Train every arm of `exp` on seeds `0..n_seeds-1`; evaluate and analyse when finished.
 
     `callback(group_index, progress)` runs after each chunk; returning True stops at that chunk
     boundary and returns a `RunOutput` with `results=None` whose `groups` can be passed as `resume`.
     `devices` (default: all) carry the seed axis; the same seeds on other devices agree to float
-    rounding, not bit for bit.
+    rounding, not bit for bit. `memory_budget` (bytes per device; default
+    `train.device_memory_budget`) splits training and evaluation into batches of seeds that fit
+    (`train.train_seeds`, `train.evaluate_seeds`); `RunOutput.memory` reports the plans.
+
+    Every group is trained before any is evaluated. In a multi-process run
+    (`train.init_processes`) every process trains; process 0 alone evaluates, on its own devices,
+    and the others return with `results=None` (and `finished` true).
     """
     if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds <= 0:
         raise ValueError(f"n_seeds={n_seeds!r} is invalid: allowed is a positive integer")
     groups = groups_of(exp)
     done: list[GroupCheckpoint] = []
     timing = {"compile_s": 0.0, "train_s": 0.0, "seed_steps": 0.0}
-    results: dict[str, ArmResult] = {}
+    memory: dict[str, Any] = {}
+    trained = []
     for g, arms in enumerate(groups):
         cfg = arms[0].config
         keys, hyper = group_layout(arms, n_seeds, seed)
         previous = resume[g] if resume is not None and g < len(resume) else None
         if previous is not None and previous.epochs_done >= cfg.train.epochs:
             done.append(previous)  # finished before the stop: nothing left to train
-            state, history, x = previous.state, previous.history_SxE, None
+            trained.append((previous.state, previous.history_SxE, None))
         else:
             res = train.train_seeds(
                 cfg,
@@ -330,23 +350,56 @@ def run(
                 resume=None
                 if previous is None
                 else (previous.state, previous.history_SxE, previous.epochs_done),
+                memory_budget=memory_budget,
             )
             timing["compile_s"] += res.timing["compile_s"]
             timing["train_s"] += res.timing["train_s"]
             timing["seed_steps"] += res.timing["seed_steps_per_s"] * res.timing["train_s"]
+            _largest_plan(memory, "train", res.memory)
             done.append(GroupCheckpoint(res.state, res.history_SxE, res.epochs_done))
             if not res.finished:
-                return RunOutput(exp, n_seeds, seed, done, None, timing)
-            state, history, x = res.state, res.history_SxE, res.x
-        group = _evaluate_group(arms, cfg, keys, state, history, x, hyper)
-        for r in group.values():
-            r.measures = {} if exp.measure is None else exp.measure(r)
-        results.update(group)
+                return RunOutput(exp, n_seeds, seed, done, None, timing, memory)
+            trained.append((res.state, res.history_SxE, res.x))
     timing["seed_steps_per_s"] = (
         timing["seed_steps"] / timing["train_s"] if timing["train_s"] > 0 else float("nan")
     )
     del timing["seed_steps"]
-    return RunOutput(exp, n_seeds, seed, done, results, timing)
+    if not train.is_writer():
+        return RunOutput(exp, n_seeds, seed, done, None, timing, memory)
+    results: dict[str, ArmResult] = {}
+    local = devices if jax.process_count() == 1 else None
+    for arms, (state, history, x) in zip(groups, trained, strict=True):
+        cfg = arms[0].config
+        keys, hyper = group_layout(arms, n_seeds, seed)
+        group, plan = _evaluate_group(
+            arms, cfg, keys, state, history, x, hyper, devices=local, memory_budget=memory_budget
+        )
+        _largest_plan(memory, "evaluate", plan.to_dict())
+        for r in group.values():
+            r.measures = {} if exp.measure is None else exp.measure(r)
+        results.update(group)
+    memory.update(train.peak_memory())
+    return RunOutput(exp, n_seeds, seed, done, results, timing, memory)
+
+
+def _largest_plan(memory: dict[str, Any], name: str, plan: dict[str, Any]) -> None:
+    """Keep in `memory[name]` whichever plan needs more bytes for all its seeds at once."""
+    plan = {k: v for k, v in plan.items() if k in _PLAN_KEYS}
+    if name not in memory or plan["all_seeds_bytes"] > memory[name]["all_seeds_bytes"]:
+        memory[name] = plan
+        memory["budget_bytes"] = plan["budget_bytes"]
+
+
+_PLAN_KEYS = (
+    "budget_bytes",
+    "per_seed_bytes",
+    "fixed_bytes",
+    "all_seeds_bytes",
+    "batch_bytes",
+    "batch_seeds",
+    "batches",
+    "devices",
+)
 
 
 def _evaluate_group(
@@ -357,16 +410,25 @@ def _evaluate_group(
     history: np.ndarray,
     x: jax.Array | None,
     hyper: train.Hyper,
-) -> dict[str, ArmResult]:
-    """Full-data figures of every run of a group (and of unit 0 at initialisation), split by arm."""
+    *,
+    devices: list[jax.Device] | None = None,
+    memory_budget: int | None = None,
+) -> tuple[dict[str, ArmResult], train.MemoryPlan]:
+    """Full-data figures of every run of a group (and of unit 0 at initialisation), split by arm;
+    evaluated in batches of seeds that fit (`train.evaluate_seeds`, whose plan comes back too)."""
     progs = train.programs(cfg)
     if x is None:
-        x = progs.seed_data(keys) if cfg.data.per_seed else train.shared_data(cfg)
-    figures = jax.device_get(progs.evaluate(state, x))
-    init_state = progs.init(keys, hyper)
-    figures["dead_at_init"] = (
-        np.asarray(progs.evaluate(init_state, x)["unit_active_fraction"])[..., 0] == 0
+        x = (
+            train.seed_data_batches(cfg, keys, train.PROBE_SEEDS)
+            if cfg.data.per_seed
+            else train.shared_data(cfg)
+        )
+    evaluate = functools.partial(
+        train.evaluate_seeds, cfg, x=x, devices=devices, memory_budget=memory_budget
     )
+    figures, plan = evaluate(state)
+    init_state = progs.init(keys, hyper)
+    figures["dead_at_init"] = evaluate(init_state)[0]["unit_active_fraction"][..., 0] == 0
     if state.diverged.ndim == 1:  # a single-arm group runs without an arm axis: add it
         state, init_state, figures = jax.tree.map(
             lambda v: v[:, None], (state, init_state, figures)
@@ -390,4 +452,4 @@ def _evaluate_group(
             init_params=jax.tree.map(lambda v, a=a: np.asarray(v[:, a]), init_state.params),
             ground_truth=None if atoms is None else np.asarray(atoms),
         )
-    return out
+    return out, plan

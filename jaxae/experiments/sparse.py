@@ -6,12 +6,20 @@ mechanism is one compiled program that sweeps its own sparsity knob as arms:
 
 - `relu`: the tutorial's plain ReLU autoencoder (the control; no knob);
 - `topk`: k-sparse (Makhzani & Frey 2013), knob k;
-- `topk_auxk`: the same plus the auxiliary top-k loss for dead units (Gao et al. 2024), knob k;
+- `topk_revive`: the same with dead units revived: the auxiliary top-k loss for dead units (Gao et
+  al. 2024) and, in the first half of training, resampling of dead and rarely firing units at the
+  residuals of the worst-reconstructed samples (after Bricken et al. 2023), knob k;
 - `kl`: sigmoid units with Ng's KL penalty towards rho = active / atoms, knob its weight beta;
 - `l1`: ReLU with an L1 penalty and a unit-norm decoder, knob its weight lambda.
 
 The top-k and L1 models use the options the SAE literature found to matter: a unit-norm decoder
-(a reparameterisation), tied initialisation and a pre-encoder bias. Width = number of atoms.
+(a reparameterisation), tied initialisation and a pre-encoder bias. Width = number of atoms. Every
+mechanism trains with the same recipe: Adam at 3e-3 decaying to 0 on a cosine, batch 64.
+
+The recipe and the revival settings were chosen on other dictionaries than the default one
+(`--set data.seed=1`, 2 and 3; 32-64 seeds of top-k k=3 each): the share of seeds recovering every
+atom went from 0.47 and 0.63 (data seeds 2, 3; Adam at a constant 1e-3, AuxK alone) to 0.72 and
+0.97 (0.84 on seed 1). How well a mechanism does depends on the draw of atoms as much as on it.
 
 - `sparse`: each mechanism over a small grid around its natural value. Which value counts for a
   mechanism is chosen without the ground truth: the one whose seeds agree best (highest median
@@ -47,21 +55,25 @@ CURE_SHARE = 0.95
 # Dead units for the auxiliary loss: no firing in this many steps (320 samples at batch 64, where a
 # unit of its own atom fires about 30 times); a unit that rarely fires is caught too.
 AUX_DEAD_STEPS = 5
+# Resampled too (at each epoch's end in the first half): a unit firing on fewer samples than this
+# share of the median unit's. A unit stuck on a rare mixture of atoms, left alive by a few firings,
+# is what keeps the last atoms from being found.
+RESAMPLE_RARE = 0.5
 
-MECHANISMS = ("relu", "topk", "topk_auxk", "kl", "l1")
+MECHANISMS = ("relu", "topk", "topk_revive", "kl", "l1")
 # The Hyper field each mechanism sweeps, and how a label names it.
-KNOBS = {"topk": ("k", "k"), "topk_auxk": ("k", "k"), "kl": ("sparsity_weight", "w"),
+KNOBS = {"topk": ("k", "k"), "topk_revive": ("k", "k"), "kl": ("sparsity_weight", "w"),
          "l1": ("sparsity_weight", "w")}  # fmt: skip
 
 
 def base_config() -> Config:
-    """24 features, 48 atoms, 3 active per sample, 4,096 samples; width 48; Adam 1e-3, batch 64,
-    600 epochs."""
+    """24 features, 48 atoms, 3 active per sample, 4,096 samples; width 48; Adam 3e-3 with cosine
+    decay, batch 64, 600 epochs."""
     return Config(
         data=DataConfig(kind="sparse", n_samples=4096, n_features=24, n_atoms=48, active=3),
         model=ModelConfig(n_hidden=48, activation="relu", init="torch"),
         loss=LossConfig(),
-        optim=OptimConfig(learning_rate=1e-3),
+        optim=OptimConfig(learning_rate=3e-3, schedule="cosine"),
         train=TrainConfig(epochs=600, batch_size=64),
     )
 
@@ -87,11 +99,12 @@ def mechanism_config(mechanism: str, base: Config, k_max: int) -> Config:
     h = base.model.n_hidden
     if mechanism == "relu":
         return base
-    if mechanism in ("topk", "topk_auxk"):
+    if mechanism in ("topk", "topk_revive"):
         cfg = with_(_sae(base), model={"activation": "topk", "k": min(k_max, h)})
-        if mechanism == "topk_auxk":
+        if mechanism == "topk_revive":
             aux_k = max(1, min(h, base.data.n_features // 2))
-            cfg = with_(cfg, loss={"aux_k": aux_k, "dead_steps": AUX_DEAD_STEPS})
+            revive = {"aux_k": aux_k, "dead_steps": AUX_DEAD_STEPS, "resample_dead": True}
+            cfg = with_(cfg, loss={**revive, "resample_rare": RESAMPLE_RARE})
         return cfg
     if mechanism == "kl":
         rho = min(0.5, base.data.active / base.data.n_atoms)
@@ -117,7 +130,7 @@ KL_WEIGHTS_WIDE = (0.003, 0.01, 0.03, 0.1, 0.3)
 
 def grid(mechanism: str, base: Config, wide: bool) -> tuple[float, ...]:
     """The knob values a mechanism sweeps (none for relu)."""
-    if mechanism in ("topk", "topk_auxk"):
+    if mechanism in ("topk", "topk_revive"):
         return _k_grid(base, wide)
     if mechanism == "l1":
         return L1_WEIGHTS_WIDE if wide else L1_WEIGHTS
@@ -129,7 +142,7 @@ def grid(mechanism: str, base: Config, wide: bool) -> tuple[float, ...]:
 def mechanism_arms(mechanism: str, base: Config, wide: bool) -> tuple[Arm, ...]:
     """One program per mechanism; its knob values are arms inside it."""
     values = grid(mechanism, base, wide)
-    k_max = int(max(values)) if mechanism in ("topk", "topk_auxk") else 0
+    k_max = int(max(values)) if mechanism in ("topk", "topk_revive") else 0
     cfg = mechanism_config(mechanism, base, k_max)
     if not values:
         return (Arm(label(mechanism), cfg),)

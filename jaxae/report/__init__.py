@@ -4,6 +4,8 @@
 `params` checkpoint) and writes `run_dir/figures/*.png` plus `run_dir/report.md`, laid out by the
 page registered for the run's experiment (`PAGES`, joined from each family's module); an experiment
 without a page gets the generic one (loss curves, arm table, convergence rates).
+A swept run (metrics.json keyed by grid point) gets every point's page and a summary over the grid
+(`grid`), judged by the main metric of its family (`main_metric`).
 `render_reproduction(root)` joins the reports of the run directories under `root` into
 `root/report.md`, with links rewritten relative to `root`.
 """
@@ -14,7 +16,7 @@ from pathlib import Path
 from types import ModuleType
 
 from jaxae import experiments, results
-from jaxae.report import base, images, sparse, tutorial
+from jaxae.report import base, grid, images, sparse, tutorial
 from jaxae.report.base import FIGURES, GENERIC_PAGE, REPORT, Figure, Metrics, Page, plot_loss
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "REPORT",
     "Figure",
     "Page",
+    "main_metric",
     "page_of",
     "plot_loss",
     "render_reproduction",
@@ -64,9 +67,18 @@ def report_markdown(run_dir: Path) -> str:
     return base.page_markdown(m, run_dir, page_of(m))
 
 
+def main_metric(m: Metrics) -> grid.MainMetric:
+    """What a sweep of the run's experiment is judged by: its family's `MAIN_METRIC`, else the
+    final loss."""
+    return grid.main_metric_of(m, FAMILIES)
+
+
 def render_run(run_dir: Path) -> None:
     """Write `run_dir/figures/*.png` and `run_dir/report.md` from the run's files."""
     m = base.read_metrics(run_dir)
+    if grid.is_swept(m):  # every grid point's own report, then the summary over the grid
+        grid.render(run_dir, m, page_of, main_metric(m))
+        return
     base.render_page(run_dir, m, page_of(m))
 
 

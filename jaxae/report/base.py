@@ -46,6 +46,10 @@ LOG_FLOOR = 1e-8
 # A y range spanning more than this factor is drawn on a log axis.
 LOG_RANGE = 100.0
 DPI = 120
+# Up to this many seeds per arm a figure draws every seed as a dot; beyond, thousands of dots hide
+# each other (and take long to draw), so `seed_spread` draws a histogram of them instead.
+MAX_SEED_DOTS = 2000
+SPREAD_BINS = 40
 
 # metrics.json as read back (JSON types: NaN and infinities are null).
 Metrics = dict[str, Any]
@@ -187,6 +191,46 @@ def arm_colors(labels: list[str], ordered: bool) -> dict[str, Any]:
         return {label: cmap(0.9 * i / (len(labels) - 1)) for i, label in enumerate(labels)}
     cmap = plt.get_cmap("tab10")
     return {label: cmap(i % 10) for i, label in enumerate(labels)}
+
+
+def seed_spread(
+    ax: Any,
+    x: float,
+    values: np.ndarray,
+    *,
+    log: bool,
+    rng: np.random.Generator,
+    width: float = 0.18,
+) -> None:
+    """Every seed's value at position `x`: jittered grey dots up to `MAX_SEED_DOTS` finite values,
+    beyond a grey histogram mirrored about `x` (`SPREAD_BINS` bins, log-spaced on a log axis; its
+    half-width is `width` where the most seeds fall, in proportion elsewhere). `rng` places the
+    jitter (a fixed generator keeps figures reproducible)."""
+    v = values[np.isfinite(values)]
+    if v.size <= MAX_SEED_DOTS:
+        jitter = rng.uniform(-width, width, v.size)
+        ax.scatter(x + jitter, v, s=6, color="0.55", alpha=0.35, linewidths=0, zorder=1)
+        return
+    lo, hi = float(v.min()), float(v.max())
+    if hi <= lo:
+        ax.hlines(lo, x - width, x + width, color="0.55", linewidth=2, zorder=1)
+        return
+    edges = (
+        np.geomspace(lo, hi, SPREAD_BINS + 1)
+        if log and lo > 0
+        else np.linspace(lo, hi, SPREAD_BINS + 1)
+    )
+    counts, _ = np.histogram(v, edges)
+    half = np.repeat(width * counts / counts.max(), 2)
+    ax.fill_betweenx(
+        np.repeat(edges, 2)[1:-1],
+        x - half,
+        x + half,
+        color="0.55",
+        alpha=0.5,
+        linewidth=0,
+        zorder=1,
+    )
 
 
 def clip_log(values: np.ndarray) -> np.ndarray:
@@ -410,22 +454,68 @@ def _setting(m: Metrics) -> str:
     return setting
 
 
+def mib(n: Any) -> str:
+    """Bytes as MiB (or KiB below 1 MiB); "n/a" where missing."""
+    x = num(n)
+    if not math.isfinite(x):
+        return "n/a"
+    return f"{x / 2**20:,.0f} MiB" if x >= 2**20 else f"{x / 2**10:,.1f} KiB"
+
+
+def memory_summary(memory: dict[str, Any]) -> str:
+    """metrics.json's `memory` in one sentence: per seed, all seeds at once, the budget, batches
+    (bytes per device, from XLA's memory analysis) and the measured process peak."""
+    parts = []
+    for name in ("train", "evaluate"):
+        plan = memory.get(name)
+        if not plan:
+            continue
+        batches = int(plan.get("batches", 1))
+        parts.append(
+            f"{name} {mib(plan['per_seed_bytes'])} per seed, {mib(plan['all_seeds_bytes'])} for "
+            "all seeds at once"
+            + (
+                f", so {batches} batches of {int(plan['batch_seeds']):,} seeds"
+                f" ({mib(plan['batch_bytes'])})"
+                if batches > 1
+                else ""
+            )
+        )
+    if not parts:
+        return ""
+    text = (
+        f"Memory per device (estimated; budget {mib(memory.get('budget_bytes'))}): "
+        + "; ".join(parts)
+        + "."
+    )
+    if memory.get("process_peak_rss_bytes") is not None:
+        text += f" Peak resident memory of the process: {mib(memory['process_peak_rss_bytes'])}"
+        if memory.get("device_peak_bytes") is not None:
+            text += f"; of the first device: {mib(memory['device_peak_bytes'])}"
+        text += "."
+    return text
+
+
 def _footer(m: Metrics, page: Page) -> list[str]:
-    """Timing, versions and the definitions of the table's terms."""
+    """Timing, memory, versions and the definitions of the table's terms."""
     timing = m.get("timing", {})
     versions = m.get("versions", {})
     device = versions.get("device_kind")
+    memory = memory_summary(m.get("memory", {}))
+    processes = int(versions.get("process_count", 1))
     return [
         f"Timing: compile {fmt(timing.get('compile_s'), '.3g')} s, train "
         f"{fmt(timing.get('train_s'), '.3g')} s, {fmt(timing.get('seed_steps_per_s'), ',.0f')} "
         "seed-steps/s"
         + (f" on {versions.get('device_count', 1)} x {device}" if device else "")
+        + (f" in {processes} processes" if processes > 1 else "")
         + (
             f" (jax {versions['jax']}, jaxae {versions.get('jaxae', '?')})."
             if "jax" in versions
             else "."
         ),
         "",
+        *([memory, ""] if memory else []),
         page.definitions(m),
         "",
     ]

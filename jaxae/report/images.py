@@ -38,6 +38,7 @@ from jaxae.report.base import (
     read_arrays,
     save,
 )
+from jaxae.report.grid import MainMetric
 
 # Pairs of units whose matched cosine exceeds this get a frame in the filter grids.
 FRAME_COSINE = 0.7
@@ -649,3 +650,11 @@ PATCHES_PAGE = Page(
 )
 
 PAGES: dict[str, Page] = {"digits": DIGITS_PAGE, "patches": PATCHES_PAGE}
+
+# What a sweep on real images is judged by: reconstruction of data the model never saw.
+MAIN_METRIC = MainMetric(
+    "heldout_fvu_median",
+    "median held-out FVU",
+    lambda m, label: m["arms"][label]["heldout_fvu_quantiles"]["q50"],
+    higher_is_better=False,
+)

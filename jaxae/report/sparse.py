@@ -33,11 +33,12 @@ from jaxae.report.base import (
     read_params,
     save,
 )
+from jaxae.report.grid import MainMetric
 
 MECHANISM_NAMES = {
     "relu": "ReLU (control)",
     "topk": "top-k",
-    "topk_auxk": "top-k + AuxK",
+    "topk_revive": "top-k, dead units revived",
     "kl": "KL (sigmoid)",
     "l1": "L1 (unit-norm decoder)",
 }
@@ -404,3 +405,13 @@ SPARSE_PAGE = _page(sparse_figures)
 SPARSITY_PAGE = _page(sparsity_figures)
 
 PAGES: dict[str, Page] = {"sparse": SPARSE_PAGE, "sparsity": SPARSITY_PAGE}
+
+# What a sweep of a sparse experiment is judged by: the share of seeds that find the true atoms
+# (GT-MCC at the agreement level), or of seed pairs that agree where the data have no ground truth.
+MAIN_METRIC = MainMetric(
+    "gt_share",
+    "share of seeds that recover the atoms",
+    lambda m, label: _stats(m)[label].get("gt_share", _stats(m)[label]["pw_share"]),
+    higher_is_better=True,
+    limits=(0.0, 1.0),
+)
