@@ -446,8 +446,13 @@ def _setting(m: Metrics) -> str:
     setting = (
         f"data {cfg.get('data', {}).get('kind', '?')}, {model.get('activation', '?')} "
         f"autoencoder, {train_cfg.get('epochs', '?')} epochs, "
-        f"batch {train_cfg.get('batch_size', '?')}, Adam lr {optim.get('learning_rate', '?')}, "
-        f"weight decay {optim.get('weight_decay', '?')}"
+        f"batch {train_cfg.get('batch_size', '?')}, Adam lr {optim.get('learning_rate', '?')}"
+        + (
+            f" ({optim['schedule']} decay to {optim.get('final_lr_ratio', 0):g} of it)"
+            if optim.get("schedule", "constant") != "constant"
+            else ""
+        )
+        + f", weight decay {optim.get('weight_decay', '?')}"
     )
     if m.get("overrides"):
         setting += f"; overrides: {', '.join(f'`{o}`' for o in m['overrides'])}"
