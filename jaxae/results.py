@@ -10,12 +10,14 @@ resuming one needs `DIR.partial/` where every process can read it (a shared file
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import math
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -213,6 +215,23 @@ def _staging_dir(final: Path) -> Path:
     return staging
 
 
+@contextlib.contextmanager
+def staged(out_dir: Path) -> Iterator[Path]:
+    """A staging directory that becomes `out_dir` when the block ends: renamed into place (which
+    fails rather than replace an `out_dir` that appeared meanwhile), removed if the block raises;
+    the run's `DIR.partial/` is removed once the run is in place."""
+    check_writable(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = _staging_dir(out_dir)
+    try:
+        yield staging
+        os.rename(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(partial_dir(out_dir), ignore_errors=True)
+
+
 def write_run(
     out_dir: Path,
     out: RunOutput,
@@ -226,10 +245,7 @@ def write_run(
     """
     if not train.is_writer():
         return {}
-    check_writable(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = _staging_dir(out_dir)
-    try:
+    with staged(out_dir) as staging:
         data = metrics_dict(out, analysis, overrides)
         write_json(staging / METRICS, data)
         np.savez_compressed(staging / HISTORY, **_history_arrays(out.results))
@@ -243,11 +259,6 @@ def write_run(
             np.savez_compressed(staging / ARRAYS, **analysis["arrays"])
         if render is not None:
             render(staging)
-        os.rename(staging, out_dir)  # fails rather than replace if out_dir appeared meanwhile
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    shutil.rmtree(partial_dir(out_dir), ignore_errors=True)
     return data
 
 

@@ -28,9 +28,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import os
-import shutil
-import tempfile
 import typing
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -389,10 +386,7 @@ def write_run(
     if not train.is_writer():
         return {}
     assert out.results is not None
-    results.check_writable(out_dir)
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-    os.chmod(staging, 0o755)
-    try:
+    with results.staged(out_dir) as staging:
         points: dict[str, dict[str, Any]] = {}
         for point, res in zip(grid.points, point_results(grid, out.results), strict=True):
             analysis = point.experiment.analyse(point.experiment, res)
@@ -413,9 +407,4 @@ def write_run(
         results.write_json(staging / results.METRICS, data)
         if render is not None:
             render(staging)
-        os.rename(staging, out_dir)  # fails rather than replace if out_dir appeared meanwhile
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    shutil.rmtree(results.partial_dir(out_dir), ignore_errors=True)
     return data
