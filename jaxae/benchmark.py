@@ -207,7 +207,7 @@ def cases(
         for mechanism, what in (
             ("relu", "ReLU"),
             ("topk", "top-k (k=3)"),
-            ("topk_revive", "top-k (k=3), AuxK + resampling"),
+            ("topk_revive", "top-k (k=3), dead and rare units resampled"),
         )
     ]
     out += [

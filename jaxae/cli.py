@@ -223,7 +223,8 @@ def _print_summary(data: dict[str, Any], out_dir: Path) -> None:
                 )
         print(line)
     print(
-        f"  compile {timing['compile_s']:.1f} s, train {timing['train_s']:.1f} s, "
+        f"  compile {timing['compile_s']:.1f} s, train {timing['train_s']:.1f} s"
+        f"{' (every session)' if timing.get('resumed') else ''}, "
         f"{timing['seed_steps_per_s']:,.0f} seed-steps/s"
     )
     memory = report.base.memory_summary(data.get("memory", {}))

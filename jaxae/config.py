@@ -197,12 +197,14 @@ class LossConfig:
     aux_weight: float = 1.0 / 32.0  # its coefficient (the paper's 1/32)
     dead_steps: int = 100  # a unit is dead after this many training steps without firing
     # Resampling (Bricken et al. 2023, simplified): at the end of each epoch of the first half of
-    # training, every dead unit is re-aimed at the residual of a badly reconstructed sample; with
-    # `resample_rare` > 0, so is every unit that fires on fewer samples of the data set than that
-    # share of the median unit's (a unit stuck on a rare mixture, which a few firings keep alive).
+    # training, every dead unit is re-aimed at the residual of a badly reconstructed sample of a
+    # pool (the epoch's last minibatches, at least `resample_pool` samples); with `resample_rare`
+    # > 0, so is every unit that fired on fewer of the epoch's samples than that share of the
+    # median unit's (a unit stuck on a rare mixture, which a few firings keep alive).
     resample_dead: bool = False
     resample_rare: float = 0.0
     resample_every: int = 1  # epochs between resamplings (a re-aimed unit's time to settle)
+    resample_pool: int = 512
 
     def __post_init__(self) -> None:
         _one_of("loss.sparsity", self.sparsity, SPARSITIES)
@@ -218,6 +220,7 @@ class LossConfig:
         if not isinstance(self.resample_dead, bool):
             _fail("loss.resample_dead", self.resample_dead, "true or false")
         _positive_int("loss.resample_every", self.resample_every)
+        _positive_int("loss.resample_pool", self.resample_pool)
         rare = self.resample_rare
         if isinstance(rare, bool) or not isinstance(rare, int | float) or not 0 <= rare < 1:
             _fail("loss.resample_rare", rare, "a number in [0, 1) (0: dead units only)")

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxae.config import LossConfig
-from jaxae.model import Autoencoder, top_k_relu
+from jaxae.model import Autoencoder
 
 # Mean activations are clipped this far inside (0, 1) so the KL stays finite.
 _KL_EPS = 1e-6
@@ -54,28 +54,38 @@ def l1_sparsity(h_BxH: jax.Array, w_B: jax.Array | None = None) -> jax.Array:
     return _weighted_mean(jnp.sum(jnp.abs(h_BxH), axis=-1), w_B)
 
 
+def auxk_code(pre_BxH: jax.Array, dead_H: jax.Array, k_aux: int) -> jax.Array:
+    """The code of the auxiliary top-k loss: dead units' ReLU'd pre-activations, 0 elsewhere.
+
+    Gao et al. take each sample's `k_aux` largest dead pre-activations. Here, with more than
+    `k_aux` dead units, the batch keeps the `k_aux` whose mean pre-activation over the batch is
+    largest (ties: the lower index), one choice for all its samples: a few elementwise passes
+    instead of a top-k per sample. With at most `k_aux` dead units (the usual case: dead units are
+    few) both rules keep every dead unit on every sample, so they give the same loss.
+    """
+    score_H = jnp.where(dead_H, jnp.mean(pre_BxH, axis=0), -jnp.inf)
+    unit_H = jnp.arange(score_H.shape[0])
+    # ahead_HxH[i, j]: unit j comes before unit i in the ranking.
+    ahead_HxH = (score_H[None, :] > score_H[:, None]) | (
+        (score_H[None, :] == score_H[:, None]) & (unit_H[None, :] < unit_H[:, None])
+    )
+    chosen_H = dead_H & (jnp.sum(ahead_HxH, axis=1) < k_aux)
+    return jnp.where(chosen_H, jax.nn.relu(pre_BxH), 0.0)
+
+
 def auxk_loss(
-    pre_BxH: jax.Array,
-    dead_H: jax.Array,
-    residual_BxD: jax.Array,
-    decoder_HxD: jax.Array,
-    k_aux: int,
-    w_B: jax.Array | None = None,
+    e_hat_BxD: jax.Array, residual_BxD: jax.Array, w_B: jax.Array | None = None
 ) -> jax.Array:
     """Auxiliary top-k loss (Gao et al. 2024, "Scaling and evaluating sparse autoencoders").
 
-    The `k_aux` largest pre-activations among dead units (ReLU'd) reconstruct the main model's
-    residual `e = x - x_hat` through the decoder (no bias); the loss is `|e_hat - e|^2 / |e|^2`
-    summed over the batch, so it is scale-free, and 0 when no unit is dead. Only dead units get a
-    gradient from it; the caller passes `e` with its gradient stopped.
+    `e_hat` is `auxk_code(...) @ W_d` (no bias), the dead units' reconstruction of the main model's
+    residual `e = x - x_hat`; the loss is `|e_hat - e|^2 / |e|^2` over the batch, so it is
+    scale-free. Only dead units get a gradient from it; the caller passes `e` with its gradient
+    stopped (and counts the loss only while some unit is dead: with none, `e_hat` is 0 and it is 1).
     """
-    dead_pre_BxH = jnp.where(jnp.broadcast_to(dead_H, pre_BxH.shape), pre_BxH, -jnp.inf)
-    # Dead units are few, so the k_aux largest are found in as many rounds as there are dead units.
-    e_hat_BxD = top_k_relu(dead_pre_BxH, k_aux, k_aux, early_exit=True) @ decoder_HxD
     error = _weighted_mean(jnp.sum(jnp.square(e_hat_BxD - residual_BxD), axis=-1), w_B)
     energy = _weighted_mean(jnp.sum(jnp.square(residual_BxD), axis=-1), w_B)
-    ratio = error / jnp.maximum(energy, jnp.finfo(energy.dtype).tiny)
-    return jnp.where(jnp.any(dead_H), ratio, 0.0)
+    return error / jnp.maximum(energy, jnp.finfo(energy.dtype).tiny)
 
 
 def sparsity_penalty(
@@ -110,21 +120,28 @@ def total_loss(
 
     `sparsity_weight`, `rho` and `k` are arguments (not read from the configs) so they can be
     traced, per-seed values. `dead_H` (units that have not fired for `cfg.dead_steps` steps)
-    switches the auxiliary top-k loss on where `cfg.aux_k > 0`. `aux["fired_H"]` says which units
-    fired on a (non-zero-weight) row of this batch, for the caller's dead-unit count.
+    switches the auxiliary top-k loss on where `cfg.aux_k > 0`; its code goes through the decoder
+    in the same matmul as the main code. `aux["fired_H"]` counts the (non-zero-weight) rows of the
+    batch each unit fired on, for the caller's dead-unit and firing-rate counts.
     """
-    x_hat_BxD, h_BxH, pre_BxH = model.apply(params, x_BxD, mask_H, k, method="forward")
+    pre_BxH = model.apply(params, x_BxD, mask_H, method="pre_activations")
+    h_BxH = model.apply(params, pre_BxH, mask_H, k, method="activate")
+    aux_on = cfg.aux_k > 0 and dead_H is not None
+    if aux_on:
+        code_BxH = auxk_code(pre_BxH, dead_H, cfg.aux_k)
+        x_hat_BxD, e_hat_BxD = model.apply(params, h_BxH, code_BxH, method="decode_pair")
+    else:
+        x_hat_BxD = model.apply(params, h_BxH, method="decode")
     reconstruction = mse(x_hat_BxD, x_BxD, w_B)
     penalty = sparsity_penalty(h_BxH, cfg, w_B, rho)
     loss = reconstruction + sparsity_weight * penalty
     terms = {"mse": reconstruction, "sparsity": penalty}
-    if cfg.aux_k > 0 and dead_H is not None:
+    if aux_on:
         residual_BxD = jax.lax.stop_gradient(x_BxD - x_hat_BxD)
-        decoder_HxD = model.apply(params, method="decoder_weights")
-        terms["auxk"] = auxk_loss(pre_BxH, dead_H, residual_BxD, decoder_HxD, cfg.aux_k, w_B)
+        terms["auxk"] = jnp.where(jnp.any(dead_H), auxk_loss(e_hat_BxD, residual_BxD, w_B), 0.0)
         loss = loss + cfg.aux_weight * terms["auxk"]
     fired_BxH = model.is_active(h_BxH)
     if w_B is not None:
         fired_BxH = fired_BxH & (w_B[:, None] > 0)
-    terms["fired_H"] = jnp.any(fired_BxH, axis=0)
+    terms["fired_H"] = jnp.sum(fired_BxH, axis=0, dtype=jnp.int32)
     return loss, terms

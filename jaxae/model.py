@@ -69,16 +69,11 @@ def _max_step(
     return remaining_BxH, kth_Bx1, seen_Bx1, found_Bx1
 
 
-def _kth_largest(
-    pre_BxH: jax.Array, k: jax.Array | int, k_max: int, *, early_exit: bool = False
-) -> jax.Array:
+def _kth_largest(pre_BxH: jax.Array, k: jax.Array | int, k_max: int) -> jax.Array:
     """`kth_Bx1`: the value v of each row at which the units >= v are those with fewer than k units
     strictly above them, by taking the row maximum `k_max` times and counting ties as it goes.
 
-    A row with fewer than k finite entries gets -inf (every entry kept). With `early_exit` the
-    rounds are a `while_loop` that stops once every row has its k-th value or nothing finite left:
-    for rows that are mostly -inf (the auxiliary loss's few dead units) that is a few rounds
-    instead of `k_max`; for dense rows the unrolled loop is faster.
+    A row with fewer than k finite entries gets -inf (every entry kept).
     """
     rows = (*pre_BxH.shape[:-1], 1)
     carry = (
@@ -87,32 +82,18 @@ def _kth_largest(
         jnp.zeros(rows, jnp.int32),  # units at or above the current maximum
         jnp.zeros(rows, bool),
     )
-    if not early_exit:
-        for _ in range(k_max):
-            carry = _max_step(carry, k)
-        return carry[1]
-
-    def more(state: tuple[jax.Array, tuple]) -> jax.Array:
-        i, (remaining_BxH, _, _, found_Bx1) = state
-        left_Bx1 = jnp.max(remaining_BxH, axis=-1, keepdims=True) > -jnp.inf
-        return (i < k_max) & jnp.any(~found_Bx1 & left_Bx1)
-
-    def step(state: tuple[jax.Array, tuple]) -> tuple[jax.Array, tuple]:
-        return state[0] + 1, _max_step(state[1], k)
-
-    return jax.lax.while_loop(more, step, (jnp.int32(0), carry))[1][1]
+    for _ in range(k_max):
+        carry = _max_step(carry, k)
+    return carry[1]
 
 
-def top_k_mask(
-    pre_BxH: jax.Array, k: jax.Array | int, k_max: int | None = None, *, early_exit: bool = False
-) -> jax.Array:
+def top_k_mask(pre_BxH: jax.Array, k: jax.Array | int, k_max: int | None = None) -> jax.Array:
     """Boolean `keep_BxH`: the k largest entries of each row (every unit tied with the k-th too).
 
     `k` may be traced (a per-seed value under `vmap`) as long as it is at most `k_max`, the static
     largest k; one compiled program then serves every k of a sweep. A unit is kept exactly when
     fewer than k units of its row are strictly larger, which is the same as `pre >= k-th largest`;
     the three ways of computing it (see `RANK_COUNT_MAX_UNITS`) agree exactly, ties included.
-    `early_exit` suits rows that are mostly -inf (see `_kth_largest`); the result is the same.
     """
     h = pre_BxH.shape[-1]
     k_max = h if k_max is None else min(k_max, h)
@@ -120,15 +101,13 @@ def top_k_mask(
         above_BxH = jnp.sum(pre_BxH[..., None, :] > pre_BxH[..., :, None], axis=-1)
         return above_BxH < k
     if k_max <= ITERATED_MAX_K:
-        return pre_BxH >= _kth_largest(pre_BxH, k, k_max, early_exit=early_exit)
+        return pre_BxH >= _kth_largest(pre_BxH, k, k_max)
     values_BxK = jax.lax.top_k(pre_BxH, k_max)[0]
     index = jnp.broadcast_to(jnp.asarray(k, jnp.int32) - 1, (*pre_BxH.shape[:-1], 1))
     return pre_BxH >= jnp.take_along_axis(values_BxK, index, axis=-1)
 
 
-def top_k_relu(
-    pre_BxH: jax.Array, k: jax.Array | int, k_max: int | None = None, *, early_exit: bool = False
-) -> jax.Array:
+def top_k_relu(pre_BxH: jax.Array, k: jax.Array | int, k_max: int | None = None) -> jax.Array:
     """Keep the k largest pre-activations of each row (then ReLU), zero the rest.
 
     Exact ties at the k-th value keep every tied unit; for continuous inputs that has probability 0.
@@ -136,7 +115,7 @@ def top_k_relu(
     `pre_i >= the k-th largest value`: narrow rows count (see `RANK_TOP_K_MAX_UNITS`), wide rows
     compare with `lax.top_k`; both keep the same units.
     """
-    keep_BxH = top_k_mask(pre_BxH, k, k_max, early_exit=early_exit)
+    keep_BxH = top_k_mask(pre_BxH, k, k_max)
     return jnp.where(keep_BxH, jax.nn.relu(pre_BxH), 0.0)
 
 
@@ -168,6 +147,13 @@ class Decoder(nn.Module):
     def __call__(self, h_BxH: jax.Array) -> jax.Array:
         x_BxD = h_BxH @ self.weights()
         return x_BxD + jnp.broadcast_to(self.bias, x_BxD.shape)
+
+    def pair(self, h_BxH: jax.Array, aux_BxH: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """`(h @ W_d + b_d, aux @ W_d)`: two codes through one matmul (one larger product costs
+        less than two small ones), the second without the bias."""
+        y_2BxD = jnp.concatenate([h_BxH, aux_BxH]) @ self.weights()
+        x_BxD, aux_x_BxD = jnp.split(y_2BxD, 2)
+        return x_BxD + jnp.broadcast_to(self.bias, x_BxD.shape), aux_x_BxD
 
 
 class Autoencoder(nn.Module):
@@ -234,17 +220,15 @@ class Autoencoder(nn.Module):
         chex.assert_shape(h_BxH, (..., self.n_hidden))
         return self.decoder(h_BxH)
 
+    def decode_pair(self, h_BxH: jax.Array, aux_BxH: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """`(x_hat_BxD, aux_BxH @ W_d)`: the reconstruction and a second code's decoding without
+        the bias (the auxiliary top-k loss's), in one matmul."""
+        chex.assert_equal_shape([h_BxH, aux_BxH])
+        return self.decoder.pair(h_BxH, aux_BxH)
+
     def decoder_weights(self) -> jax.Array:
         """`w_HxD`, the decoder rows in use (unit vectors with `unit_norm_decoder`)."""
         return self.decoder.weights()
-
-    def forward(
-        self, x_BxD: jax.Array, mask_H: jax.Array | None = None, k: jax.Array | None = None
-    ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """`(x_hat_BxD, h_BxH, pre_BxH)`: what the auxiliary top-k loss needs besides the code."""
-        pre_BxH = self.pre_activations(x_BxD, mask_H)
-        h_BxH = self.activate(pre_BxH, mask_H, k)
-        return self.decode(h_BxH), h_BxH, pre_BxH
 
     def __call__(
         self, x_BxD: jax.Array, mask_H: jax.Array | None = None, k: jax.Array | None = None

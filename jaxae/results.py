@@ -274,7 +274,10 @@ def write_partial(
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = _staging_dir(target)
     try:
-        groups = [{"epochs_done": g.epochs_done} for g in out.groups]
+        groups = [
+            {"epochs_done": g.epochs_done, "train_s": g.train_s, "seed_steps": g.seed_steps}
+            for g in out.groups
+        ]
         write_json(
             staging / PROGRESS,
             {
@@ -329,5 +332,13 @@ def load_partial(out_dir: Path, exp: Experiment, progress: dict[str, Any]) -> li
     groups = []
     for item, info in zip(restored, progress["groups"], strict=True):
         state = item["state"].replace(key=jax.random.wrap_key_data(item["state"].key))
-        groups.append(GroupCheckpoint(state, np.asarray(item["history"]), info["epochs_done"]))
+        groups.append(
+            GroupCheckpoint(
+                state,
+                np.asarray(item["history"]),
+                info["epochs_done"],
+                info.get("train_s", 0.0),  # not recorded before this field existed
+                info.get("seed_steps", 0.0),
+            )
+        )
     return groups

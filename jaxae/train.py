@@ -183,8 +183,9 @@ def train_step(
     x_NxD: jax.Array,
     model: Autoencoder,
     cfg: Config,
-) -> tuple[TrainState, jax.Array]:
-    """One Adam step on the minibatch `x_NxD[idx_B]`; returns the new state and the batch loss."""
+) -> tuple[TrainState, tuple[jax.Array, jax.Array]]:
+    """One Adam step on the minibatch `x_NxD[idx_B]`; returns the new state and `(loss, fired_H)`:
+    the batch loss and on how many of the batch's samples each unit fired."""
     idx_B, w_B = batch
     loss_and_grad = jax.value_and_grad(total_loss, has_aux=True)
     (loss, terms), grads = loss_and_grad(
@@ -213,9 +214,9 @@ def train_step(
         params=jax.tree.map(keep, params, state.params),
         opt_state=jax.tree.map(keep, opt_state, state.opt_state),
         diverged=~ok,
-        since_fired=jnp.where(terms["fired_H"], 0, state.since_fired + 1),
+        since_fired=jnp.where(terms["fired_H"] > 0, 0, state.since_fired + 1),
     )
-    return state, loss
+    return state, (loss, terms["fired_H"])
 
 
 def _column_norms(w_DxH: jax.Array, weight_H: jax.Array) -> jax.Array:
@@ -226,28 +227,40 @@ def _column_norms(w_DxH: jax.Array, weight_H: jax.Array) -> jax.Array:
 
 
 def resample_dead(
-    state: TrainState, x_NxD: jax.Array, *, model: Autoencoder, cfg: Config
+    state: TrainState,
+    pool_PxD: jax.Array,
+    rate_H: jax.Array,
+    w_P: jax.Array | None = None,
+    *,
+    model: Autoencoder,
+    cfg: Config,
 ) -> TrainState:
     """Re-aim every dead unit (no firing for `loss.dead_steps` steps) at a missing direction; with
-    `loss.resample_rare`, also every unit firing on less than that share of the median unit's rate.
+    `loss.resample_rare`, also every unit whose firing rate `rate_H` (the share of the epoch's
+    samples it fired on) is below that share of the median unit's.
 
     The n dead units take, in order, the residuals `x - x_hat` of the n worst-reconstructed samples
-    of the data set, normalised: the decoder row becomes that direction (at the mean norm of the
-    live rows), the encoder column the same direction at the live columns' mean norm, the encoder
-    bias 0, and the unit's dead count restarts. Adam's moments of a dead unit's weights have
-    already decayed (it had no gradient for `dead_steps` steps), so they are left as they are.
+    of the pool `pool_PxD` (samples with weight `w_P` 0 are padding and never chosen), normalised:
+    the decoder row becomes that direction (at the mean norm of the live rows), the encoder column
+    the same direction at the live columns' mean norm, the encoder bias 0, and the unit's dead count
+    restarts. Adam's moments of a dead unit's weights have already decayed (it had no gradient for
+    `dead_steps` steps), so they are left as they are. With more dead units than pool samples the
+    last ones share the last sample's direction.
     """
     mask_H = hidden_mask(state.hyper.n_active, model.n_hidden)
-    x_hat_NxD, h_NxH = model.apply(state.params, x_NxD, mask_H, state.hyper.k)
-    rate_H = jnp.mean(model.is_active(h_NxH), axis=0)
     median_rate = jnp.nanmedian(jnp.where(mask_H > 0, rate_H, jnp.nan))
     rare_H = rate_H < cfg.loss.resample_rare * median_rate
     dead_H = ((state.since_fired >= cfg.loss.dead_steps) | rare_H) & (mask_H > 0)
     live_H = ((~dead_H) & (mask_H > 0)).astype(jnp.float32)
-    residual_NxD = x_NxD - x_hat_NxD
-    worst_H = lax.top_k(jnp.sum(jnp.square(residual_NxD), axis=-1), model.n_hidden)[1]
-    rank_H = jnp.cumsum(dead_H) - 1  # the i-th dead unit takes the i-th worst sample
-    direction_HxD = unit_rows(residual_NxD[worst_H[jnp.maximum(rank_H, 0)]])
+    x_hat_PxD, _ = model.apply(state.params, pool_PxD, mask_H, state.hyper.k)
+    residual_PxD = pool_PxD - x_hat_PxD
+    error_P = jnp.sum(jnp.square(residual_PxD), axis=-1)
+    if w_P is not None:
+        error_P = jnp.where(w_P > 0, error_P, -jnp.inf)
+    n_worst = min(model.n_hidden, pool_PxD.shape[0])
+    worst_W = lax.top_k(error_P, n_worst)[1]
+    rank_H = jnp.clip(jnp.cumsum(dead_H) - 1, 0, n_worst - 1)  # the i-th dead unit, i-th worst
+    direction_HxD = unit_rows(residual_PxD[worst_W[rank_H]])
     p = state.params["params"]
     encoder_DxH, decoder_HxD = p["encoder"]["kernel"], p["decoder"]["kernel"]
     dead_1xH, dead_Hx1 = dead_H[None, :], dead_H[:, None]
@@ -296,18 +309,43 @@ def run_epochs(
         step = jax.vmap(step, in_axes=(0, None))  # one shuffled batch, every arm's own step
     key = state.key[0] if arms else state.key  # arms share their seed's key
 
-    resample = functools.partial(resample_dead, x_NxD=x_NxD, model=model, cfg=cfg)
+    resample = functools.partial(resample_dead, model=model, cfg=cfg)
     if arms:
-        resample = jax.vmap(resample)
+        resample = jax.vmap(resample, in_axes=(0, None, 0, None))
+    # Firing rates for `resample_rare`, counted over the epoch's training steps.
+    count_fired = cfg.loss.resample_dead and cfg.loss.resample_rare > 0
+
+    def plain_step(state: TrainState, batch: tuple) -> tuple[TrainState, jax.Array]:
+        state, (loss, _) = step(state, batch)
+        return state, loss
+
+    def counted_step(carry: tuple, batch: tuple) -> tuple[tuple, jax.Array]:
+        state, fired_H = carry
+        state, (loss, fired_now_H) = step(state, batch)
+        return (state, fired_H + fired_now_H), loss
 
     def one_epoch(state: TrainState, epoch_and_key: tuple) -> tuple[TrainState, jax.Array]:
         idx_KxB, w_KxB = epoch_batches(epoch_and_key[1], n, batch_size, cfg.train.shuffle)
-        state, loss_K = lax.scan(step, state, (idx_KxB, w_KxB))
+        if count_fired:
+            fired_H = jnp.zeros(state.since_fired.shape, jnp.int32)
+            (state, fired_H), loss_K = lax.scan(counted_step, (state, fired_H), (idx_KxB, w_KxB))
+        else:
+            state, loss_K = lax.scan(plain_step, state, (idx_KxB, w_KxB))
+            fired_H = jnp.zeros(state.since_fired.shape, jnp.int32)
         loss = jnp.where(state.diverged, jnp.nan, _mean_in_order(loss_K))
         if cfg.loss.resample_dead:
+            # The pool of candidate directions: the epoch's last minibatches (a random sample).
+            m = min(idx_KxB.shape[0], -(-cfg.loss.resample_pool // batch_size))
+            pool_P = idx_KxB[-m:].reshape(-1)
+            w_P = None if w_KxB is None else w_KxB[-m:].reshape(-1)
             epoch = epoch_and_key[0]
             due = (epoch < cfg.train.epochs // 2) & ((epoch + 1) % cfg.loss.resample_every == 0)
-            state = lax.cond(due, resample, lambda s: s, state)
+            state = lax.cond(
+                due,
+                lambda s: resample(s, x_NxD[pool_P], fired_H / n, w_P),
+                lambda s: s,
+                state,
+            )
         return state, loss
 
     def guarded_epoch(state: TrainState, epoch_and_key: tuple) -> tuple[TrainState, jax.Array]:

@@ -183,6 +183,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
     assert not out_dir.exists()
     progress = results.read_progress(out_dir)
     assert 0 < progress["groups"][0]["epochs_done"] < 600
+    assert progress["groups"][0]["train_s"] > 0 and progress["groups"][0]["seed_steps"] > 0
 
     code = subprocess.run(
         [sys.executable, "-m", "jaxae.cli", "run", "--resume", str(out_dir)],
@@ -194,6 +195,8 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
     assert code == 0
     assert not results.partial_dir(out_dir).exists()
     resumed = json.loads((out_dir / "metrics.json").read_text())
+    assert resumed["timing"]["resumed"] is True
+    assert resumed["timing"]["train_s"] > progress["groups"][0]["train_s"]
 
     exp = experiments.with_overrides(experiments.get("offset"), ["train.epochs=600"])
     whole = experiments.run(exp, 4, devices=jax.devices()[:1])

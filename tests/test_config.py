@@ -159,6 +159,7 @@ INVALID = [
     invalid("loss.resample_dead", 1, "true or false", loss={"resample_dead": 1}),
     invalid("loss.resample_rare", 1.0, "a number in [0, 1)", loss={"resample_rare": 1.0}),
     invalid("loss.resample_rare", -0.1, "a number in [0, 1)", loss={"resample_rare": -0.1}),
+    invalid("loss.resample_pool", 0, "a positive integer", loss={"resample_pool": 0}),
     invalid("optim.schedule", "step", "one of", optim={"schedule": "step"}),
     invalid("optim.final_lr_ratio", 2.0, "a number in [0, 1]", optim={"final_lr_ratio": 2.0}),
 ]

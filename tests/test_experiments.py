@@ -202,15 +202,17 @@ def test_sparse_run_measures_every_arm(sparse_run):
     assert analysis["best"] in analysis["chosen"].values()
 
 
-def test_topk_arm_in_a_k_sweep_equals_the_static_k_run(sparse_run):
+@pytest.mark.parametrize("label", ["topk k=3", "topk_revive k=3"])
+def test_topk_arm_in_a_k_sweep_equals_the_static_k_run(sparse_run, label):
     """`topk k=3`, trained as an arm of the k sweep (k traced, program k = 4), equals a program
-    built with k = 3 alone."""
+    built with k = 3 alone; so does the resampled one (its firing rates are the arm's own, its
+    pool of directions the seed's shared minibatches)."""
     exp = sparse_run.experiment
-    arm = next(a for a in exp.arms if a.label == "topk k=3")
+    arm = next(a for a in exp.arms if a.label == label)
     cfg = experiments.with_(arm.config, model={"k": 3})
     alone = train.train_seeds(cfg, 3, seed=1)
     chex.assert_trees_all_close(
-        sparse_run.results["topk k=3"].params,
+        sparse_run.results[label].params,
         jax.device_get(alone.state.params),
         rtol=1e-5,
         atol=1e-6,
@@ -226,3 +228,10 @@ def test_stopped_run_resumes_to_the_same_result(offset_run):
     resumed = experiments.run(exp, 4, seed=2, resume=stopped.groups)
     for label, r in offset_run.results.items():
         np.testing.assert_array_equal(resumed.results[label].figures["fvu"], r.figures["fvu"])
+    # Training time and seed-steps/s count both sessions: every step of every arm and seed once.
+    first, second = stopped.timing, resumed.timing
+    assert resumed.timing["resumed"] and "resumed" not in first
+    assert second["train_s"] > first["train_s"] > 0
+    seed_steps = second["seed_steps_per_s"] * second["train_s"]
+    steps_per_epoch = train.steps_per_epoch(exp.arms[0].config)
+    np.testing.assert_allclose(seed_steps, 4 * len(exp.arms) * 4 * steps_per_epoch, rtol=1e-9)

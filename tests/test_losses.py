@@ -222,7 +222,7 @@ def test_total_loss_is_mse_plus_weighted_penalty(cfg: LossConfig, beta: float) -
     loss, aux = losses.total_loss(params, x, model=model, cfg=cfg, sparsity_weight=beta)
     assert set(aux) == {"mse", "sparsity", "fired_H"}
     x_hat, h = model.apply(params, x)
-    np.testing.assert_array_equal(aux["fired_H"], np.any(np.asarray(h) != 0, axis=0))
+    np.testing.assert_array_equal(aux["fired_H"], np.sum(np.asarray(model.is_active(h)), axis=0))
     np.testing.assert_allclose(aux["mse"], np.mean((f64(x_hat) - f64(x)) ** 2), rtol=RTOL)
     expected_penalty = {
         "none": 0.0,
@@ -291,21 +291,54 @@ def test_auxk_gives_a_dead_unit_a_gradient_and_nothing_else_does() -> None:
             np.testing.assert_array_equal(g, 0.0)
 
 
-def test_auxk_matches_hand_computation() -> None:
-    pre = normal(B, H, seed=5)
-    dead = np.array([True, False, True, True, False])
-    residual, decoder = normal(B, D, seed=6), normal(H, D, seed=7)
-    got = losses.auxk_loss(f32(pre), jnp.asarray(dead), f32(residual), f32(decoder), 2)
+def numpy_auxk_code(pre: np.ndarray, dead: np.ndarray, k_aux: int) -> np.ndarray:
+    """Gao et al.'s code, each sample's k_aux largest dead pre-activations (ReLU'd), when at most
+    k_aux units are dead; with more, the k_aux dead units of largest batch-mean pre-activation."""
+    if dead.sum() > k_aux:
+        score = np.where(dead, pre.mean(axis=0), -np.inf)
+        chosen = np.zeros_like(dead)
+        chosen[np.argsort(-score, kind="stable")[:k_aux]] = True
+        dead = chosen
     masked = np.where(dead, pre, -np.inf)
-    top = np.argsort(-masked, axis=1)[:, :2]
+    top = np.argsort(-masked, axis=1)[:, :k_aux]
     code = np.zeros_like(pre)
-    rows = np.arange(B)[:, None]
+    rows = np.arange(len(pre))[:, None]
     code[rows, top] = np.maximum(masked[rows, top], 0.0)
-    e_hat = code @ decoder
-    expected = np.sum((e_hat - residual) ** 2) / np.sum(residual**2)
+    return code
+
+
+@pytest.mark.parametrize(
+    "dead",
+    [
+        [True, False, True, False, False],  # as many dead units as k_aux: Gao et al.'s loss
+        [False, False, False, True, False],  # fewer
+        [True, False, True, True, True],  # more: the two of largest batch-mean pre-activation
+    ],
+)
+def test_auxk_matches_hand_computation(dead: list[bool]) -> None:
+    pre = normal(B, H, seed=5)
+    dead = np.array(dead)
+    residual, decoder = normal(B, D, seed=6), normal(H, D, seed=7)
+    code = losses.auxk_code(f32(pre), jnp.asarray(dead), 2)
+    np.testing.assert_allclose(code, numpy_auxk_code(pre, dead, 2), rtol=1e-6)
+    e_hat = f32(code) @ f32(decoder)
+    got = losses.auxk_loss(e_hat, f32(residual))
+    expected = np.sum((np.asarray(e_hat, np.float64) - residual) ** 2) / np.sum(residual**2)
     np.testing.assert_allclose(got, expected, rtol=1e-5)
-    no_dead = losses.auxk_loss(f32(pre), jnp.zeros(H, bool), f32(residual), f32(decoder), 2)
-    assert float(no_dead) == 0.0
+
+
+def test_auxk_code_is_zero_without_dead_units() -> None:
+    code = losses.auxk_code(f32(normal(B, H, seed=5)), jnp.zeros(H, bool), 2)
+    np.testing.assert_array_equal(code, 0.0)
+
+
+def test_decode_pair_is_two_decodes() -> None:
+    model, params, x = dead_unit_setup()
+    h, aux = model.apply(params, x)[1], f32(normal(B, H, seed=8))
+    x_hat, e_hat = model.apply(params, h, aux, method="decode_pair")
+    np.testing.assert_allclose(x_hat, model.apply(params, h, method="decode"), rtol=1e-6, atol=1e-6)
+    w = model.apply(params, method="decoder_weights")
+    np.testing.assert_allclose(e_hat, aux @ w, rtol=1e-6, atol=1e-6)
 
 
 def test_auxk_adds_its_weighted_term_to_the_total() -> None:
@@ -315,8 +348,8 @@ def test_auxk_adds_its_weighted_term_to_the_total() -> None:
     loss, aux = losses.total_loss(params, x, model=model, cfg=cfg, sparsity_weight=0.0, dead_H=dead)
     assert float(aux["auxk"]) > 0
     np.testing.assert_allclose(loss, aux["mse"] + 0.25 * aux["auxk"], rtol=RTOL)
-    fired = np.any(np.asarray(model.apply(params, x)[1]) != 0, axis=0)
-    assert not fired[-1]
+    fired = np.sum(np.asarray(model.apply(params, x)[1]) != 0, axis=0)
+    assert fired[-1] == 0
     np.testing.assert_array_equal(aux["fired_H"], fired)
 
 

@@ -249,22 +249,36 @@ def test_since_fired_counts_steps_without_firing():
     for i in range(4):
         idx = jnp.arange(16) + 16 * i
         _, h = model.apply(state.params, x[idx])
-        fired = np.any(np.asarray(h) > 0, axis=0)
+        fired = np.sum(np.asarray(h) > 0, axis=0)
         before = np.asarray(state.since_fired)
-        state, _ = step(state, idx)
-        np.testing.assert_array_equal(state.since_fired, np.where(fired, 0, before + 1))
+        state, (_, fired_H) = step(state, idx)
+        np.testing.assert_array_equal(fired_H, fired)  # samples of the batch each unit fired on
+        np.testing.assert_array_equal(state.since_fired, np.where(fired > 0, 0, before + 1))
     assert int(state.since_fired[0]) == 4 and int(state.since_fired[1]) == 0
 
 
-def test_resample_re_aims_only_dead_units_at_the_worst_residuals():
+def _rates(model, state, x) -> jax.Array:
+    return jnp.mean(model.apply(state.params, x)[1] > 0, axis=0)
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_resample_re_aims_only_dead_units_at_the_worst_residuals(padded: bool):
+    """Dead units take the worst residuals of the pool, in order; a padding sample (weight 0) of
+    the pool is never taken, even when it is the worst."""
     cfg = dataclasses.replace(SPARSE, loss=LossConfig(dead_steps=3, resample_dead=True))
     model = make_model(cfg.model, cfg.data.n_features)
     state, x = _state_with_biases(cfg, np.zeros(6))
     state = state.replace(since_fired=jnp.array([0, 3, 1, 7, 0, 2], jnp.int32))  # 1 and 3 dead
-    new = train.resample_dead(state, x, model=model, cfg=cfg)
     x_hat, _ = model.apply(state.params, x)
     residual = np.asarray(x - x_hat)
-    worst = np.argsort(-np.sum(residual**2, axis=1))[:2]
+    error = np.sum(residual**2, axis=1)
+    w = None
+    if padded:
+        w = np.ones(len(x), np.float32)
+        w[np.argmax(error)] = 0.0
+        error = np.where(w > 0, error, -np.inf)
+    new = train.resample_dead(state, x, _rates(model, state, x), w, model=model, cfg=cfg)
+    worst = np.argsort(-error)[:2]
     direction = residual[worst] / np.linalg.norm(residual[worst], axis=1, keepdims=True)
     p, q = state.params["params"], new.params["params"]
     dead = np.array([False, True, False, True, False, False])
@@ -294,20 +308,55 @@ def test_resample_rare_re_aims_a_unit_that_fires_on_one_sample():
     bias = np.zeros(6)
     bias[0] = -np.mean(np.sort(pre_N)[-2:])  # unit 0 fires on its single largest sample only
     state, _ = _state_with_biases(cfg, bias)
-    _, h = model.apply(state.params, x)
-    rates = np.mean(np.asarray(h) > 0, axis=0)
+    rates = _rates(model, state, x)
     assert rates[0] == 1 / len(pre_N) and np.median(rates) > 0.2
     kernel = model.apply(state.params, method="decoder_weights")
 
-    plain = train.resample_dead(state, x, model=model, cfg=cfg)
+    plain = train.resample_dead(state, x, rates, model=model, cfg=cfg)
     np.testing.assert_array_equal(model.apply(plain.params, method="decoder_weights"), kernel)
     rare_cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, resample_rare=0.3))
-    rare = train.resample_dead(state, x, model=model, cfg=rare_cfg)
+    rare = train.resample_dead(state, x, rates, model=model, cfg=rare_cfg)
     new_kernel = np.asarray(model.apply(rare.params, method="decoder_weights"))
     np.testing.assert_array_equal(new_kernel[1:], kernel[1:])
     residual = np.asarray(x - model.apply(state.params, x)[0])
     worst = residual[np.argmax(np.sum(residual**2, axis=1))]
     np.testing.assert_allclose(new_kernel[0], worst / np.linalg.norm(worst), atol=1e-5)
+
+
+@pytest.mark.parametrize("n_samples", [64, 60])
+def test_an_epoch_resamples_from_its_own_firing_counts_and_last_minibatches(n_samples: int):
+    """The loop's resampling equals doing it by hand: the epoch's steps, the units' firing counts
+    summed over them (divided by the samples), then `resample_dead` on the pool of the epoch's
+    last minibatches (`loss.resample_pool` samples, whole minibatches; padding rows weighted 0)."""
+    cfg = dataclasses.replace(
+        SPARSE,
+        data=dataclasses.replace(SPARSE.data, n_samples=n_samples),
+        loss=LossConfig(dead_steps=2, resample_dead=True, resample_rare=0.9, resample_pool=20),
+        train=TrainConfig(epochs=2, batch_size=16, chunk_epochs=1),
+    )
+    model = make_model(cfg.model, cfg.data.n_features)
+    state, x = _state_with_biases(cfg, np.array([-0.5, 0.3, 0, 0, 0, -0.2]))
+    got, _ = jax.jit(
+        lambda s: train.run_epochs(s, x, jnp.int32(0), n_epochs=1, model=model, cfg=cfg)
+    )(state)
+
+    idx_KxB, w_KxB = train.epoch_batches(
+        jax.random.fold_in(state.key, 0), n_samples, 16, cfg.train.shuffle
+    )
+    step = jax.jit(lambda s, b: train.train_step(s, b, x_NxD=x, model=model, cfg=cfg))
+    fired = jnp.zeros(6, jnp.int32)
+    for i in range(idx_KxB.shape[0]):
+        state, (_, fired_now) = step(state, (idx_KxB[i], None if w_KxB is None else w_KxB[i]))
+        fired = fired + fired_now
+    pool = idx_KxB[-2:].reshape(-1)  # 20 samples: two minibatches of 16
+    w_pool = None if w_KxB is None else w_KxB[-2:].reshape(-1)
+    expected = train.resample_dead(state, x[pool], fired / n_samples, w_pool, model=model, cfg=cfg)
+    assert not np.array_equal(
+        model.apply(expected.params, method="decoder_weights"),
+        model.apply(state.params, method="decoder_weights"),
+    )  # the case resamples something
+    chex.assert_trees_all_close(got.params, expected.params, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(got.since_fired, expected.since_fired)
 
 
 def test_resampling_in_the_loop_changes_a_run_with_dead_units():

@@ -251,6 +251,9 @@ class GroupCheckpoint:
     state: train.TrainState
     history_SxE: np.ndarray
     epochs_done: int
+    # Training time and seed-steps spent on it so far, over every session of a resumed run.
+    train_s: float = 0.0
+    seed_steps: float = 0.0
 
 
 @dataclasses.dataclass
@@ -328,13 +331,19 @@ def run(
         raise ValueError(f"n_seeds={n_seeds!r} is invalid: allowed is a positive integer")
     groups = groups_of(exp)
     done: list[GroupCheckpoint] = []
+    # Training time and seed-steps/s count every session of a resumed run; compile time this one's.
     timing = {"compile_s": 0.0, "train_s": 0.0, "seed_steps": 0.0}
+    if resume is not None:
+        timing["resumed"] = True
     memory: dict[str, Any] = {}
     trained = []
     for g, arms in enumerate(groups):
         cfg = arms[0].config
         keys, hyper = group_layout(arms, n_seeds, seed)
         previous = resume[g] if resume is not None and g < len(resume) else None
+        if previous is not None:
+            timing["train_s"] += previous.train_s
+            timing["seed_steps"] += previous.seed_steps
         if previous is not None and previous.epochs_done >= cfg.train.epochs:
             done.append(previous)  # finished before the stop: nothing left to train
             trained.append((previous.state, previous.history_SxE, None))
@@ -352,11 +361,21 @@ def run(
                 else (previous.state, previous.history_SxE, previous.epochs_done),
                 memory_budget=memory_budget,
             )
+            seed_steps = res.timing["seed_steps_per_s"] * res.timing["train_s"]
             timing["compile_s"] += res.timing["compile_s"]
             timing["train_s"] += res.timing["train_s"]
-            timing["seed_steps"] += res.timing["seed_steps_per_s"] * res.timing["train_s"]
+            timing["seed_steps"] += seed_steps
             _largest_plan(memory, "train", res.memory)
-            done.append(GroupCheckpoint(res.state, res.history_SxE, res.epochs_done))
+            before = previous or GroupCheckpoint(res.state, res.history_SxE, 0)
+            done.append(
+                GroupCheckpoint(
+                    res.state,
+                    res.history_SxE,
+                    res.epochs_done,
+                    before.train_s + res.timing["train_s"],
+                    before.seed_steps + seed_steps,
+                )
+            )
             if not res.finished:
                 return RunOutput(exp, n_seeds, seed, done, None, timing, memory)
             trained.append((res.state, res.history_SxE, res.x))

@@ -510,8 +510,9 @@ def _footer(m: Metrics, page: Page) -> list[str]:
     processes = int(versions.get("process_count", 1))
     return [
         f"Timing: compile {fmt(timing.get('compile_s'), '.3g')} s, train "
-        f"{fmt(timing.get('train_s'), '.3g')} s, {fmt(timing.get('seed_steps_per_s'), ',.0f')} "
-        "seed-steps/s"
+        f"{fmt(timing.get('train_s'), '.3g')} s"
+        + (" (every session of a stopped and resumed run)" if timing.get("resumed") else "")
+        + f", {fmt(timing.get('seed_steps_per_s'), ',.0f')} seed-steps/s"
         + (f" on {versions.get('device_count', 1)} x {device}" if device else "")
         + (f" in {processes} processes" if processes > 1 else "")
         + (
