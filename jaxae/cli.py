@@ -35,7 +35,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from jaxae import experiments, report, results, sweep, train
+from jaxae import experiments, memory, processes, report, results, sweep
 
 console = Console(stderr=True)
 
@@ -185,7 +185,7 @@ def run_experiment(
         where = results.write_partial(out_dir, out, overrides, grid.specs if grid else None)
         console.print(f"stopped; progress saved in {where}; continue with --resume")
         return None
-    if not train.is_writer():  # a process other than 0 of a multi-process run: 0 writes it
+    if not processes.is_writer():  # a process other than 0 of a multi-process run: 0 writes it
         return {}
     if grid is not None:
         return sweep.write_run(out_dir, out, grid, overrides, render=report.render_run)
@@ -227,9 +227,9 @@ def _print_summary(data: dict[str, Any], out_dir: Path) -> None:
         f"{' (every session)' if timing.get('resumed') else ''}, "
         f"{timing['seed_steps_per_s']:,.0f} seed-steps/s"
     )
-    memory = report.base.memory_summary(data.get("memory", {}))
-    if memory:
-        print(f"  {memory}")
+    memory_line = report.base.memory_summary(data.get("memory", {}))
+    if memory_line:
+        print(f"  {memory_line}")
 
 
 def cmd_list() -> int:
@@ -308,7 +308,7 @@ def cmd_reproduce(args: argparse.Namespace, stop: StopFlag) -> int:
             return 128 + (stop.signal or signal.SIGINT)
         if data:
             _print_summary(data, out_dir)
-    if train.is_writer():
+    if processes.is_writer():
         report.render_reproduction(out_root)
         print(f"report: {out_root / 'report.md'}")
     return 0
@@ -329,11 +329,11 @@ def use_every_core() -> None:
 
 def setup_processes() -> None:
     """Check JAXAE_MEMORY_BUDGET and join a multi-process run if the environment names one
-    (`train.init_processes`), before anything touches a device; bad values are usage errors."""
-    budget = os.environ.get(train.MEMORY_BUDGET_ENV)
+    (`processes.init_processes`), before anything touches a device; bad values are usage errors."""
+    budget = os.environ.get(memory.MEMORY_BUDGET_ENV)
     if budget:
-        _checked(lambda: train.parse_bytes(budget))
-    _checked(train.init_processes)
+        _checked(lambda: memory.parse_bytes(budget))
+    _checked(processes.init_processes)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,7 @@ import optax
 import orbax.checkpoint as ocp
 
 import jaxae
-from jaxae import metrics, train
+from jaxae import metrics, processes, train
 from jaxae.experiments.base import (
     ArmResult,
     Experiment,
@@ -241,9 +241,9 @@ def write_run(
 ) -> dict[str, Any]:
     """Write a finished run to `out_dir` atomically; `render(staging_dir)` adds figures/report.
 
-    Only process 0 of a multi-process run writes (`train.is_writer`); the others return `{}`.
+    Only process 0 of a multi-process run writes (`processes.is_writer`); the others return `{}`.
     """
-    if not train.is_writer():
+    if not processes.is_writer():
         return {}
     with staged(out_dir) as staging:
         data = metrics_dict(out, analysis, overrides)
@@ -269,7 +269,7 @@ def write_partial(
     `sweep`, the `--sweep` specs of a swept run, is kept so `--resume` rebuilds the same arms.
     Only process 0 of a multi-process run writes; the others return the path at once."""
     target = partial_dir(out_dir)
-    if not train.is_writer():
+    if not processes.is_writer():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = _staging_dir(target)

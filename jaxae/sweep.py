@@ -32,7 +32,7 @@ import typing
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from jaxae import results, train
+from jaxae import processes, results
 from jaxae.config import Config, override
 from jaxae.experiments.base import (
     Arm,
@@ -383,7 +383,7 @@ def write_run(
     """Write a finished swept run to `out_dir` atomically: every point's run directory (analysed
     as a run of that point alone), then metrics.json keyed by point; `render(staging_dir)` adds
     figures and report.md. Only process 0 of a multi-process run writes; the others return `{}`."""
-    if not train.is_writer():
+    if not processes.is_writer():
         return {}
     assert out.results is not None
     with results.staged(out_dir) as staging:

@@ -16,13 +16,12 @@ The pieces, from the inside out:
   and differ only in their hyperparameters.
 - `train_seeds`: the host loop. Seed i's key is `fold_in(key(seed), i)`, whatever the number of
   seeds or devices; the seed axis is sharded over `jax.devices()` (of every process, after
-  `init_processes`); the loop runs in chunks of epochs so the caller can show progress, checkpoint
-  or stop between chunks without changing any result.
-- Memory: a program's peak bytes per device are `fixed + per_seed x seeds per device`, measured by
-  XLA's memory analysis of the program compiled for a few seeds (`MemoryPlan`). When all seeds
-  would not fit in the budget (`memory_budget`), `train_seeds` and `evaluate_seeds` split them into
-  equal batches that do (the last one padded) and run every batch through the same compiled
-  program, chunk by chunk; the state of every seed waits on the host between chunks.
+  `processes.init_processes`); the loop runs in chunks of epochs so the caller can show progress,
+  checkpoint or stop between chunks without changing any result.
+- Memory: when all seeds would not fit in the budget (jaxae/memory.py plans it), `train_seeds` and
+  `evaluate_seeds` split them into equal batches that do (the last one padded) and run every batch
+  through the same compiled program, chunk by chunk; the state of every seed waits on the host
+  between chunks.
 """
 
 from __future__ import annotations
@@ -31,11 +30,8 @@ import dataclasses
 import functools
 import math
 import os
-import re
-import resource
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import flax.struct
@@ -47,7 +43,7 @@ from jax import lax
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxae import metrics, shuffle
+from jaxae import memory, metrics, shuffle
 from jaxae.config import Config
 from jaxae.data import ground_truth as data_ground_truth
 from jaxae.data import make_data
@@ -474,80 +470,6 @@ def evaluate_each(
     return lax.map(lambda state: evaluate(state, x), states)
 
 
-# ----------------------------------------------------------------------------------------------
-# Processes: one sweep over the devices of many processes (jax.distributed)
-
-# The variables `init_processes` reads. JAX_COORDINATOR_ADDRESS (host:port of process 0) and, for
-# accelerators, JAX_LOCAL_DEVICE_IDS are also read by jax.distributed.initialize itself; the count
-# and the id are not, so jaxae passes them. JAXAE_DISTRIBUTED=auto instead leaves all of them to
-# jax's detection of a managed cluster (Slurm, Open MPI, Cloud TPU pod slices, Kubernetes).
-PROCESS_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
-AUTO_PROCESS_ENV = "JAXAE_DISTRIBUTED"
-
-
-def _env_int(env: dict[str, str], name: str, low: int, high: int | None, allowed: str) -> int:
-    text = env[name]
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
-    if value is None or value < low or (high is not None and value >= high):
-        raise ValueError(f"{name}={text!r} is invalid: allowed is {allowed}")
-    return value
-
-
-def process_settings(env: dict[str, str] | None = None) -> dict[str, Any] | None:
-    """`jax.distributed.initialize` keywords from the environment; None for a single process.
-
-    With JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (all three, the same address
-    and count in every process, ids 0..n-1) they are passed as given; with JAXAE_DISTRIBUTED=auto,
-    jax detects them (`{}`). Anything else set but incomplete or out of range is a `ValueError`.
-    """
-    env = dict(os.environ if env is None else env)
-    auto = env.get(AUTO_PROCESS_ENV)
-    if auto is not None and auto != "auto":
-        raise ValueError(f"{AUTO_PROCESS_ENV}={auto!r} is invalid: allowed is 'auto' or unset")
-    given = [name for name in PROCESS_ENV if env.get(name)]
-    if auto is not None and not given:
-        return {}
-    if not given:
-        return None
-    missing = [name for name in PROCESS_ENV if name not in given]
-    if missing:
-        raise ValueError(
-            f"{given[0]}={env[given[0]]!r} is invalid without {' and '.join(missing)}: allowed is "
-            f"all of {', '.join(PROCESS_ENV)} set, or {AUTO_PROCESS_ENV}=auto on a managed cluster"
-        )
-    address = env["JAX_COORDINATOR_ADDRESS"]
-    if not re.fullmatch(r".+:[0-9]+", address):
-        raise ValueError(
-            f"JAX_COORDINATOR_ADDRESS={address!r} is invalid: allowed is host:port of process 0"
-        )
-    n = _env_int(env, "JAX_NUM_PROCESSES", 1, None, "a positive integer")
-    pid = _env_int(env, "JAX_PROCESS_ID", 0, n, f"an integer from 0 to {n - 1}")
-    return {"coordinator_address": address, "num_processes": n, "process_id": pid}
-
-
-def init_processes(env: dict[str, str] | None = None) -> bool:
-    """Join a multi-process run when the environment asks for one (see `process_settings`).
-
-    Must run before anything touches a device. On CPU the processes exchange data over gloo (jax's
-    `jax_cpu_collectives_implementation`). Returns whether jax.distributed was initialised.
-    """
-    settings = process_settings(env)
-    if settings is None:
-        return False
-    if jax.config.jax_cpu_collectives_implementation is None:
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(**settings)
-    return True
-
-
-def is_writer() -> bool:
-    """Whether this process writes results: process 0 of a multi-process run (or the only one)."""
-    return jax.process_index() == 0
-
-
 def _place(tree: Any, sharding: NamedSharding) -> Any:
     """Host arrays (every process holds all of them) as global arrays with `sharding`: each process
     puts the rows of its own devices."""
@@ -606,184 +528,6 @@ def _abstract(tree: Any, n: int, sharding: NamedSharding) -> Any:
     )
 
 
-# ----------------------------------------------------------------------------------------------
-# Memory: how many seeds a device holds at once
-
-# Bytes per device one batch may take, e.g. "6GiB", "512MiB" or "2e9"; unset, the budget follows
-# from the device (see `device_memory_budget`). `train_seeds(memory_budget=...)` takes precedence.
-MEMORY_BUDGET_ENV = "JAXAE_MEMORY_BUDGET"
-# Of an accelerator's memory (`bytes_limit`), the share a batch may take; XLA keeps some for itself.
-DEVICE_MEMORY_FRACTION = 0.8
-# Of the host's available memory, the share the batches of this process's CPU devices may take
-# together: the host also keeps every seed's state, history and data, and the analysis copies them.
-HOST_MEMORY_FRACTION = 0.5
-# Seeds per device of the program compiled to measure the bytes of one seed. XLA:CPU picks its
-# kernels by shape, and at small seed counts per device a seed's result can differ in the last bit
-# between size classes (seen: 1-8, 9-99 and 100 or more seeds of a plain run; a lone seed with
-# arms), so the probe is compiled at a count like a large run's, whose memory it extrapolates.
-PROBE_SEEDS = 128
-
-_BYTE_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
-
-
-def parse_bytes(text: str, name: str = MEMORY_BUDGET_ENV) -> int:
-    """`"6GiB"`, `"512MiB"`, `"8G"`, `"2e9"` as bytes (K, M, G, T: powers of 1000; KiB, MiB, GiB,
-    TiB: of 1024); `ValueError` naming `name` otherwise."""
-    number, unit = r"([0-9]*\.?[0-9]+(?:e[0-9]+)?)", r"(?:([kmgt])(i)?b?|(b))?"
-    match = re.fullmatch(rf"\s*{number}\s*{unit}\s*", text.lower())
-    value = 0.0
-    if match:
-        unit = match.group(2) or match.group(4) or ""
-        base = 1024 ** " kmgt".index(unit) if match.group(3) else _BYTE_UNITS[unit]
-        value = float(match.group(1)) * base
-    if value < 1:
-        raise ValueError(
-            f"{name}={text!r} is invalid: allowed is a positive number of bytes, e.g. 6GiB, "
-            "512MiB, 8G or 2e9"
-        )
-    return int(value)
-
-
-def host_available_bytes() -> int:
-    """Memory this process may still take: the kernel's MemAvailable, or less under a cgroup
-    (container) limit."""
-    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                available = int(line.split()[1]) * 1024
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
-        if limit != "max":
-            available = min(available, int(limit) - used)
-    except (OSError, ValueError):
-        pass
-    return max(available, 0)
-
-
-def device_memory_budget(devices: Sequence[jax.Device], budget: int | None = None) -> int:
-    """Bytes one device may take for one batch of seeds.
-
-    `budget` if given, else `$JAXAE_MEMORY_BUDGET`, else on an accelerator
-    `DEVICE_MEMORY_FRACTION` of its memory, on CPU `HOST_MEMORY_FRACTION` of the host's available
-    memory shared among this process's CPU devices (they all live in it).
-    """
-    if budget is not None:
-        if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
-            raise ValueError(f"memory_budget={budget!r} is invalid: allowed is a positive integer")
-        return budget
-    if os.environ.get(MEMORY_BUDGET_ENV):
-        return parse_bytes(os.environ[MEMORY_BUDGET_ENV])
-    local = [d for d in devices if d.process_index == jax.process_index()] or jax.local_devices()
-    stats = local[0].memory_stats() or {}
-    if local[0].platform != "cpu" and "bytes_limit" in stats:
-        return int(DEVICE_MEMORY_FRACTION * stats["bytes_limit"])
-    return int(HOST_MEMORY_FRACTION * host_available_bytes() / len(local))
-
-
-def program_bytes(compiled: jax.stages.Compiled) -> int | None:
-    """Bytes one device holds while `compiled` runs, from XLA's memory analysis: arguments, outputs
-    not aliased to (donated) arguments, temporaries and code; None where the backend has none."""
-    m = compiled.memory_analysis()
-    if m is None:
-        return None
-    return int(
-        m.argument_size_in_bytes
-        + m.output_size_in_bytes
-        - m.alias_size_in_bytes
-        + m.temp_size_in_bytes
-        + m.generated_code_size_in_bytes
-    )
-
-
-@dataclasses.dataclass(frozen=True)
-class MemoryPlan:
-    """How one program's seeds are split into batches that fit a device.
-
-    Peak bytes per device are modelled as `fixed_bytes + per_seed_bytes * seeds per device`, from
-    one compilation at `probe_seeds` seeds per device (`fixed_bytes` is what does not grow with
-    seeds: the shared data set). Batches are equal, `seeds_per_device` on every device.
-    """
-
-    n_seeds: int
-    n_devices: int
-    fixed_bytes: int  # per device
-    per_seed_bytes: float  # per device and seed on it; NaN where the backend has no analysis
-    budget_bytes: int  # per device
-    seeds_per_device: int  # in one batch
-    probe_seeds: int
-
-    @property
-    def batch_seeds(self) -> int:
-        return self.seeds_per_device * self.n_devices
-
-    @property
-    def n_batches(self) -> int:
-        return math.ceil(self.n_seeds / self.batch_seeds)
-
-    def bytes_at(self, seeds_per_device: int) -> float:
-        """Estimated peak bytes per device of the program at `seeds_per_device`."""
-        return self.fixed_bytes + self.per_seed_bytes * seeds_per_device
-
-    def to_dict(self) -> dict[str, Any]:
-        """The plan as metrics.json records it (bytes per device)."""
-        return {
-            "budget_bytes": self.budget_bytes,
-            "fixed_bytes": self.fixed_bytes,
-            "per_seed_bytes": self.per_seed_bytes,
-            "all_seeds_bytes": self.bytes_at(math.ceil(self.n_seeds / self.n_devices)),
-            "batch_bytes": self.bytes_at(self.seeds_per_device),
-            "batch_seeds": self.batch_seeds,
-            "batches": self.n_batches,
-            "devices": self.n_devices,
-        }
-
-
-def plan_batches(
-    compile_at: Callable[[int], jax.stages.Compiled],
-    *,
-    n_seeds: int,
-    n_devices: int,
-    fixed_bytes: int,
-    budget: int,
-) -> tuple[MemoryPlan, jax.stages.Compiled]:
-    """The batches of a program and the program compiled for one batch.
-
-    `compile_at(p)` compiles it for `p` seeds per device. It is compiled once at
-    `min(seeds per device, PROBE_SEEDS)` to measure the bytes per seed, and again for the batch if
-    that differs, so a program too large for the device is never compiled whole. The batches are
-    the fewest that fit `budget`, of equal size (the last padded).
-    """
-    per_device = math.ceil(n_seeds / n_devices)
-    probe = min(per_device, PROBE_SEEDS)
-    compiled = compile_at(probe)
-    peak = program_bytes(compiled)
-    per_seed = float("nan") if peak is None else max(peak - fixed_bytes, 0) / probe
-    fit = per_device
-    if peak is not None and per_seed > 0:
-        fit = int((budget - fixed_bytes) // per_seed)
-    if fit < 1:
-        raise ValueError(
-            f"memory budget={budget} bytes per device is invalid: allowed is at least "
-            f"{math.ceil(fixed_bytes + per_seed)}, what one seed of this program takes (set it "
-            f"with {MEMORY_BUDGET_ENV} or memory_budget)"
-        )
-    n_batches = math.ceil(per_device / min(fit, per_device))
-    seeds = math.ceil(per_device / n_batches)  # equal batches, the least padding
-    plan = MemoryPlan(n_seeds, n_devices, fixed_bytes, per_seed, budget, seeds, probe)
-    return plan, compiled if seeds == probe else compile_at(seeds)
-
-
-def peak_memory() -> dict[str, int | None]:
-    """Measured peaks so far: this process's resident set (`ru_maxrss`; Linux counts KiB) and, on
-    an accelerator, the first local device's bytes in use."""
-    stats = jax.local_devices()[0].memory_stats() or {}
-    return {
-        "process_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "device_peak_bytes": stats.get("peak_bytes_in_use"),
-    }
-
-
 class Progress(NamedTuple):
     """What the host loop hands its callback after each chunk."""
 
@@ -806,7 +550,7 @@ class TrainResult:
     x: jax.Array  # the data trained on: x_NxD, or x_SxNxD with data.per_seed
     epochs_done: int
     timing: dict[str, float]
-    memory: dict[str, Any] = dataclasses.field(default_factory=dict)  # MemoryPlan.to_dict()
+    memory: dict[str, Any] = dataclasses.field(default_factory=dict)  # memory.MemoryPlan.to_dict()
 
     @property
     def finished(self) -> bool:
@@ -861,11 +605,12 @@ def train_seeds(
     `TrainResult.memory`): every chunk of epochs runs batch after batch through one compiled
     program, so the callback still comes once per chunk with every seed's epochs done, and a stop
     and resume work as before. A seed's result does not depend on its batch: it equals one big
-    batch's bit for bit when both have seeds per device in the same size class (see PROBE_SEEDS).
+    batch's bit for bit when both have seeds per device in the same size class (see
+    `memory.PROBE_SEEDS`).
 
-    After `init_processes`, the seeds are sharded over the devices of every process: every process
-    calls this with the same arguments, keeps every seed's state on the host and returns the same
-    result; process 0's callback decides a stop for all.
+    After `processes.init_processes`, the seeds are sharded over the devices of every process:
+    every process calls this with the same arguments, keeps every seed's state on the host and
+    returns the same result; process 0's callback decides a stop for all.
     """
     if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds <= 0:
         raise ValueError(f"n_seeds={n_seeds!r} is invalid: allowed is a positive integer")
@@ -966,7 +711,7 @@ def train_seeds(
             if train_s > 0
             else float("nan"),
         },
-        memory={**plan.to_dict(), **peak_memory()},
+        memory={**plan.to_dict(), **memory.peak_memory()},
     )
 
 
@@ -985,15 +730,19 @@ def _chunk_program(
     devices: list[jax.Device],
     memory_budget: int | None,
     compiler_options: dict[str, Any] | None,
-) -> tuple[MemoryPlan, jax.stages.Compiled]:
+) -> tuple[memory.MemoryPlan, jax.stages.Compiled]:
     """The batches of `train_seeds` and its chunk program compiled for one batch. `state` (or its
     shapes) gives the shapes of a seed; `x_one` those of the shared data set `x_NxD`, or with
     `data.per_seed` of one seed's `x_1xNxD`."""
     progs = programs(cfg)
     mesh = jax.sharding.Mesh(np.array(devices), ("seed",))
     by_seed = NamedSharding(mesh, PartitionSpec("seed"))
-    budget = device_memory_budget(devices, memory_budget)
-    if jax.process_count() > 1 and memory_budget is None and not os.environ.get(MEMORY_BUDGET_ENV):
+    budget = memory.device_memory_budget(devices, memory_budget)
+    if (
+        jax.process_count() > 1
+        and memory_budget is None
+        and not os.environ.get(memory.MEMORY_BUDGET_ENV)
+    ):
         # Every process must cut the same batches: the smallest budget of any, in KiB (int32).
         kib = np.int32(min(budget // 1024, 2**31 - 1))
         budget = 1024 * int(np.min(multihost_utils.process_allgather(kib)))
@@ -1007,7 +756,7 @@ def _chunk_program(
         return lowered.compile(compiler_options=compiler_options)
 
     fixed = 0 if cfg.data.per_seed else math.prod(x_one.shape) * x_one.dtype.itemsize
-    return plan_batches(
+    return memory.plan_batches(
         compile_at, n_seeds=n_seeds, n_devices=len(devices), fixed_bytes=fixed, budget=budget
     )
 
@@ -1020,7 +769,7 @@ def training_memory(
     devices: list[jax.Device] | None = None,
     memory_budget: int | None = None,
     compiler_options: dict[str, Any] | None = None,
-) -> MemoryPlan:
+) -> memory.MemoryPlan:
     """The batches `train_seeds` would cut for `n_seeds` seeds of `cfg`, and its memory estimate
     (`MemoryPlan.bytes_at`), from compiling its program for a few seeds; nothing is trained.
     `hyper` with an arm axis ([S, A] leaves) sizes a run with arms."""
@@ -1064,7 +813,7 @@ def evaluate_seeds(
     *,
     devices: list[jax.Device] | None = None,
     memory_budget: int | None = None,
-) -> tuple[dict[str, np.ndarray], MemoryPlan]:
+) -> tuple[dict[str, np.ndarray], memory.MemoryPlan]:
     """`evaluate_state` of every seed (and arm) of `state` on its whole data set, in batches.
 
     `x` is the shared `x_NxD` or, with `data.per_seed`, `x_SxNxD`. Every device loops over its
@@ -1081,7 +830,7 @@ def evaluate_seeds(
     replicated = NamedSharding(mesh, PartitionSpec())
     x = np.asarray(x)
     fixed = 0 if cfg.data.per_seed else x.nbytes
-    budget = device_memory_budget(devices, memory_budget)
+    budget = memory.device_memory_budget(devices, memory_budget)
     key = (cfg, n_seeds, jax.tree.structure(state), tuple(devices), x.shape)
     key += tuple((v.shape[1:], v.dtype) for v in jax.tree.leaves(state))
     compiled = _EVALUATE_PROGRAMS.setdefault(key, {})  # seeds per device -> program
@@ -1105,7 +854,7 @@ def evaluate_seeds(
             compiled[per_device] = lowered.compile()
         return compiled[per_device]
 
-    plan, evaluate = plan_batches(
+    plan, evaluate = memory.plan_batches(
         compile_at, n_seeds=n_seeds, n_devices=len(devices), fixed_bytes=fixed, budget=budget
     )
     host, impl = _to_host(state), jax.random.key_impl(state.key)

@@ -3,7 +3,7 @@
 resume; the estimate behind the split grows linearly with seeds and bounds the compiled program.
 
 On one device, with at most 8 seeds per batch: XLA:CPU compiles the same per-seed arithmetic for
-every seed count in that size class (see `train.PROBE_SEEDS`), so equality is exact.
+every seed count in that size class (see `memory.PROBE_SEEDS`), so equality is exact.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from jaxae import cli, experiments, train
+from jaxae import cli, experiments, memory, train
 from jaxae.report import base as report_base
 from jaxae.report import tutorial as report_tutorial
 from tests.test_train import TINY
@@ -29,9 +29,9 @@ ONE = jax.devices()[:1]
 N_SEEDS = 8
 
 
-def _budget(memory: dict, seeds_per_device: int) -> int:
+def _budget(plan: dict, seeds_per_device: int) -> int:
     """A budget (bytes per device) that holds exactly `seeds_per_device` seeds of a plan."""
-    return int(memory["fixed_bytes"] + memory["per_seed_bytes"] * seeds_per_device) + 1
+    return int(plan["fixed_bytes"] + plan["per_seed_bytes"] * seeds_per_device) + 1
 
 
 def _host(state: train.TrainState) -> train.TrainState:
@@ -133,8 +133,8 @@ def test_experiment_run_in_batches_equals_one_batch():
 
 
 def test_estimate_grows_linearly_and_bounds_the_compiled_program(monkeypatch):
-    def plan(probe: int, n_seeds: int) -> train.MemoryPlan:
-        monkeypatch.setattr(train, "PROBE_SEEDS", probe)
+    def plan(probe: int, n_seeds: int) -> memory.MemoryPlan:
+        monkeypatch.setattr(memory, "PROBE_SEEDS", probe)
         return train.training_memory(TINY, n_seeds, devices=ONE)
 
     compiled = {n: plan(n, n).bytes_at(n) for n in (16, 32, 64)}  # the program at n seeds
@@ -151,7 +151,7 @@ def test_budget_below_one_seed_raises():
     with pytest.raises(ValueError, match=r"memory budget=1000 bytes per device is invalid"):
         train.train_seeds(TINY, N_SEEDS, devices=ONE, memory_budget=1000)
     with pytest.raises(ValueError, match="memory_budget=0 is invalid"):
-        train.device_memory_budget(ONE, 0)
+        memory.device_memory_budget(ONE, 0)
 
 
 @pytest.mark.parametrize(
@@ -165,7 +165,7 @@ def test_budget_below_one_seed_raises():
     ],
 )
 def test_parse_bytes(text, value):
-    assert train.parse_bytes(text) == value
+    assert memory.parse_bytes(text) == value
 
 
 @pytest.mark.parametrize("text", ["lots", "-1G", "0", "5 parsecs"])
@@ -173,21 +173,21 @@ def test_parse_bytes_refuses_what_is_not_a_size(text):
     with pytest.raises(
         ValueError, match=rf"JAXAE_MEMORY_BUDGET={re.escape(repr(text))} is invalid"
     ):
-        train.parse_bytes(text)
+        memory.parse_bytes(text)
 
 
 def test_budget_from_the_environment_and_its_default(monkeypatch):
-    monkeypatch.setenv(train.MEMORY_BUDGET_ENV, "3MiB")
-    assert train.device_memory_budget(ONE) == 3 * 2**20
-    assert train.device_memory_budget(ONE, 5000) == 5000  # the argument wins
-    monkeypatch.delenv(train.MEMORY_BUDGET_ENV)
-    share = train.HOST_MEMORY_FRACTION * train.host_available_bytes()
-    assert 0.5 * share < train.device_memory_budget(ONE) < 1.5 * share
+    monkeypatch.setenv(memory.MEMORY_BUDGET_ENV, "3MiB")
+    assert memory.device_memory_budget(ONE) == 3 * 2**20
+    assert memory.device_memory_budget(ONE, 5000) == 5000  # the argument wins
+    monkeypatch.delenv(memory.MEMORY_BUDGET_ENV)
+    share = memory.HOST_MEMORY_FRACTION * memory.host_available_bytes()
+    assert 0.5 * share < memory.device_memory_budget(ONE) < 1.5 * share
 
 
 def test_cli_refuses_a_bad_budget_in_one_line(monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
-    monkeypatch.setenv(train.MEMORY_BUDGET_ENV, "lots")
+    monkeypatch.setenv(memory.MEMORY_BUDGET_ENV, "lots")
     assert cli.main(["run", "multiples", "--seeds", "2", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "JAXAE_MEMORY_BUDGET='lots' is invalid" in err

@@ -15,20 +15,22 @@ import jax
 import numpy as np
 import pytest
 
-from jaxae import cli, experiments, results, train
+from jaxae import cli, experiments, processes, results
 
 ROOT = Path(__file__).resolve().parent.parent
 ADDRESS = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "4"}
 
 
 def test_process_settings_from_the_environment():
-    assert train.process_settings({}) is None
-    assert train.process_settings({**ADDRESS, "JAX_PROCESS_ID": "3"}) == {
+    assert processes.process_settings({}) is None
+    assert processes.process_settings({**ADDRESS, "JAX_PROCESS_ID": "3"}) == {
         "coordinator_address": "10.0.0.1:1234",
         "num_processes": 4,
         "process_id": 3,
     }
-    assert train.process_settings({"JAXAE_DISTRIBUTED": "auto"}) == {}  # jax detects the cluster
+    assert (
+        processes.process_settings({"JAXAE_DISTRIBUTED": "auto"}) == {}
+    )  # jax detects the cluster
 
 
 @pytest.mark.parametrize(
@@ -47,7 +49,7 @@ def test_process_settings_from_the_environment():
 )
 def test_process_settings_refuse_incomplete_or_bad_values(env, message):
     with pytest.raises(ValueError, match=message):
-        train.process_settings(env)
+        processes.process_settings(env)
 
 
 def test_cli_refuses_bad_process_settings_in_one_line(monkeypatch, capsys, tmp_path):

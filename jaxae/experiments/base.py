@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxae import data, metrics, train
+from jaxae import data, memory, metrics, processes, train
 from jaxae.config import Config, override
 
 
@@ -268,7 +268,7 @@ class RunOutput:
     results: dict[str, ArmResult] | None
     timing: dict[str, float]
     # Bytes per device: the budget, the largest group's plans for training and for evaluation
-    # (`train.MemoryPlan.to_dict()`), and the measured peaks (`train.peak_memory`).
+    # (`memory.MemoryPlan.to_dict()`), and the measured peaks (`memory.peak_memory`).
     memory: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
@@ -320,12 +320,12 @@ def run(
     boundary and returns a `RunOutput` with `results=None` whose `groups` can be passed as `resume`.
     `devices` (default: all) carry the seed axis; the same seeds on other devices agree to float
     rounding, not bit for bit. `memory_budget` (bytes per device; default
-    `train.device_memory_budget`) splits training and evaluation into batches of seeds that fit
+    `memory.device_memory_budget`) splits training and evaluation into batches of seeds that fit
     (`train.train_seeds`, `train.evaluate_seeds`); `RunOutput.memory` reports the plans.
 
     Every group is trained before any is evaluated. In a multi-process run
-    (`train.init_processes`) every process trains; process 0 alone evaluates, on its own devices,
-    and the others return with `results=None` (and `finished` true).
+    (`processes.init_processes`) every process trains; process 0 alone evaluates, on its own
+    devices, and the others return with `results=None` (and `finished` true).
     """
     if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds <= 0:
         raise ValueError(f"n_seeds={n_seeds!r} is invalid: allowed is a positive integer")
@@ -335,7 +335,7 @@ def run(
     timing = {"compile_s": 0.0, "train_s": 0.0, "seed_steps": 0.0}
     if resume is not None:
         timing["resumed"] = True
-    memory: dict[str, Any] = {}
+    usage: dict[str, Any] = {}  # RunOutput.memory
     trained = []
     for g, arms in enumerate(groups):
         cfg = arms[0].config
@@ -365,7 +365,7 @@ def run(
             timing["compile_s"] += res.timing["compile_s"]
             timing["train_s"] += res.timing["train_s"]
             timing["seed_steps"] += seed_steps
-            _largest_plan(memory, "train", res.memory)
+            _largest_plan(usage, "train", res.memory)
             before = previous or GroupCheckpoint(res.state, res.history_SxE, 0)
             done.append(
                 GroupCheckpoint(
@@ -377,14 +377,14 @@ def run(
                 )
             )
             if not res.finished:
-                return RunOutput(exp, n_seeds, seed, done, None, timing, memory)
+                return RunOutput(exp, n_seeds, seed, done, None, timing, usage)
             trained.append((res.state, res.history_SxE, res.x))
     timing["seed_steps_per_s"] = (
         timing["seed_steps"] / timing["train_s"] if timing["train_s"] > 0 else float("nan")
     )
     del timing["seed_steps"]
-    if not train.is_writer():
-        return RunOutput(exp, n_seeds, seed, done, None, timing, memory)
+    if not processes.is_writer():
+        return RunOutput(exp, n_seeds, seed, done, None, timing, usage)
     results: dict[str, ArmResult] = {}
     local = devices if jax.process_count() == 1 else None
     for arms, (state, history, x) in zip(groups, trained, strict=True):
@@ -393,20 +393,20 @@ def run(
         group, plan = _evaluate_group(
             arms, cfg, keys, state, history, x, hyper, devices=local, memory_budget=memory_budget
         )
-        _largest_plan(memory, "evaluate", plan.to_dict())
+        _largest_plan(usage, "evaluate", plan.to_dict())
         for r in group.values():
             r.measures = {} if exp.measure is None else exp.measure(r)
         results.update(group)
-    memory.update(train.peak_memory())
-    return RunOutput(exp, n_seeds, seed, done, results, timing, memory)
+    usage.update(memory.peak_memory())
+    return RunOutput(exp, n_seeds, seed, done, results, timing, usage)
 
 
-def _largest_plan(memory: dict[str, Any], name: str, plan: dict[str, Any]) -> None:
-    """Keep in `memory[name]` whichever plan needs more bytes for all its seeds at once."""
+def _largest_plan(usage: dict[str, Any], name: str, plan: dict[str, Any]) -> None:
+    """Keep in `usage[name]` whichever plan needs more bytes for all its seeds at once."""
     plan = {k: v for k, v in plan.items() if k in _PLAN_KEYS}
-    if name not in memory or plan["all_seeds_bytes"] > memory[name]["all_seeds_bytes"]:
-        memory[name] = plan
-        memory["budget_bytes"] = plan["budget_bytes"]
+    if name not in usage or plan["all_seeds_bytes"] > usage[name]["all_seeds_bytes"]:
+        usage[name] = plan
+        usage["budget_bytes"] = plan["budget_bytes"]
 
 
 _PLAN_KEYS = (
@@ -432,13 +432,13 @@ def _evaluate_group(
     *,
     devices: list[jax.Device] | None = None,
     memory_budget: int | None = None,
-) -> tuple[dict[str, ArmResult], train.MemoryPlan]:
+) -> tuple[dict[str, ArmResult], memory.MemoryPlan]:
     """Full-data figures of every run of a group (and of unit 0 at initialisation), split by arm;
     evaluated in batches of seeds that fit (`train.evaluate_seeds`, whose plan comes back too)."""
     progs = train.programs(cfg)
     if x is None:
         x = (
-            train.seed_data_batches(cfg, keys, train.PROBE_SEEDS)
+            train.seed_data_batches(cfg, keys, memory.PROBE_SEEDS)
             if cfg.data.per_seed
             else train.shared_data(cfg)
         )
