@@ -322,12 +322,11 @@ def run_epochs(
 
     def one_epoch(state: TrainState, epoch_and_key: tuple) -> tuple[TrainState, jax.Array]:
         idx_KxB, w_KxB = epoch_batches(epoch_and_key[1], n, batch_size, cfg.train.shuffle)
+        fired_H = jnp.zeros(state.since_fired.shape, jnp.int32)
         if count_fired:
-            fired_H = jnp.zeros(state.since_fired.shape, jnp.int32)
             (state, fired_H), loss_K = lax.scan(counted_step, (state, fired_H), (idx_KxB, w_KxB))
         else:
             state, loss_K = lax.scan(plain_step, state, (idx_KxB, w_KxB))
-            fired_H = jnp.zeros(state.since_fired.shape, jnp.int32)
         loss = jnp.where(state.diverged, jnp.nan, _mean_in_order(loss_K))
         if cfg.loss.resample_dead:
             # The pool of candidate directions: the epoch's last minibatches (a random sample).

@@ -71,18 +71,31 @@ def test_bad_input_is_one_line_and_exit_2(capsys, argv, names):
     assert names in err
 
 
-def test_console_script_exits_2_without_traceback(tmp_path):
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["--set", "model.k=3"],
+            "model.k=3 is invalid: allowed is None unless model.activation is 'topk'",
+        ),
+        (
+            ["--sweep", "optim.eps="],
+            "--sweep='optim.eps=' is invalid: allowed is a non-empty, comma-separated list of "
+            "values",
+        ),
+    ],
+)
+def test_console_script_exits_2_without_traceback(tmp_path, args, line):
     proc = subprocess.run(
-        [sys.executable, "-m", "jaxae.cli", "run", "multiples", "--set", "model.k=3"],
+        [sys.executable, "-m", "jaxae.cli", "run", "multiples", *args],
         capture_output=True,
         text=True,
         cwd=tmp_path,
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines() == [
-        "jaxae: error: model.k=3 is invalid: allowed is None unless model.activation is 'topk'"
-    ]
+    assert proc.stderr.strip().splitlines() == [f"jaxae: error: {line}"]
+    assert list(tmp_path.iterdir()) == []  # nothing written
 
 
 def test_tiny_sparse_run_end_to_end(capsys, tmp_path):

@@ -341,9 +341,11 @@ def run(
         cfg = arms[0].config
         keys, hyper = group_layout(arms, n_seeds, seed)
         previous = resume[g] if resume is not None and g < len(resume) else None
-        if previous is not None:
-            timing["train_s"] += previous.train_s
-            timing["seed_steps"] += previous.seed_steps
+        spent_s, spent_steps = (
+            (0.0, 0.0) if previous is None else (previous.train_s, previous.seed_steps)
+        )
+        timing["train_s"] += spent_s
+        timing["seed_steps"] += spent_steps
         if previous is not None and previous.epochs_done >= cfg.train.epochs:
             done.append(previous)  # finished before the stop: nothing left to train
             trained.append((previous.state, previous.history_SxE, None))
@@ -366,14 +368,13 @@ def run(
             timing["train_s"] += res.timing["train_s"]
             timing["seed_steps"] += seed_steps
             _largest_plan(usage, "train", res.memory)
-            before = previous or GroupCheckpoint(res.state, res.history_SxE, 0)
             done.append(
                 GroupCheckpoint(
                     res.state,
                     res.history_SxE,
                     res.epochs_done,
-                    before.train_s + res.timing["train_s"],
-                    before.seed_steps + seed_steps,
+                    spent_s + res.timing["train_s"],
+                    spent_steps + seed_steps,
                 )
             )
             if not res.finished:
