@@ -19,15 +19,19 @@ from typing import Any, Literal
 DataKind = Literal["multiples", "offset", "gaussian", "sparse", "digits", "patches", "array"]
 Magnitude = Literal["halfnormal", "uniform", "exponential"]
 Activation = Literal["relu", "sigmoid", "identity", "topk"]
-Init = Literal["torch", "flax"]
+Init = Literal["torch", "flax", "ng"]
+Output = Literal["linear", "sigmoid"]
 Sparsity = Literal["none", "kl", "l1"]
 Shuffle = Literal["feistel", "sort"]
 Schedule = Literal["constant", "cosine"]
+Optimizer = Literal["adam", "lbfgs"]
+Whiten = Literal["none", "zca", "olshausen"]
 
 DATA_KINDS: tuple[str, ...] = typing.get_args(DataKind)
 MAGNITUDES: tuple[str, ...] = typing.get_args(Magnitude)
 ACTIVATIONS: tuple[str, ...] = typing.get_args(Activation)
 INITS: tuple[str, ...] = typing.get_args(Init)
+OUTPUTS: tuple[str, ...] = typing.get_args(Output)
 SPARSITIES: tuple[str, ...] = typing.get_args(Sparsity)
 # Data sets read on the host (files shipped with scikit-learn or scikit-image, or the user's own):
 # drawn once outside `jit`, so never per seed.
@@ -48,6 +52,8 @@ IMAGES: tuple[str, ...] = (
 )
 SHUFFLES: tuple[str, ...] = typing.get_args(Shuffle)
 SCHEDULES: tuple[str, ...] = typing.get_args(Schedule)
+OPTIMIZERS: tuple[str, ...] = typing.get_args(Optimizer)
+WHITENINGS: tuple[str, ...] = typing.get_args(Whiten)
 # Activations whose every output lies in (0, 1): the only ones a KL penalty on mean activation fits.
 UNIT_INTERVAL_ACTIVATIONS: tuple[str, ...] = ("sigmoid",)
 
@@ -98,13 +104,17 @@ class DataConfig:
     # digits, patches, array: this share of the rows (of patches: `heldout * n_samples` more
     # patches) is held out, chosen by the data key; every held-out figure is measured on it
     heldout: float = 0.2
-    # patches: comma-separated names among `IMAGES` (or "all"), square side of a patch in pixels,
-    # and ZCA whitening in place of Ng's clip-and-rescale, its eigenvalue regulariser as a share of
-    # the mean eigenvalue
+    # patches: comma-separated names among `IMAGES` (or "all"), square side of a patch in pixels
     image: str = "all"
     patch_size: int = 8
-    whiten: bool = False
-    whiten_eps: float = 0.01
+    # patches' whitening: "zca" whitens the sampled patches (ZCA fitted on the training patches),
+    # "olshausen" each photograph before patches are cut (Olshausen & Field's filter
+    # f * exp(-(f / f0)^4)), "none" neither; in every case Ng's per-patch normalisation follows
+    whiten: Whiten = "none"
+    whiten_eps: float = 0.01  # "zca": eigenvalue regulariser as a share of the mean eigenvalue
+    # "olshausen": the low-pass cut-off f0 as a share of each image's Nyquist frequency (0.8:
+    # their 0.4 N cycles per picture on N-pixel images; 200 cycles on 512 pixels in IMAGES.mat)
+    whiten_f0: float = 0.8
     path: str = ""  # array: a .npy file of shape N x D (read without unpickling)
 
     def images(self) -> tuple[str, ...]:
@@ -143,9 +153,10 @@ class DataConfig:
             _fail("data.patch_size", self.patch_size, "an integer >= 2")
         if self.patch_size < 2:
             _fail("data.patch_size", self.patch_size, "an integer >= 2")
-        if not isinstance(self.whiten, bool):
-            _fail("data.whiten", self.whiten, "true or false")
+        _one_of("data.whiten", self.whiten, WHITENINGS)
         _non_negative_float("data.whiten_eps", self.whiten_eps)
+        if not _is_number(self.whiten_f0) or not 0 < self.whiten_f0 <= 1:
+            _fail("data.whiten_f0", self.whiten_f0, "a number in (0, 1] (a share of Nyquist)")
         if not isinstance(self.path, str):
             _fail("data.path", self.path, "a path to a .npy file")
         if self.kind == "array" and not self.path:
@@ -161,7 +172,13 @@ class ModelConfig:
     # active units per sample for "topk" (None otherwise). It is the program's largest k: a seed's
     # own k (`train.Hyper.k`) may be smaller, so one program sweeps k without recompiling.
     k: int | None = None
-    init: Init = "torch"  # "torch": nn.Linear's default uniform(+-1/sqrt(fan_in)); "flax": Dense's
+    # "torch": nn.Linear's default, kernel and bias uniform(+-1/sqrt(fan_in)); "flax": Dense's
+    # (LeCun normal, zero bias); "ng": Ng's CS294A `initializeParameters.m`, both kernels
+    # uniform(+-sqrt(6 / (H + D + 1))), zero biases.
+    init: Init = "torch"
+    # The decoder's output: "linear" (`h @ W_d + b_d`) or "sigmoid" of it (Ng's `a3`, for data
+    # scaled into (0, 1)).
+    output: Output = "linear"
     # Decoder rows used as unit vectors (a reparameterisation: W_d[j] / |W_d[j]|), so a sparsity
     # penalty on the code cannot be dodged by shrinking the code and growing the decoder.
     unit_norm_decoder: bool = False
@@ -172,6 +189,7 @@ class ModelConfig:
         _positive_int("model.n_hidden", self.n_hidden)
         _one_of("model.activation", self.activation, ACTIVATIONS)
         _one_of("model.init", self.init, INITS)
+        _one_of("model.output", self.output, OUTPUTS)
         for name in ("unit_norm_decoder", "pre_bias", "tied_init"):
             if not isinstance(getattr(self, name), bool):
                 _fail(f"model.{name}", getattr(self, name), "true or false")
@@ -228,8 +246,15 @@ class LossConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    """Adam with weight decay, either as L2 through Adam (PyTorch `Adam`) or decoupled (`AdamW`)."""
+    """Adam with weight decay, either as L2 through Adam (PyTorch `Adam`) or decoupled (`AdamW`);
+    or full-batch L-BFGS on the loss plus `weight_decay / 2 * |params|^2` (jaxae/optim.py)."""
 
+    # "adam", or "lbfgs": L-BFGS with a zoom (Wolfe) line search on the whole data set, so
+    # `train.batch_size` must be `data.n_samples` and one epoch is one L-BFGS iteration (one full
+    # batch; the line search evaluates the loss a few more times within it). L-BFGS has no
+    # learning rate: `learning_rate`, `schedule`, `decoupled`, b1, b2 and eps are Adam's only.
+    name: Optimizer = "adam"
+    memory_size: int = 10  # lbfgs: the curvature pairs (parameter and gradient changes) it keeps
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
     decoupled: bool = False  # False: torch.optim.Adam(weight_decay=...); True: torch.optim.AdamW
@@ -240,8 +265,15 @@ class OptimConfig:
     # step down to `learning_rate * final_lr_ratio` at the last (optax.cosine_decay_schedule).
     schedule: Schedule = "constant"
     final_lr_ratio: float = 0.0
+    # Whether weight decay applies to the biases too (PyTorch's `weight_decay` decays every
+    # parameter) or to the kernels only (Ng's CS294A cost decays W1 and W2, not b1, b2).
+    decay_biases: bool = True
 
     def __post_init__(self) -> None:
+        _one_of("optim.name", self.name, OPTIMIZERS)
+        _positive_int("optim.memory_size", self.memory_size)
+        if not isinstance(self.decay_biases, bool):
+            _fail("optim.decay_biases", self.decay_biases, "true or false")
         _positive_float("optim.learning_rate", self.learning_rate)
         _one_of("optim.schedule", self.schedule, SCHEDULES)
         ratio = self.final_lr_ratio
@@ -253,6 +285,20 @@ class OptimConfig:
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
                 _fail(f"optim.{name}", value, "a number in [0, 1)")
         _positive_float("optim.eps", self.eps)
+        if self.name == "lbfgs" and self.schedule != "constant":
+            _fail(
+                "optim.schedule",
+                self.schedule,
+                "'constant' with optim.name='lbfgs' (its line search picks every step's size; "
+                "there is no learning rate to schedule)",
+            )
+        if self.name == "lbfgs" and self.decoupled:
+            _fail(
+                "optim.decoupled",
+                self.decoupled,
+                "false with optim.name='lbfgs' (decoupled decay is scaled by a learning rate, "
+                "which L-BFGS has not; its weight decay is a term of the objective)",
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -291,6 +337,20 @@ class Config:
                 self.train.batch_size,
                 f"at most data.n_samples={self.data.n_samples}",
             )
+        if self.optim.name == "lbfgs" and self.train.batch_size != self.data.n_samples:
+            _fail(
+                "train.batch_size",
+                self.train.batch_size,
+                f"data.n_samples={self.data.n_samples} with optim.name='lbfgs' (full-batch: "
+                "its line search and curvature pairs need the same objective at every step)",
+            )
+        if self.optim.name == "lbfgs" and self.loss.resample_dead:
+            _fail(
+                "loss.resample_dead",
+                self.loss.resample_dead,
+                "false with optim.name='lbfgs' (a resampling moves the parameters behind its "
+                "back, so the curvature pairs it keeps would describe stale parameters)",
+            )
         if self.loss.sparsity == "kl" and self.model.activation not in UNIT_INTERVAL_ACTIVATIONS:
             _fail(
                 "loss.sparsity",
@@ -304,6 +364,13 @@ class Config:
                 "loss.aux_k",
                 self.loss.aux_k,
                 f"0 unless model.activation is 'topk' (it is {self.model.activation!r})",
+            )
+        if self.loss.aux_k > 0 and self.model.output != "linear":
+            _fail(
+                "loss.aux_k",
+                self.loss.aux_k,
+                "0 unless model.output is 'linear' (the auxiliary loss decodes linearly; it is "
+                f"{self.model.output!r})",
             )
         if self.loss.aux_k > self.model.n_hidden:
             _fail("loss.aux_k", self.loss.aux_k, f"at most model.n_hidden={self.model.n_hidden}")

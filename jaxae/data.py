@@ -10,6 +10,9 @@ packages (scikit-learn's 8x8 digits, scikit-image's photographs; never a downloa
 own `.npy` file. They run outside `jit` (so never per seed), are deterministic in the data key, and
 are cached in memory for the run. Each returns a training split (`make_data`) and a held-out split
 (`heldout`) chosen by the same key; a bad file or setting raises `ValueError` naming the field.
+Patches are cut from the photographs as they are or from each photograph whitened whole
+(`olshausen_whiten`, Olshausen & Field's filter), optionally ZCA-whitened as patches (`zca`), and
+always end with Ng's per-patch normalisation (`ng_normalise`).
 """
 
 from __future__ import annotations
@@ -169,6 +172,35 @@ def load_image(name: str) -> np.ndarray:
     return pixels.astype(np.float64) / 255.0
 
 
+def olshausen_whiten(image_RxC: np.ndarray, f0: float) -> np.ndarray:
+    """The photograph whitened whole, as Olshausen & Field (1997) did, float64 `[rows, cols]`.
+
+    The image minus its mean is filtered in the Fourier domain by `f * exp(-(f / f0_abs)^4)`, with
+    `f = sqrt(f_row^2 + f_col^2)` the radial frequency in cycles per pixel (`np.fft.fftfreq` along
+    each axis, so any rows x cols) and `f0_abs = f0 * 0.5` (`f0` a share of the Nyquist frequency,
+    0.5 cycles per pixel), then brought back (real part of the inverse FFT) and scaled to unit
+    variance. The ramp `f` flattens natural images' ~1/f amplitude spectrum; the quartic
+    exponential cuts the noisy, aliased frequencies above `f0_abs`. This is the whitening of the
+    sparsenet code (Olshausen's `make-your-own-images`: `f_0 = 0.4 N` cycles per picture, that is
+    `f0 = 0.8` here) that produced Ng's CS294A `IMAGES.mat`.
+    """
+    x_RxC = np.asarray(image_RxC, np.float64)
+    f_row = np.fft.fftfreq(x_RxC.shape[0])[:, None]
+    f_col = np.fft.fftfreq(x_RxC.shape[1])[None, :]
+    f_RxC = np.sqrt(f_row**2 + f_col**2)
+    filt_RxC = f_RxC * np.exp(-((f_RxC / (f0 * 0.5)) ** 4))
+    white_RxC = np.fft.ifft2(np.fft.fft2(x_RxC - x_RxC.mean()) * filt_RxC).real
+    return white_RxC / white_RxC.std()
+
+
+@functools.cache
+def whitened_image(name: str, f0: float) -> np.ndarray:
+    """`olshausen_whiten(load_image(name), f0)`, cached and read-only (shared by every caller)."""
+    out = olshausen_whiten(load_image(name), f0)
+    out.flags.writeable = False
+    return out
+
+
 def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
@@ -292,7 +324,10 @@ def _check_rows(cfg: DataConfig, pool: int, what: str) -> None:
 
 
 def _patches(key: jax.Array, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
-    images = [load_image(name) for name in cfg.images()]
+    if cfg.whiten == "olshausen":
+        images = [whitened_image(name, cfg.whiten_f0) for name in cfg.images()]
+    else:
+        images = [load_image(name) for name in cfg.images()]
     smallest = min(min(img.shape) for img in images)
     if cfg.patch_size > smallest:
         raise _fail(
@@ -304,7 +339,7 @@ def _patches(key: jax.Array, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
     n_out = heldout_count(cfg)
     raw = sample_patches(key, images, cfg.n_samples + n_out, cfg.patch_size)
     train, held = raw[: cfg.n_samples], raw[cfg.n_samples :]
-    if cfg.whiten:
+    if cfg.whiten == "zca":
         train, held = zca(train, held, eps=cfg.whiten_eps)
     return tuple(ng_normalise(train, held))
 

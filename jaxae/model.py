@@ -35,14 +35,28 @@ def torch_linear_init(
     return uniform, uniform
 
 
+def ng_init(n_hidden: int, n_features: int) -> nn.initializers.Initializer:
+    """Ng's CS294A `initializeParameters.m`: `r = sqrt(6) / sqrt(hiddenSize + visibleSize + 1)`,
+    `W = rand(...) * 2 * r - r` for both kernels (biases are zero)."""
+    bound = math.sqrt(6.0 / (n_hidden + n_features + 1))
+
+    def uniform(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return uniform
+
+
 def _dense(features: int, fan_in: int, init: str) -> nn.Dense:
-    kernel_init, bias_init = _initialisers(init, fan_in)
+    kernel_init, bias_init = _initialisers(init, fan_in, features)
     return nn.Dense(features, kernel_init=kernel_init, bias_init=bias_init)
 
 
-def _initialisers(init: str, fan_in: int):
+def _initialisers(init: str, fan_in: int, fan_out: int):
+    """`(kernel_init, bias_init)` of a layer `fan_in -> fan_out` (`model.init`)."""
     if init == "torch":
         return torch_linear_init(fan_in)
+    if init == "ng":
+        return ng_init(fan_in, fan_out), nn.initializers.zeros_init()
     return nn.initializers.lecun_normal(), nn.initializers.zeros_init()
 
 
@@ -134,9 +148,10 @@ class Decoder(nn.Module):
     n_hidden: int
     initializer: str = "torch"
     unit_norm: bool = False
+    sigmoid: bool = False  # the output through a sigmoid (`model.output="sigmoid"`)
 
     def setup(self) -> None:
-        kernel_init, bias_init = _initialisers(self.initializer, self.n_hidden)
+        kernel_init, bias_init = _initialisers(self.initializer, self.n_hidden, self.n_features)
         self.kernel = self.param("kernel", kernel_init, (self.n_hidden, self.n_features))
         self.bias = self.param("bias", bias_init, (self.n_features,))
 
@@ -144,20 +159,26 @@ class Decoder(nn.Module):
         """The decoder matrix `w_HxD` in use: one row (a dictionary direction) per hidden unit."""
         return unit_rows(self.kernel) if self.unit_norm else self.kernel
 
+    def output(self, y_BxD: jax.Array) -> jax.Array:
+        """The output layer on `h @ W_d`: plus the bias, then the sigmoid if there is one."""
+        x_BxD = y_BxD + jnp.broadcast_to(self.bias, y_BxD.shape)
+        return jax.nn.sigmoid(x_BxD) if self.sigmoid else x_BxD
+
     def __call__(self, h_BxH: jax.Array) -> jax.Array:
-        x_BxD = h_BxH @ self.weights()
-        return x_BxD + jnp.broadcast_to(self.bias, x_BxD.shape)
+        return self.output(h_BxH @ self.weights())
 
     def pair(self, h_BxH: jax.Array, aux_BxH: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """`(h @ W_d + b_d, aux @ W_d)`: two codes through one matmul (one larger product costs
-        less than two small ones), the second without the bias."""
+        """`(output(h @ W_d), aux @ W_d)`: two codes through one matmul (one larger product costs
+        less than two small ones), the second without the bias (the auxiliary loss is linear: it
+        needs a linear output layer, which `Config` checks)."""
         y_2BxD = jnp.concatenate([h_BxH, aux_BxH]) @ self.weights()
         x_BxD, aux_x_BxD = jnp.split(y_2BxD, 2)
-        return x_BxD + jnp.broadcast_to(self.bias, x_BxD.shape), aux_x_BxD
+        return self.output(x_BxD), aux_x_BxD
 
 
 class Autoencoder(nn.Module):
-    """`x -> h = act(W_e (x - b_pre) + b_e) -> x_hat = W_d h + b_d`.
+    """`x -> h = act(W_e (x - b_pre) + b_e) -> x_hat = out(W_d h + b_d)`, `out` the identity or a
+    sigmoid (`output`).
 
     `b_pre` is the decoder bias with `pre_bias`, else 0. For "topk", `k` (the module field) is the
     largest k the program supports and every call may pass a smaller, possibly traced, `k`.
@@ -167,15 +188,20 @@ class Autoencoder(nn.Module):
     n_hidden: int
     activation: str = "relu"
     k: int | None = None
-    initializer: str = "torch"  # "torch" or "flax"
+    initializer: str = "torch"  # `model.init`: "torch", "flax" or "ng"
     unit_norm_decoder: bool = False
     pre_bias: bool = False
     tied_init: bool = False
+    output: str = "linear"  # `model.output`: "linear" or "sigmoid"
 
     def setup(self) -> None:
         self.encoder = _dense(self.n_hidden, self.n_features, self.initializer)
         self.decoder = Decoder(
-            self.n_features, self.n_hidden, self.initializer, self.unit_norm_decoder
+            self.n_features,
+            self.n_hidden,
+            self.initializer,
+            self.unit_norm_decoder,
+            sigmoid=self.output == "sigmoid",
         )
 
     def pre_activations(self, x_BxD: jax.Array, mask_H: jax.Array | None = None) -> jax.Array:
@@ -260,4 +286,5 @@ def make_model(cfg: ModelConfig, n_features: int) -> Autoencoder:
         unit_norm_decoder=cfg.unit_norm_decoder,
         pre_bias=cfg.pre_bias,
         tied_init=cfg.tied_init,
+        output=cfg.output,
     )

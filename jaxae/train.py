@@ -5,8 +5,10 @@ E epochs.
 
 The pieces, from the inside out:
 
-- `train_step`: one minibatch of Adam on one seed; a seed whose loss or parameters turn non-finite
-  stops updating and keeps its last finite parameters (`diverged`).
+- `train_step`: one minibatch of Adam on one seed, or with `optim.name="lbfgs"` one iteration of
+  full-batch L-BFGS (one epoch is one iteration; its line search runs inside the step); a seed
+  whose loss or parameters turn non-finite stops updating and keeps its last finite parameters
+  (`diverged`).
 - `run_epochs`: a scan over epochs, each a fresh permutation of the data (jaxae/shuffle.py) and a
   scan over its minibatches; it returns the per-epoch mean loss as history.
 - `make_train(cfg) -> train(key)`: init plus all epochs for one seed, pure;
@@ -49,14 +51,14 @@ from jaxae.data import ground_truth as data_ground_truth
 from jaxae.data import make_data
 from jaxae.losses import total_loss
 from jaxae.model import Autoencoder, init_params, make_model, unit_rows
-from jaxae.optim import make_optimizer
+from jaxae.optim import line_search_args, make_optimizer
 
 
 @flax.struct.dataclass
 class Hyper:
     """Per-seed settings that leave the program's shapes alone, so seeds in one run may differ."""
 
-    learning_rate: jax.Array  # float32
+    learning_rate: jax.Array  # float32; unused by L-BFGS (its line search sets each step)
     weight_decay: jax.Array  # float32
     sparsity_weight: jax.Array  # float32, beta of the sparsity penalty
     n_active: jax.Array  # int32, hidden units in use; units >= n_active are held at zero
@@ -180,26 +182,40 @@ def train_step(
     model: Autoencoder,
     cfg: Config,
 ) -> tuple[TrainState, tuple[jax.Array, jax.Array]]:
-    """One Adam step on the minibatch `x_NxD[idx_B]`; returns the new state and `(loss, fired_H)`:
-    the batch loss and on how many of the batch's samples each unit fired."""
+    """One optimizer step on the minibatch `x_NxD[idx_B]`; returns the new state and
+    `(loss, fired_H)`: the batch loss and on how many of the batch's samples each unit fired.
+
+    An Adam step, or with `optim.name="lbfgs"` one L-BFGS iteration on the full batch: its line
+    search evaluates the same batch's loss plus weight decay, inside this (vmapped) program.
+    """
     idx_B, w_B = batch
-    loss_and_grad = jax.value_and_grad(total_loss, has_aux=True)
-    (loss, terms), grads = loss_and_grad(
-        state.params,
-        x_NxD[idx_B],
-        model=model,
-        cfg=cfg.loss,
-        sparsity_weight=state.hyper.sparsity_weight,
-        mask_H=hidden_mask(state.hyper.n_active, model.n_hidden),
-        w_B=w_B,
-        rho=state.hyper.rho,
-        k=state.hyper.k,
-        dead_H=state.since_fired >= cfg.loss.dead_steps,
-    )
-    opt = make_optimizer(
-        cfg.optim, state.hyper.learning_rate, state.hyper.weight_decay, total_steps(cfg)
-    )
-    updates, opt_state = opt.update(grads, state.opt_state, state.params)
+    x_BxD = x_NxD[idx_B]
+
+    def loss_fn(params: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
+        return total_loss(
+            params,
+            x_BxD,
+            model=model,
+            cfg=cfg.loss,
+            sparsity_weight=state.hyper.sparsity_weight,
+            mask_H=hidden_mask(state.hyper.n_active, model.n_hidden),
+            w_B=w_B,
+            rho=state.hyper.rho,
+            k=state.hyper.k,
+            dead_H=state.since_fired >= cfg.loss.dead_steps,
+        )
+
+    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    wd = state.hyper.weight_decay
+    opt = make_optimizer(cfg.optim, state.hyper.learning_rate, wd, total_steps(cfg))
+    if cfg.optim.name == "lbfgs":
+        # The line search's objective: this batch's loss (without its terms) plus weight decay.
+        extra = line_search_args(
+            lambda params: loss_fn(params)[0], loss, grads, state.params, cfg.optim, wd
+        )
+        updates, opt_state = opt.update(grads, state.opt_state, state.params, **extra)
+    else:
+        updates, opt_state = opt.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ok = ~state.diverged & jnp.isfinite(loss) & _all_finite(params)
 

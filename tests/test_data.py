@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -317,7 +318,7 @@ def test_zca_whitened_patches_have_identity_covariance(key: jax.Array) -> None:
 
 
 def test_whitened_loader_output_is_white_up_to_the_rescale(key: jax.Array) -> None:
-    cfg = dataclasses.replace(PATCHES, whiten=True, whiten_eps=0.0)
+    cfg = dataclasses.replace(PATCHES, whiten="zca", whiten_eps=0.0)
     train, _ = data.host_split(key, cfg)
     eig = np.linalg.eigvalsh(np.cov(train.astype(np.float64), rowvar=False, bias=True))
     # Whitened pixels are heavy-tailed, so clipping at +-3 standard deviations cuts a few percent
@@ -327,6 +328,140 @@ def test_whitened_loader_output_is_white_up_to_the_rescale(key: jax.Array) -> No
     assert eig[-1] / eig[1] < 2.5
     raw = np.linalg.eigvalsh(np.cov(data.host_split(key, PATCHES)[0], rowvar=False, bias=True))
     assert raw[-1] / raw[1] > 100
+
+
+# Olshausen & Field's whole-image whitening. Frequencies in cycles per pixel; F0 is the default
+# cut-off, 0.8 of Nyquist (0.5 cycles per pixel). The flat band and the stop band of the tests:
+F0 = 0.8 * 0.5
+FLAT_EDGES = np.linspace(0.05 * F0, 0.9 * F0, 9)  # 8 rings over [0.05, 0.9] * f0
+STOP_BAND = (1.2 * F0, 0.5)  # 1.2 * f0 to Nyquist
+
+
+def _radial_frequency(shape: tuple[int, int]) -> np.ndarray:
+    return np.hypot(np.fft.fftfreq(shape[0])[:, None], np.fft.fftfreq(shape[1])[None, :])
+
+
+def _ring_power(image: np.ndarray, edges: np.ndarray, ideal: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per ring between `edges`: the mean power of the image's modes (divided mode by mode by the
+    ideal output for a 1/f-amplitude image, exp(-2 (f / f0)^4), if `ideal`) and the mode count."""
+    f = _radial_frequency(image.shape)
+    power = np.abs(np.fft.fft2(image - image.mean())) ** 2
+    if ideal:
+        power = power / np.exp(-2.0 * (f / F0) ** 4)
+    ring = np.digitize(f.ravel(), edges)
+    inside = (ring >= 1) & (ring < len(edges))
+    count = np.bincount(ring[inside] - 1, minlength=len(edges) - 1)
+    total = np.bincount(ring[inside] - 1, power.ravel()[inside], minlength=len(edges) - 1)
+    return total / count, count
+
+
+def _spread(x: np.ndarray) -> float:
+    return float(x.max() / x.min())
+
+
+def _stop_over_flat(white: np.ndarray) -> float:
+    """Mean power from 1.2 f0 to Nyquist over the median ring power below f0."""
+    stop, _ = _ring_power(white, np.array(STOP_BAND), ideal=False)
+    flat, _ = _ring_power(white, FLAT_EDGES, ideal=False)
+    return float(stop[0] / np.median(flat))
+
+
+def _one_over_f_image(key: jax.Array, shape: tuple[int, int]) -> np.ndarray:
+    """Stationary noise with a 1/f amplitude spectrum: white Gaussian noise filtered by 1/f."""
+    noise = np.asarray(jax.random.normal(key, shape), np.float64)
+    f = _radial_frequency(shape)
+    amplitude = np.where(f > 0, 1.0 / np.where(f > 0, f, 1.0), 0.0)
+    return np.fft.ifft2(np.fft.fft2(noise) * amplitude).real
+
+
+@pytest.mark.parametrize("shape", [(512, 512), (300, 451)], ids=["square", "non-square"])
+def test_olshausen_whitens_a_one_over_f_image_exactly(key: jax.Array, shape) -> None:
+    """On a 1/f-amplitude image the ramp f cancels 1/f, so the whitened power is the drawn white
+    noise's times exp(-2 (f / f0)^4): divided by that, every ring is flat up to sampling noise."""
+    image = _one_over_f_image(key, shape)
+    white = data.olshausen_whiten(image, 0.8)
+    ratio, modes = _ring_power(white, FLAT_EDGES, ideal=True)
+    raw, _ = _ring_power(image, FLAT_EDGES, ideal=False)
+    # A ring's mean averages modes/2 independent exponential powers (a real image's spectrum is
+    # symmetric), relative standard error s = 1/sqrt(modes/2): 5 s either side of the mean bounds
+    # the spread (1 + 5s) / (1 - 5s), ~1.30 on 512 x 512 and ~1.45 on 300 x 451 (measured: 1.03
+    # and 1.06). The raw image spans ~75x over the same band.
+    s = 1.0 / np.sqrt(modes.min() / 2)
+    assert _spread(ratio) < (1 + 5 * s) / (1 - 5 * s) < 1.5
+    assert _spread(raw) > 50
+    # Above f0 the ideal falls to exp(-2 * 1.2^4) = 0.016 at 1.2 f0 and 0.008 at Nyquist (measured
+    # mean over the ring 0.013 of the flat level); without the low-pass it would be ~1.
+    assert _stop_over_flat(white) < 0.03
+
+
+def test_olshausen_flattens_a_real_photograph() -> None:
+    """The camera photograph's spectrum is steeper than 1/f at low frequencies, so the whitened one
+    is not flat to sampling noise: divided by exp(-2 (f / f0)^4) its rings fall from 2.4x to 0.7x
+    their median over [0.05, 0.9] f0, a spread of 3.47 (the raw photograph's: 282)."""
+    image = data.load_image("camera")
+    white = data.olshausen_whiten(image, 0.8)
+    ratio, _ = _ring_power(white, FLAT_EDGES, ideal=True)
+    raw, _ = _ring_power(image, FLAT_EDGES, ideal=False)
+    assert _spread(ratio) < 4.0  # measured 3.47: the bound it meets, not a sampling bound
+    assert _spread(raw) > 50 * _spread(ratio)  # whitening shrinks the spread 81x
+    # measured 0.0097 (the raw photograph's 0.107): the low-pass removes the top frequencies
+    assert _stop_over_flat(white) < 0.03
+
+
+@pytest.mark.parametrize("name", ["camera", "chelsea"])  # 512 x 512 and 300 x 451
+def test_olshausen_whitened_photograph_is_standardised(name: str) -> None:
+    image = data.load_image(name)
+    white = data.olshausen_whiten(image, 0.8)
+    chex.assert_shape(white, image.shape)
+    assert white.dtype == np.float64 and np.all(np.isfinite(white))
+    assert abs(white.mean()) < 1e-12  # the filter is 0 at f = 0
+    np.testing.assert_allclose(white.std(), 1.0, rtol=1e-12)
+    # deterministic, blind to the photograph's brightness and contrast, and cached read-only
+    np.testing.assert_array_equal(white, data.olshausen_whiten(image, 0.8))
+    np.testing.assert_allclose(data.olshausen_whiten(3.0 * image + 0.5, 0.8), white, atol=1e-10)
+    cached = data.whitened_image(name, 0.8)
+    np.testing.assert_array_equal(cached, white)
+    assert cached is data.whitened_image(name, 0.8) and not cached.flags.writeable
+    assert not np.allclose(data.olshausen_whiten(image, 0.5), white, atol=0.1)
+
+
+def test_olshausen_patches_follow_ngs_normalisation(key: jax.Array) -> None:
+    cfg = dataclasses.replace(PATCHES, whiten="olshausen")
+    train, held = data.host_split(key, cfg)
+    plain, _ = data.host_split(key, PATCHES)
+    assert train.shape == plain.shape == (2000, 64) and held.shape == (500, 64)
+    for x in (train, held):
+        assert x.min() >= 0.1 - 1e-6 and x.max() <= 0.9 + 1e-6
+    assert not np.allclose(train, plain, atol=0.05)
+
+    def adjacent_correlation(x: np.ndarray) -> float:
+        x_Nx8x8 = x.reshape(-1, 8, 8).astype(np.float64)
+        return float(np.corrcoef(x_Nx8x8[:, :, :-1].ravel(), x_Nx8x8[:, :, 1:].ravel())[0, 1])
+
+    # Neighbouring pixels decorrelate (measured 0.74 -> 0.58; the low-pass below Nyquist and the
+    # clipping keep some correlation, ZCA's patches reach ~0.03)
+    assert adjacent_correlation(train) < adjacent_correlation(plain) - 0.1
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "allowed"),
+    [
+        ("whiten", True, "one of 'none', 'zca', 'olshausen'"),
+        ("whiten", "ZCA", "one of 'none', 'zca', 'olshausen'"),
+        ("whiten_f0", 0.0, "a number in (0, 1]"),
+        ("whiten_f0", 1.5, "a number in (0, 1]"),
+        ("whiten_f0", float("nan"), "a number in (0, 1]"),
+        ("whiten_f0", True, "a number in (0, 1]"),
+        ("whiten_f0", "0.8", "a number in (0, 1]"),
+    ],
+)
+def test_whitening_settings_are_validated(field: str, value, allowed: str) -> None:
+    with pytest.raises(ValueError) as info:
+        DataConfig(kind="patches", **{field: value})
+    message = str(info.value)
+    assert message.startswith(f"data.{field}={value!r} is invalid: allowed is "), message
+    assert allowed in message
+    assert DataConfig(kind="patches", whiten="olshausen", whiten_f0=1).whiten_f0 == 1
 
 
 NO_NETWORK = """
@@ -347,7 +482,8 @@ from jaxae.config import DataConfig
 key = jax.random.key(0)
 for cfg in (
     DataConfig(kind="digits", n_samples=1438, n_features=64),
-    DataConfig(kind="patches", n_samples=200, n_features=64, whiten=True),
+    DataConfig(kind="patches", n_samples=200, n_features=64, whiten="zca"),
+    DataConfig(kind="patches", n_samples=200, n_features=64, whiten="olshausen"),
 ):
     train, held = data.host_split(key, cfg)
     assert len(train) and len(held)

@@ -174,6 +174,33 @@ def test_flax_init(flax_params: Any, layer: str) -> None:
     assert abs(w.mean()) < 5 * sigma / math.sqrt(w.size)
 
 
+@pytest.mark.parametrize("layer", ["encoder", "decoder"])
+def test_ng_init_is_uniform_within_his_bound(layer: str) -> None:
+    model = make_model(ModelConfig(n_hidden=H_INIT, init="ng"), D_INIT)
+    keys = jax.random.split(jax.random.key(0), N_SEEDS)
+    params = jax.vmap(lambda k: model.init(k, jnp.zeros((1, D_INIT))))(keys)["params"][layer]
+    np.testing.assert_array_equal(params["bias"], 0.0)
+    w = np.asarray(params["kernel"], np.float64).ravel()
+    bound = math.sqrt(6 / (H_INIT + D_INIT + 1))  # the same for both layers: Ng's r
+    m = w.size
+    assert np.all(np.abs(w) <= bound)
+    assert np.max(np.abs(w)) > bound * (1 - 20 / m)  # attained, as for the torch init above
+    assert abs(w.std() / (bound / math.sqrt(3)) - 1) < 5 * math.sqrt(0.2 / m)
+
+
+def test_sigmoid_output_is_the_sigmoid_of_the_linear_output(key: jax.Array) -> None:
+    linear = make_model(ModelConfig(n_hidden=H, activation="sigmoid"), D)
+    squashed = make_model(ModelConfig(n_hidden=H, activation="sigmoid", output="sigmoid"), D)
+    params = init(linear, key)
+    x = inputs()
+    x_lin, h_lin = linear.apply(params, x)
+    x_sig, h_sig = squashed.apply(params, x)
+    np.testing.assert_array_equal(h_sig, h_lin)
+    np.testing.assert_allclose(x_sig, jax.nn.sigmoid(x_lin), rtol=1e-6)
+    np.testing.assert_allclose(squashed.apply(params, h_lin, method="decode"), x_sig, rtol=1e-6)
+    assert np.all((np.asarray(x_sig) > 0) & (np.asarray(x_sig) < 1))
+
+
 @pytest.mark.parametrize("k", [1, 3, 7, 12])
 def test_top_k_relu_keeps_k_largest(k: int) -> None:
     pre = np.random.default_rng(k).normal(size=(64, 12)).astype(np.float32)

@@ -1,18 +1,24 @@
 """The images family: autoencoders on real images, against what a user would pick instead.
 
 - `digits`: scikit-learn's 8x8 handwritten digits. An overcomplete model (128 units for 64 pixels)
-  trained plain, top-k, KL and L1 (unit-norm decoder); held-out FVU, L0, dead units and agreement
-  across seeds (pw_mcc with its chance level), beside scikit-learn's `PCA` with k components and
+  trained plain, top-k (AuxK), top-k revived (`sparse`'s cure: dead and rarely firing units
+  resampled), KL and L1 (unit-norm decoder); held-out FVU, L0, dead units and agreement across
+  seeds (pw_mcc with its chance level), beside scikit-learn's `PCA` with k components and
   `MiniBatchDictionaryLearning` of the same width with k non-zeros per sample (OMP), over several
-  `random_state` values.
+  `random_state` values from two starts: scikit-learn's own (a randomized SVD) and random
+  directions (`dict_init`), so that its agreement across random states is measured as the
+  autoencoders' is.
 - `patches`: Ng's CS294A sparse-autoencoder exercise on 8x8 patches of scikit-image's photographs
-  (64-25-64 sigmoid, rho 0.01, beta 3, weight decay 1e-4; Adam in place of L-BFGS) plus an
-  overcomplete top-k arm; how oriented and how local the filters are, beside random filters and
-  PCA components, and whether different seeds find the same ones.
+  as he set it (photographs whitened whole as Olshausen & Field did, 64-25-64 sigmoid hidden and
+  output layers, his initialisation, rho 0.01, beta 3, weight decay 1e-4 on the kernels, full-batch
+  L-BFGS for 400 iterations), the same model under Adam and on patch-ZCA data, an overcomplete top-k
+  arm and revived top-k arms; how oriented and how local the filters are (per unit: the share that
+  is oriented and the share that looks like noise), beside random filters and PCA components, and
+  whether different seeds find the same ones.
 
 Both presets build their arms from a base config (the top-k arm's), so `--set` on the data
 (`data.image`, `data.patch_size`, `data.kind=array` with `data.path`) or the width reaches every
-arm; `model.k` and `loss.aux_k` reach the top-k arm only (`base_only`). Every reconstruction
+arm; `model.k` and `loss.aux_k` reach the top-k arms only (`base_only`). Every reconstruction
 figure is measured on the held-out split (`data.heldout`) by the family's `measure`, which applies
 the trained model to it, vmapped over seeds.
 """
@@ -20,6 +26,7 @@ the trained model to it, vmapped over seeds.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 import warnings
 from typing import Any
@@ -39,6 +46,7 @@ from jaxae.experiments.base import (
     encoder_rows,
     with_,
 )
+from jaxae.experiments.sparse import DEAD_STEPS, RESAMPLE_RARE
 from jaxae.model import make_model
 
 FAMILY = "images"
@@ -53,6 +61,11 @@ GRID_SEEDS = 2
 N_EXAMPLES = 10
 # Random filters drawn for the orientation/locality baseline.
 RANDOM_FILTERS = 1000
+# A filter is oriented at an orientation concentration of at least this (white noise: ~0.13 on
+# average, a Gabor patch ~0.8); it looks like noise when both its orientation and its locality are
+# below this quantile of the random filters'.
+ORIENTED = 0.5
+NOISE_QUANTILE = 0.9
 
 # ----------------------------------------------------------------------------------------------
 # Presets
@@ -66,32 +79,53 @@ DIGITS_EPOCHS = 200
 DIGITS_SEEDS = 8
 # Dictionary learning fits (random_state 0..n-1): each takes several seconds on 2 cores; and its
 # most passes over the data (scikit-learn's default; it stops earlier when it stops improving).
-DL_FITS = 3
+DL_FITS = 8
 DL_MAX_ITER = 1000
+# `digits` asks for a sparse-autoencoder arm whose seeds agree at least as well as dictionary
+# learning's random starts, at a held-out FVU at most this far above dictionary learning's.
+FVU_MARGIN = 0.02
 
-# Ng's exercise: 64-25-64 sigmoid, sparsity target rho and weight beta, weight decay lambda.
+# Ng's exercise as he set it (CS294A, `train.m`): 64-25-64, sigmoid hidden and output layers,
+# sparsity target rho and weight beta, weight decay lambda on W1 and W2, his initialisation, and
+# minFunc's L-BFGS for 400 iterations on all 10,000 patches of his whitened photographs.
 NG_HIDDEN = 25
 NG_RHO = 0.01
 NG_BETA = 3.0
 NG_LAMBDA = 1e-4
-NG_EPOCHS_FACTOR = 5  # Ng's arm trains this many times the top-k arm's epochs
+NG_ITERATIONS = 400
+# The same model under Adam on minibatches (what the optimiser changes): its step size and epochs.
+NG_ADAM_LR = 1e-2
+NG_ADAM_EPOCHS = 300
 PATCH_SAMPLES = 10_000
+# The revived top-k arm (`_revived`): `sparse`'s cure, its batch and step size, and its epochs
+# (see `_revived` for how they were chosen).
+REVIVED = "topk_revived"
+REVIVED_LR = 3e-3
+REVIVED_BATCH = 64
+DIGITS_REVIVED_EPOCHS = 1000
+PATCHES_REVIVED_EPOCHS = 100
+# `patches` sweeps the revived arm's k in one program (up to the top-k arm's k) and picks the k
+# whose seeds agree most, without looking at the filters' shapes, as `sparse` picks its knobs.
+PATCHES_REVIVED_KS = (2, 4)
 PATCHES_WIDTH = 128
 PATCHES_K = 8
 PATCHES_EPOCHS = 60
 PATCHES_SEEDS = 8
-# ZCA regulariser as a share of the mean eigenvalue: damps the noisiest (highest-frequency)
-# directions, as the low-pass in the whitening of Ng's images (Olshausen & Field) does.
+# The ZCA arm's regulariser as a share of the mean eigenvalue: damps the noisiest (highest
+# frequency) directions, as the low-pass in Olshausen & Field's whitening does.
 PATCHES_WHITEN_EPS = 0.1
 
 
 def ng_weights(n_features: int) -> tuple[float, float]:
     """Ng's beta and lambda in jaxae's units: `(sparsity weight, weight decay)`.
 
-    Ng's cost is `mean_i 1/2 |x_hat_i - x_i|^2 + lambda/2 |W|^2 + beta KL`; jaxae's is
-    `mean_i mean_d (x_hat - x)^2 + w KL`, with weight decay as L2 through Adam (`grad += wd * p`).
-    Ng's cost times 2/D is jaxae's with `w = 2 beta / D` and `wd = 2 lambda / D`: the same optimum,
-    and Adam is blind to the overall scale.
+    Ng's cost (`sparseAutoencoderCost.m`) is
+    `J = mean_i 1/2 |x_hat_i - x_i|^2 + lambda/2 (|W1|^2 + |W2|^2) + beta sum_j KL(rho || rho_j)`;
+    jaxae's is `mean_i mean_d (x_hat_i - x_i)^2 + w sum_j KL(rho || rho_j)` plus weight decay
+    `wd/2 |W|^2` (the gradient `wd * W` in the optimizer chain; `optim.decay_biases=False` keeps it
+    off the biases, as Ng's cost does). Ng's `J` times 2/D is jaxae's with `w = 2 beta / D` and
+    `wd = 2 lambda / D`: the same function up to a constant factor, so the same optimum, and both
+    L-BFGS (its line search and curvature estimate) and Adam are blind to the overall scale.
     """
     return 2.0 * NG_BETA / n_features, 2.0 * NG_LAMBDA / n_features
 
@@ -110,6 +144,28 @@ def _topk_model(width: int, k: int) -> ModelConfig:
         init="torch",
         unit_norm_decoder=True,
         tied_init=True,
+    )
+
+
+def _revived(base: Config, epochs: int) -> Config:
+    """`sparse`'s cure on `base`'s data, width and k: top-k with dead and rarely firing units
+    resampled, a unit-norm decoder, the pre-encoder bias and tied init, Adam with cosine decay (the
+    recipe `sparse` found, jaxae/experiments/sparse.py), trained for `epochs`."""
+    return with_(
+        base,
+        model={"unit_norm_decoder": True, "tied_init": True, "pre_bias": True},
+        loss={
+            "aux_k": 0,
+            "dead_steps": DEAD_STEPS,
+            "resample_dead": True,
+            "resample_rare": RESAMPLE_RARE,
+        },
+        optim={"learning_rate": REVIVED_LR, "schedule": "cosine"},
+        train={
+            "epochs": epochs,
+            "batch_size": min(REVIVED_BATCH, base.data.n_samples),
+            "chunk_epochs": max(1, epochs // 6),
+        },
     )
 
 
@@ -153,18 +209,20 @@ def _digits_arms(base: Config) -> tuple[Arm, ...]:
         Arm("plain", l1, hyper=(("sparsity_weight", 0.0),)),
         Arm("l1", l1),
         Arm("topk", base),
+        Arm(REVIVED, _revived(base, DIGITS_REVIVED_EPOCHS)),
         Arm("kl", kl),
     )
 
 
 def _patches_base() -> Config:
-    """The overcomplete top-k arm's config; Ng's arm follows from it (`_patches_arms`)."""
+    """The overcomplete top-k arm's config; the other arms follow from it (`_patches_arms`). Its
+    data are Ng's: whole photographs whitened as Olshausen & Field did, then his normalisation."""
     return Config(
         data=DataConfig(
             kind="patches",
             n_samples=PATCH_SAMPLES,
             n_features=64,
-            whiten=True,
+            whiten="olshausen",
             whiten_eps=PATCHES_WHITEN_EPS,
         ),
         model=_topk_model(PATCHES_WIDTH, PATCHES_K),
@@ -174,20 +232,47 @@ def _patches_base() -> Config:
     )
 
 
-def _patches_arms(base: Config) -> tuple[Arm, ...]:
-    """Ng's 64-25-64 sigmoid autoencoder with KL and weight decay, and the top-k arm (the base)."""
-    base = with_(base, data=dataclasses.asdict(data.fit_to_data(base.data)))
+def ng_exercise(base: Config) -> Config:
+    """Ng's sparse autoencoder as he set it, on `base`'s data: `NG_HIDDEN` sigmoid units and a
+    sigmoid output layer, his initialisation, KL to `NG_RHO` with weight `NG_BETA` and weight
+    decay `NG_LAMBDA` on the kernels (in jaxae's units, `ng_weights`), full-batch L-BFGS for
+    `NG_ITERATIONS` iterations."""
     weight, decay = ng_weights(base.data.n_features)
-    ng = _plain(base, "sigmoid", sparsity="kl", weight=weight)
-    ng = with_(
+    ng = _plain(base, "sigmoid", sparsity="kl", weight=weight, rho=NG_RHO)
+    return with_(
         ng,
-        model={"n_hidden": NG_HIDDEN},
-        # Sigmoid units under a KL penalty learn slowly at Adam's 1e-3: ten times that, and five
-        # times the epochs (held-out FVU ~0.93 after 60, ~0.75 after 300; 25 units are cheap).
-        optim={"weight_decay": decay, "learning_rate": 10 * base.optim.learning_rate},
-        train={"epochs": NG_EPOCHS_FACTOR * base.train.epochs},
+        model={"n_hidden": NG_HIDDEN, "init": "ng", "output": "sigmoid", "pre_bias": False},
+        optim={"name": "lbfgs", "weight_decay": decay, "decay_biases": False},
+        train={
+            "epochs": NG_ITERATIONS,
+            "batch_size": base.data.n_samples,
+            "chunk_epochs": NG_ITERATIONS // 4,
+        },
     )
-    return (Arm("ng", ng), Arm("topk", base))
+
+
+def _patches_arms(base: Config) -> tuple[Arm, ...]:
+    """Ng's exercise (`ng`); the same under Adam on minibatches (`ng_adam`) and on patch-ZCA data
+    (`ng_zca`), each differing from `ng` in that one thing; the top-k arm (the base) and the
+    revived top-k at each k of `PATCHES_REVIVED_KS` (one program)."""
+    base = with_(base, data=dataclasses.asdict(data.fit_to_data(base.data)))
+    ng = ng_exercise(base)
+    adam = with_(
+        ng,
+        optim={"name": "adam", "learning_rate": NG_ADAM_LR},
+        train={"epochs": NG_ADAM_EPOCHS, "batch_size": base.train.batch_size},
+    )
+    adam = with_(adam, train={"chunk_epochs": max(1, NG_ADAM_EPOCHS // 6)})
+    revived = _revived(base, PATCHES_REVIVED_EPOCHS)
+    ks = sorted({min(k, revived.model.k) for k in PATCHES_REVIVED_KS})
+    revived = with_(revived, model={"k": max(ks)})
+    return (
+        Arm("ng", ng),
+        Arm("ng_adam", adam),
+        Arm("ng_zca", with_(ng, data={"whiten": "zca"})),
+        Arm("topk", base),
+        *(Arm(f"{REVIVED} k={k}", revived, hyper=(("k", float(k)),)) for k in ks),
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -255,6 +340,12 @@ def _mean(values: Any) -> float:
     return float(v.mean()) if v.size else float("nan")
 
 
+def _median(values: Any) -> float:
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v)]
+    return float(np.median(v)) if v.size else float("nan")
+
+
 def agreement(r: ArmResult) -> dict[str, Any]:
     """pw_mcc (decoder), pw_mcc_encoder and shared units between seeds, and the same between the
     same seeds' untrained weights (`_null`, the chance level); per pair and their means."""
@@ -267,6 +358,7 @@ def agreement(r: ArmResult) -> dict[str, Any]:
             values = pairs.get(name, np.zeros(0))
             out[f"{name}{suffix}"] = values.tolist()
             out[f"{name}{suffix}_mean"] = _mean(values)
+            out[f"{name}{suffix}_median"] = _median(values)
     out["pairs"] = len(out["pw_mcc"])
     return out
 
@@ -281,13 +373,43 @@ def filter_shape(r: ArmResult) -> tuple[np.ndarray, np.ndarray] | None:
     return encoder.reshape(shape), decoder.reshape(shape)
 
 
-def filter_figures(f_SxHxPxP: np.ndarray) -> dict[str, np.ndarray]:
-    """Per seed, the mean over units of orientation and spatial concentration."""
+def random_filters(key: jax.Array, n: int, side: int) -> np.ndarray:
+    """`n` filters of i.i.d. standard normal pixels, `[n, side, side]`."""
+    return np.asarray(jax.random.normal(key, (n, side, side)))
+
+
+@functools.cache
+def noise_limits(data_seed: int, side: int) -> tuple[float, float]:
+    """`NOISE_QUANTILE` of the orientation and of the locality of `RANDOM_FILTERS` random filters
+    (from the data seed's key): a filter below both looks like noise."""
+    noise = random_filters(random_filter_key(data_seed), RANDOM_FILTERS, side)
+    return (
+        float(np.quantile(metrics.orientation_concentration(noise), NOISE_QUANTILE)),
+        float(np.quantile(metrics.spatial_concentration(noise), NOISE_QUANTILE)),
+    )
+
+
+def random_filter_key(data_seed: int) -> jax.Array:
+    return jax.random.fold_in(jax.random.key(data_seed), 2)
+
+
+FILTER_FIGURES = ("orientation", "locality", "oriented_share", "noise_share")
+
+
+def filter_figures(f_SxHxPxP: np.ndarray, limits: tuple[float, float]) -> dict[str, np.ndarray]:
+    """Per seed: the mean over units of orientation and locality (spatial concentration), the
+    share of units that are oriented (orientation >= `ORIENTED`) and the share that look like
+    noise (orientation and locality both below the random filters' `limits`, `noise_limits`)."""
     flat = f_SxHxPxP.reshape(-1, *f_SxHxPxP.shape[-2:])
     shape = f_SxHxPxP.shape[:2]
+    orientation = metrics.orientation_concentration(flat).reshape(shape)
+    locality = metrics.spatial_concentration(flat).reshape(shape)
+    noise = (orientation < limits[0]) & (locality < limits[1])
     return {
-        "orientation": metrics.orientation_concentration(flat).reshape(shape).mean(axis=-1),
-        "locality": metrics.spatial_concentration(flat).reshape(shape).mean(axis=-1),
+        "orientation": orientation.mean(axis=-1),
+        "locality": locality.mean(axis=-1),
+        "oriented_share": (orientation >= ORIENTED).mean(axis=-1),
+        "noise_share": noise.mean(axis=-1),
     }
 
 
@@ -301,6 +423,7 @@ def measure(r: ArmResult) -> dict[str, Any]:
         held["unit_active_fraction"], np.full(len(r.diverged), r.arm.n_hidden)
     )
     out: dict[str, Any] = {
+        "config": cfg.to_dict(),  # the arm's own (the arms differ in more than hyperparameters)
         "heldout_samples": len(x),
         "heldout_fvu": held["fvu"].tolist(),
         "heldout_fvu_quantiles": metrics.quantiles(held["fvu"]),
@@ -320,6 +443,7 @@ def measure(r: ArmResult) -> dict[str, Any]:
     }
     shaped = filter_shape(r)
     if shaped is not None:
+        limits = noise_limits(cfg.data.seed, shaped[0].shape[-1])
         init_encoder, _ = _rows(r, r.init_params)
         init_shape = (*init_encoder.shape[:2], *shaped[0].shape[-2:])
         for name, f in (
@@ -327,7 +451,7 @@ def measure(r: ArmResult) -> dict[str, Any]:
             ("decoder", shaped[1]),
             ("init", init_encoder.reshape(init_shape)),
         ):
-            for figure, values in filter_figures(f).items():
+            for figure, values in filter_figures(f, limits).items():
                 out[f"{figure}_{name}"] = values.tolist()
                 out[f"{figure}_{name}_mean"] = _mean(values)
     return out
@@ -367,41 +491,66 @@ def pca_reconstruction(pca: dict[str, Any], x_NxD: np.ndarray, m: int) -> np.nda
     return pca["mean"] + (x_NxD - pca["mean"]) @ c.T @ c
 
 
-def dictionary_baseline(
-    train_NxD: np.ndarray, held_MxD: np.ndarray, width: int, k: int, fits: int
-) -> dict[str, Any]:
-    """scikit-learn's `MiniBatchDictionaryLearning` (its defaults; `width` atoms) fitted on the
-    mean-removed training split with `random_state` 0..fits-1; held-out codes by OMP with `k`
-    non-zeros. Its atoms are compared across random states with the same pw_mcc as the seeds of
-    an autoencoder; beside it, the same between its starting dictionaries (the SVD it starts from
-    does not depend much on the random state) and between random directions."""
-    import sklearn.decomposition
+def dictionary_start(
+    key: jax.Array, train_NxD: np.ndarray, width: int, start: str, state: int
+) -> np.ndarray:
+    """The dictionary `MiniBatchDictionaryLearning` starts from, `start_HxD`.
+
+    "svd" is what scikit-learn does without `dict_init`: a randomized SVD of the mean-removed data
+    (at most D atoms, `random_state=state`), padded with zero atoms up to `width`; it hardly depends
+    on the random state. "random" is `width` random unit directions drawn from `fold_in(key,
+    state)`, so the fits start as independently as an autoencoder's seeds do.
+    """
     import sklearn.utils.extmath
 
+    if start == "random":
+        draw = jax.random.normal(jax.random.fold_in(key, state), (width, train_NxD.shape[1]))
+        draw = np.asarray(draw, np.float64)
+        return draw / np.linalg.norm(draw, axis=-1, keepdims=True)
+    centred = train_NxD - train_NxD.mean(axis=0)
+    _, s_R, vt_RxD = sklearn.utils.extmath.randomized_svd(centred, width, random_state=state)
+    start_HxD = np.zeros((width, train_NxD.shape[1]))
+    start_HxD[: len(s_R)] = (s_R[:, None] * vt_RxD)[:width]
+    return start_HxD
+
+
+def dictionary_baseline(
+    train_NxD: np.ndarray,
+    held_MxD: np.ndarray,
+    width: int,
+    k: int,
+    fits: int,
+    start: str = "svd",
+    key: jax.Array | None = None,
+) -> dict[str, Any]:
+    """scikit-learn's `MiniBatchDictionaryLearning` (its defaults; `width` atoms) fitted on the
+    mean-removed training split with `random_state` 0..fits-1, each from `dictionary_start`
+    (`start` "svd", scikit-learn's own, or "random" from `key`); held-out codes by OMP with `k`
+    non-zeros. Its atoms are compared across random states with the same pw_mcc as the seeds of
+    an autoencoder; beside it, the same between its starting dictionaries and between random
+    directions."""
+    import sklearn.decomposition
+
     mean_D = train_NxD.mean(axis=0)
+    key = jax.random.key(0) if key is None else key
     atoms, held_fvu, l0, firing, examples, seconds, starts = [], [], [], [], [], [], []
     for state in range(fits):
-        # Its start, as scikit-learn makes it without `dict_init`: a randomized SVD of the data
-        # (at most D atoms), padded with zero atoms up to `width`.
-        _, s_R, vt_RxD = sklearn.utils.extmath.randomized_svd(
-            train_NxD - mean_D, width, random_state=state
-        )
-        start_HxD = np.zeros((width, train_NxD.shape[1]))
-        start_HxD[: len(s_R)] = (s_R[:, None] * vt_RxD)[:width]
+        start_HxD = dictionary_start(key, train_NxD, width, start, state)
         starts.append(start_HxD)
-        start = time.perf_counter()
+        began = time.perf_counter()
         dl = sklearn.decomposition.MiniBatchDictionaryLearning(
             n_components=width,
             transform_algorithm="omp",
             transform_n_nonzero_coefs=k,
             random_state=state,
             max_iter=DL_MAX_ITER,
+            dict_init=start_HxD if start == "random" else None,
         )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # lars convergence chatter
             dl.fit(train_NxD - mean_D)
         code_MxH = dl.transform(held_MxD - mean_D)
-        seconds.append(time.perf_counter() - start)
+        seconds.append(time.perf_counter() - began)
         x_hat = mean_D + code_MxH @ dl.components_
         atoms.append(dl.components_)
         held_fvu.append(fvu(x_hat, held_MxD))
@@ -412,14 +561,17 @@ def dictionary_baseline(
     pairs = metrics.pairwise_mcc(atoms_RxHxD)["pw_mcc"]
     start_pairs = metrics.pairwise_mcc(np.stack(starts))["pw_mcc"]
     return {
+        "start": start,
         "fits": fits,
         "width": width,
         "k": k,
         "heldout_fvu": held_fvu,
+        "heldout_fvu_median": float(np.median(held_fvu)),
         "heldout_l0": l0,
         "dead_atoms": [int(np.sum(f == 0)) for f in firing],
         "pw_mcc": pairs.tolist(),
         "pw_mcc_mean": _mean(pairs),
+        "pw_mcc_median": float(np.median(pairs)) if pairs.size else float("nan"),
         # two chance levels: its own start (the analogue of an autoencoder's untrained weights)
         # and random directions
         "pw_mcc_start": start_pairs.tolist(),
@@ -430,11 +582,6 @@ def dictionary_baseline(
         "firing": np.stack(firing),
         "examples": examples[0],
     }
-
-
-def random_filters(key: jax.Array, n: int, side: int) -> np.ndarray:
-    """`n` filters of i.i.d. standard normal pixels, `[n, side, side]`."""
-    return np.asarray(jax.random.normal(key, (n, side, side)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -482,6 +629,7 @@ def _arm_summary(r: ArmResult) -> dict[str, Any]:
         "dead_units_mean",
         "heldout_dead_units_mean",
         "pw_mcc_mean",
+        "pw_mcc_median",
         "pw_mcc_null_mean",
         "pw_mcc_encoder_mean",
         "pw_mcc_encoder_null_mean",
@@ -510,6 +658,45 @@ def _split(results: dict[str, ArmResult]) -> tuple[Config, np.ndarray, np.ndarra
     return cfg, np.asarray(first.x, np.float64), np.asarray(heldout_x(cfg), np.float64)
 
 
+def _json_part(dl: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in dl.items() if key not in ("atoms", "firing", "examples")}
+
+
+def data_key(cfg: Config) -> jax.Array:
+    return jax.random.key(cfg.data.seed)
+
+
+def against_dictionary_learning(
+    results: dict[str, ArmResult], dl: dict[str, Any], k: int
+) -> dict[str, Any]:
+    """The floor `digits` is judged by: among the arms whose codes are as sparse as dictionary
+    learning's (mean held-out L0 at most its `k` non-zeros; not sigmoid units, whose L0 counts
+    activations above 0.5), the one whose seeds agree most (median
+    pw_mcc) against dictionary learning from random starts: whether it agrees at least as well,
+    and whether its held-out FVU is within `FVU_MARGIN` of dictionary learning's."""
+    sparse = {
+        label: r
+        for label, r in results.items()
+        # sigmoid units count as active above 0.5, which says nothing of how sparse their code is
+        if r.arm.config.model.activation != "sigmoid" and r.measures["heldout_l0_mean"] <= k + 1e-6
+    }
+    out: dict[str, Any] = {"code_size": k, "fvu_margin": FVU_MARGIN, "arms": sorted(sparse)}
+    if not sparse:
+        return out
+    best = max(sparse, key=lambda label: np.nan_to_num(sparse[label].measures["pw_mcc_median"]))
+    measures = sparse[best].measures
+    pw, fvu_arm = measures["pw_mcc_median"], measures["heldout_fvu_quantiles"]["q50"]
+    return out | {
+        "best": best,
+        "pw_mcc_median": pw,
+        "heldout_fvu_median": fvu_arm,
+        "dl_pw_mcc_median": dl["pw_mcc_median"],
+        "dl_heldout_fvu_median": dl["heldout_fvu_median"],
+        "agrees_as_well": bool(pw >= dl["pw_mcc_median"]),
+        "fvu_within_margin": bool(fvu_arm <= dl["heldout_fvu_median"] + FVU_MARGIN),
+    }
+
+
 def analyse_digits(exp: Experiment, results: dict[str, ArmResult]) -> dict[str, Any]:
     """Every arm beside PCA with k components and dictionary learning with k non-zeros: held-out
     FVU, L0 and agreement across seeds; the filter grids and example reconstructions as arrays."""
@@ -519,6 +706,9 @@ def analyse_digits(exp: Experiment, results: dict[str, ArmResult]) -> dict[str, 
     start = time.perf_counter()
     pca = pca_baseline(train_x, held)
     dl = dictionary_baseline(train_x, held, width, k, DL_FITS)
+    dl_random = dictionary_baseline(
+        train_x, held, width, k, DL_FITS, "random", jax.random.fold_in(data_key(cfg), 3)
+    )
     arrays: dict[str, np.ndarray] = {"examples_x": held[:N_EXAMPLES].astype(np.float32)}
     for label, r in results.items():
         _store_grid(arrays, label, _arm_grid(r, "decoder"))
@@ -539,13 +729,31 @@ def analyse_digits(exp: Experiment, results: dict[str, ArmResult]) -> dict[str, 
             "heldout_fvu": pca["heldout_fvu_by_components"][components - 1],
             "heldout_fvu_by_components": pca["heldout_fvu_by_components"],
         },
-        "dictionary_learning": {
-            key: value for key, value in dl.items() if key not in ("atoms", "firing", "examples")
-        },
+        "dictionary_learning": _json_part(dl),
+        "dictionary_learning_random": _json_part(dl_random),
+        "against_dictionary_learning": against_dictionary_learning(results, dl_random, k),
         "baseline_s": time.perf_counter() - start,
         "image_side": data.side(cfg.data.n_features),
         "arrays": arrays,
     }
+
+
+def pca_filters(train_NxD: np.ndarray) -> np.ndarray:
+    """The principal components of the patches as filters `f_FxD`, largest variance first: of each
+    patch's deviation from its own mean (Ng's normalisation removes it before clipping, so what is
+    left along the constant patch is clipping, not a filter), which leaves D - 1 components."""
+    centred = data.remove_patch_mean(train_NxD)
+    _, _, vt_DxD = np.linalg.svd(centred - centred.mean(axis=0), full_matrices=False)
+    return vt_DxD[:-1]  # the last spans the constant patch, whose variance is now zero
+
+
+def revived_choice(results: dict[str, ArmResult]) -> str | None:
+    """The revived top-k arm whose seeds agree most (median pw_mcc): its k is chosen without
+    looking at what the filters look like. None without such an arm."""
+    revived = {label: r for label, r in results.items() if label.startswith(REVIVED)}
+    if not revived:
+        return None
+    return max(revived, key=lambda label: np.nan_to_num(revived[label].measures["pw_mcc_median"]))
 
 
 def analyse_patches(exp: Experiment, results: dict[str, ArmResult]) -> dict[str, Any]:
@@ -555,10 +763,7 @@ def analyse_patches(exp: Experiment, results: dict[str, ArmResult]) -> dict[str,
     side = data.side(cfg.data.n_features)
     start = time.perf_counter()
     pca = pca_baseline(train_x, held)
-    # Patches are mean-free (up to clipping): the component along the constant patch is what
-    # clipping left over, not a filter.
-    ones_D = np.ones(train_x.shape[1]) / np.sqrt(train_x.shape[1])
-    real = np.abs(pca["components"] @ ones_D) < 0.9
+    filters_FxD = pca_filters(train_x)
     arrays: dict[str, np.ndarray] = {}
     for label, r in results.items():
         _store_grid(arrays, label, _arm_grid(r, "encoder"))
@@ -567,27 +772,30 @@ def analyse_patches(exp: Experiment, results: dict[str, ArmResult]) -> dict[str,
         "image_side": side,
         "pca": {
             "heldout_fvu_by_components": pca["heldout_fvu_by_components"],
-            "components": int(real.sum()),
+            "components": len(filters_FxD),
         },
     }
     for label, r in results.items():
-        for key in ("orientation", "locality"):
+        for key in FILTER_FIGURES:
             for part in ("encoder", "decoder", "init"):
                 name = f"{key}_{part}_mean"
                 if name in r.measures:
                     out["arms"][label][name] = r.measures[name]
     if side is not None:
-        components = pca["components"][real].reshape(-1, side, side)
-        noise = random_filters(
-            jax.random.fold_in(jax.random.key(cfg.data.seed), 2), RANDOM_FILTERS, side
-        )
+        components = filters_FxD.reshape(-1, side, side)
+        noise = random_filters(random_filter_key(cfg.data.seed), RANDOM_FILTERS, side)
+        limits = noise_limits(cfg.data.seed, side)
+        out["noise_limits"] = {"orientation": limits[0], "locality": limits[1]}
+        out["oriented_at"] = ORIENTED
+        out["noise_quantile"] = NOISE_QUANTILE
         for name, f in (("pca", components), ("random", noise)):
-            values = filter_figures(f[None])
+            values = filter_figures(f[None], limits)
             out.setdefault(name, {}).update(
                 {key: float(v[0]) for key, v in values.items()} | {"filters": len(f)}
             )
         arrays["pca_components"] = components.reshape(len(components), -1).astype(np.float32)
         arrays["random_filters"] = noise[:PATCHES_WIDTH].reshape(-1, side * side)
+    out["revived_choice"] = revived_choice(results)
     out["baseline_s"] = time.perf_counter() - start
     out["arrays"] = arrays
     return out

@@ -443,16 +443,21 @@ def _setting(m: Metrics) -> str:
     """The shared config in one phrase, with the run's overrides."""
     cfg = m.get("config", {})
     train_cfg, optim, model = cfg.get("train", {}), cfg.get("optim", {}), cfg.get("model", {})
+    if optim.get("name", "adam") == "lbfgs":
+        steps = f"{train_cfg.get('epochs', '?')} iterations of full-batch L-BFGS"
+    else:
+        steps = (
+            f"{train_cfg.get('epochs', '?')} epochs, batch {train_cfg.get('batch_size', '?')}, "
+            f"Adam lr {optim.get('learning_rate', '?')}"
+            + (
+                f" ({optim['schedule']} decay to {optim.get('final_lr_ratio', 0):g} of it)"
+                if optim.get("schedule", "constant") != "constant"
+                else ""
+            )
+        )
     setting = (
         f"data {cfg.get('data', {}).get('kind', '?')}, {model.get('activation', '?')} "
-        f"autoencoder, {train_cfg.get('epochs', '?')} epochs, "
-        f"batch {train_cfg.get('batch_size', '?')}, Adam lr {optim.get('learning_rate', '?')}"
-        + (
-            f" ({optim['schedule']} decay to {optim.get('final_lr_ratio', 0):g} of it)"
-            if optim.get("schedule", "constant") != "constant"
-            else ""
-        )
-        + f", weight decay {optim.get('weight_decay', '?')}"
+        f"autoencoder, {steps}, weight decay {optim.get('weight_decay', '?')}"
     )
     if m.get("overrides"):
         setting += f"; overrides: {', '.join(f'`{o}`' for o in m['overrides'])}"

@@ -162,6 +162,41 @@ def plot_baseline_filters(m: Metrics, run_dir: Path, path: Path) -> bool:
     return True
 
 
+# The arms `plot_recipe_filters` shows side by side: Ng's recipe and its one-change variants.
+RECIPE_ARMS = ("ng", "ng_adam", "ng_zca")
+
+
+def plot_recipe_filters(m: Metrics, run_dir: Path, path: Path) -> bool:
+    """Seed 0's encoder filters of Ng's arm beside the same model under Adam and on patch-ZCA data,
+    each grid titled with its orientation figures; False without them."""
+    arrays = read_arrays(run_dir)
+    side = m.get("analysis", {}).get("image_side")
+    shown = [name for name in RECIPE_ARMS if f"grid_rows_{name}" in arrays and name in m["arms"]]
+    if side is None or not shown:
+        return False
+    n = max(arrays[f"grid_rows_{name}"].shape[1] for name in shown)
+    cols = math.ceil(math.sqrt(n))
+    fig, axes = plt.subplots(
+        1,
+        len(shown),
+        figsize=(max(MIN_WIDTH_IN, len(shown) * (cols * 0.45 + 0.6)), cols * 0.45 + 1.4),
+        layout="constrained",
+        squeeze=False,
+    )
+    for ax, name in zip(axes[0], shown, strict=True):
+        a = m["arms"][name]
+        _show_mosaic(ax, arrays[f"grid_rows_{name}"][0], side, cols)
+        ax.set_title(
+            f"{name}\norientation {fmt(a.get('orientation_encoder_mean'), '.2f')}, "
+            f"{fmt(a.get('oriented_share_encoder_mean'), '.0%')} oriented, "
+            f"FVU {fmt(a.get('heldout_fvu_quantiles', {}).get('q50'), '.2f')}",
+            fontsize="small",
+        )
+    fig.suptitle(f"{m['experiment']}: Ng's filters and what each change does (seed 0)")
+    save(fig, path)
+    return True
+
+
 def plot_reconstructions(m: Metrics, run_dir: Path, path: Path) -> bool:
     """Held-out samples (top row) and their reconstructions by seed 0 of every arm and by the
     baselines; False without them."""
@@ -216,16 +251,18 @@ def plot_fvu_l0(m: Metrics, path: Path) -> None:
             alpha=0.8,
             label=f"{label} ({len(a.get('heldout_fvu', []))} seeds)",
         )
+    for (key, start), marker in zip(DL_STARTS, ("x", "+"), strict=True):
+        dl = analysis.get(key, {})
+        if dl:
+            ax.scatter(
+                nums(dl.get("heldout_l0", [])),
+                nums(dl.get("heldout_fvu", [])),
+                marker=marker,
+                s=40,
+                color="black",
+                label=f"dictionary learning, {start} ({dl.get('fits')} random states)",
+            )
     dl = analysis.get("dictionary_learning", {})
-    if dl:
-        ax.scatter(
-            nums(dl.get("heldout_l0", [])),
-            nums(dl.get("heldout_fvu", [])),
-            marker="x",
-            s=40,
-            color="black",
-            label=f"dictionary learning ({dl.get('fits')} random states)",
-        )
     ax.set_yscale("log")
     # PCA's curve falls to rounding error once the components cover every pixel that varies: show
     # the figures of the fitted models, not that
@@ -286,6 +323,11 @@ def plot_orientation_locality(m: Metrics, path: Path) -> None:
 # Figures of a run
 
 
+def _slug(label: str) -> str:
+    """An arm label as a file name: `topk_revived k=2` -> `topk_revived_k2`."""
+    return label.replace(" ", "_").replace("=", "")
+
+
 def _filter_figures(m: Metrics, run_dir: Path, what: str) -> list[Figure]:
     if not has_arrays(run_dir) or m.get("analysis", {}).get("image_side") is None:
         return []
@@ -300,7 +342,7 @@ def _filter_figures(m: Metrics, run_dir: Path, what: str) -> list[Figure]:
         shown = "atoms of random states 0 and 1" if name == "dictionary_learning" else what
         figures.append(
             Figure(
-                name=f"filters_{name}.png",
+                name=f"filters_{_slug(name)}.png",
                 alt=f"filters of {title}",
                 caption=(
                     f"{title}: {shown}. Left: seed 0's units, ordered by how often they fire on "
@@ -366,9 +408,24 @@ def _digits_figures(m: Metrics, run_dir: Path) -> list[Figure]:
     return plan + _filter_figures(m, run_dir, "decoder rows (the features a unit writes)")
 
 
+RECIPE_FILTERS = Figure(
+    name="filters_recipes.png",
+    alt="Ng's filters under L-BFGS, Adam and patch ZCA",
+    caption=(
+        "Seed 0's encoder filters (what each hidden unit responds to) of Ng's exercise as he set "
+        "it (`ng`: L-BFGS, photographs whitened whole), the same under Adam on minibatches "
+        "(`ng_adam`) and on patch-ZCA data (`ng_zca`); each filter scaled on its own, ordered by "
+        "how often the unit fires (then by mean activation)."
+    ),
+    draw=plot_recipe_filters,
+)
+
+
 def _patches_figures(m: Metrics, run_dir: Path) -> list[Figure]:
     plan = []
     if m.get("analysis", {}).get("image_side"):
+        if has_arrays(run_dir) and any(name in m["arms"] for name in RECIPE_ARMS):
+            plan.append(RECIPE_FILTERS)
         plan.append(ORIENTATION_LOCALITY)
         if has_arrays(run_dir):
             plan.append(BASELINE_FILTERS)
@@ -409,8 +466,28 @@ _HEADER = [
 ]
 
 
+DL_STARTS = (
+    ("dictionary_learning", "SVD start"),
+    ("dictionary_learning_random", "random start"),
+)
+
+
+def _dl_row(dl: dict[str, Any], start: str) -> str:
+    fvus = nums(dl.get("heldout_fvu", []))
+    return (
+        f"| dictionary learning, OMP {dl.get('k')}, {start} | {dl.get('fits')} random states | "
+        f"{fmt(np.median(fvus) if fvus.size else None, '.3f')} "
+        f"[{fmt(np.min(fvus) if fvus.size else None, '.3f')}, "
+        f"{fmt(np.max(fvus) if fvus.size else None, '.3f')}] | "
+        f"{fmt(np.mean(nums(dl.get('heldout_l0', []))), '.1f')} | | "
+        f"{fmt(np.mean(nums(dl.get('dead_atoms', []))), '.1f')} / {dl.get('width')} | "
+        f"{fmt(dl.get('pw_mcc_mean'), '.3f')} ({fmt(dl.get('pw_mcc_start_mean'), '.3f')}) | "
+        "| |"
+    )
+
+
 def digits_table(m: Metrics, arm_name: str) -> list[str]:
-    """Every arm, then PCA and dictionary learning, on held-out data."""
+    """Every arm, then PCA and dictionary learning from both starts, on held-out data."""
     analysis = m.get("analysis", {})
     lines = [*_HEADER, *_arm_rows(m)]
     pca = analysis.get("pca", {})
@@ -420,19 +497,9 @@ def digits_table(m: Metrics, arm_name: str) -> list[str]:
             f"| PCA, {c} components | 1 fit | {fmt(pca.get('heldout_fvu'), '.3f')} | {c} | | | "
             "| | |"
         )
-    dl = analysis.get("dictionary_learning", {})
-    if dl:
-        fvus = nums(dl.get("heldout_fvu", []))
-        lines.append(
-            f"| dictionary learning, OMP {dl.get('k')} | {dl.get('fits')} random states | "
-            f"{fmt(np.median(fvus) if fvus.size else None, '.3f')} "
-            f"[{fmt(np.min(fvus) if fvus.size else None, '.3f')}, "
-            f"{fmt(np.max(fvus) if fvus.size else None, '.3f')}] | "
-            f"{fmt(np.mean(nums(dl.get('heldout_l0', []))), '.1f')} | | "
-            f"{fmt(np.mean(nums(dl.get('dead_atoms', []))), '.1f')} / {dl.get('width')} | "
-            f"{fmt(dl.get('pw_mcc_mean'), '.3f')} ({fmt(dl.get('pw_mcc_start_mean'), '.3f')}) | "
-            "| |"
-        )
+    for key, start in DL_STARTS:
+        if analysis.get(key):
+            lines.append(_dl_row(analysis[key], start))
     return lines
 
 
@@ -469,6 +536,7 @@ def digits_text(m: Metrics) -> tuple[list[str], str]:
     """Notes under the table; the verdict answers the page's question with its numbers."""
     analysis = m.get("analysis", {})
     dl = analysis.get("dictionary_learning", {})
+    dl_random = analysis.get("dictionary_learning_random", {})
     lines = [
         *_definitions(m),
         "",
@@ -476,126 +544,195 @@ def digits_text(m: Metrics) -> tuple[list[str], str]:
         "components as top-k's k (the best linear code of that size), and "
         f"`MiniBatchDictionaryLearning` ({dl.get('width', '?')} atoms, its defaults, on the "
         f"mean-removed digits) with OMP codes of {dl.get('k', '?')} non-zeros, random_state "
-        f"0..{num(dl.get('fits', 1)) - 1:.0f}. Dictionary learning starts every random_state from "
-        "a randomized SVD of the data (at most as many atoms as pixels; the rest are zero until "
-        "refilled from samples), which hardly depends on the random state: its starting "
-        f"dictionaries already agree at pw_mcc {fmt(dl.get('pw_mcc_start_mean'), '.3f')}, where "
-        f"random directions agree at {fmt(dl.get('pw_mcc_null_mean'), '.3f')}.",
+        f"0..{num(dl.get('fits', 1)) - 1:.0f}, from two starts. Its own start is a randomized "
+        "SVD of the data (at most as many atoms as pixels; the rest are zero until refilled from "
+        "samples), which hardly depends on the random state: those starting dictionaries already "
+        f"agree at pw_mcc {fmt(dl.get('pw_mcc_start_mean'), '.3f')}. The random start "
+        "(`dict_init`: random unit directions per random state) starts as independently as an "
+        f"autoencoder's seeds do (pw_mcc {fmt(dl_random.get('pw_mcc_start_mean'), '.3f')} at the "
+        "start). The last column's chance level is, for dictionary learning, its start's.",
     ]
+    rows = "\n".join(f"- `{label}`: {_recipe(cfg)}" for label, cfg in _arm_configs(m).items())
+    lines += ["", rows]
+    return lines, _digits_verdict(m)
+
+
+def _digits_verdict(m: Metrics) -> str:
+    analysis = m.get("analysis", {})
+    judged = analysis.get("against_dictionary_learning", {})
     best, best_pw = _best(m, "pw_mcc_mean")
-    arm = m["arms"][best]
-    dl_pw = num(dl.get("pw_mcc_mean"))
-    dl_fvus = nums(dl.get("heldout_fvu", []))
-    dl_fvu = float(np.median(dl_fvus)) if dl_fvus.size else float("nan")
-    arm_fvu = num(arm.get("heldout_fvu_quantiles", {}).get("q50"))
-    null = num(arm.get("pw_mcc_null_mean"))
-    above = best_pw - null
     if not math.isfinite(best_pw):
-        agreement = "Agreement across seeds cannot be judged with fewer than two seeds."
-    else:
-        than = (
-            "more reliably than"
-            if best_pw > dl_pw
-            else "less reliably than"
-            if best_pw < dl_pw
-            else "as reliably as"
-        )
-        agreement = (
-            f"The autoencoder arm that agrees most across seeds is {best}: pw_mcc "
-            f"{fmt(best_pw, '.3f')} against a chance level of {fmt(null, '.3f')} "
-            f"({'+' if above >= 0 else ''}{fmt(above, '.3f')}), so different seeds find "
-            f"{'partly ' if best_pw < 0.9 else ''}the same features, {than} dictionary "
-            f"learning across its random states (pw_mcc {fmt(dl_pw, '.3f')} against "
-            f"{fmt(dl.get('pw_mcc_start_mean'), '.3f')} for its starting dictionaries, "
-            f"+{fmt(dl_pw - num(dl.get('pw_mcc_start_mean')), '.3f')})."
-        )
-    pca = analysis.get("pca", {})
-    cost = (
-        f" Its held-out FVU is {fmt(arm_fvu, '.3f')} at L0 {fmt(arm.get('heldout_l0_mean'), '.1f')}"
-        f"; dictionary learning reaches {fmt(dl_fvu, '.3f')} with {dl.get('k', '?')} non-zeros, "
-        f"PCA with {pca.get('components', '?')} components {fmt(pca.get('heldout_fvu'), '.3f')}."
+        return "Agreement across seeds cannot be judged with fewer than two seeds."
+    arm = m["arms"][best]
+    agreement = (
+        f"The arm whose seeds agree most is `{best}` (pw_mcc {fmt(best_pw, '.3f')}, chance "
+        f"{fmt(arm.get('pw_mcc_null_mean'), '.3f')}; held-out FVU "
+        f"{fmt(arm.get('heldout_fvu_quantiles', {}).get('q50'), '.3f')} at L0 "
+        f"{fmt(arm.get('heldout_l0_mean'), '.1f')})."
     )
-    return lines, agreement + cost
+    if "best" not in judged:
+        return agreement + " No arm's codes are as sparse as dictionary learning's."
+    k, margin = judged.get("code_size"), num(judged.get("fvu_margin"))
+    as_well = "at least as well as" if judged.get("agrees_as_well") else "less well than"
+    within = "within" if judged.get("fvu_within_margin") else "not within"
+    return (
+        f"{agreement} At dictionary learning's sparsity (L0 <= {k}) the best is "
+        f"`{judged['best']}`: its seeds agree at a median pw_mcc of "
+        f"{fmt(judged.get('pw_mcc_median'), '.3f')}, {as_well} dictionary learning from random "
+        f"starts ({fmt(judged.get('dl_pw_mcc_median'), '.3f')}; from its SVD start "
+        f"{fmt(analysis.get('dictionary_learning', {}).get('pw_mcc_median'), '.3f')}), at a "
+        f"held-out FVU of {fmt(judged.get('heldout_fvu_median'), '.3f')}, {within} "
+        f"{fmt(margin, '.2f')} of dictionary learning's "
+        f"{fmt(judged.get('dl_heldout_fvu_median'), '.3f')}."
+    )
+
+
+def _share(value: Any) -> str:
+    return fmt(value, ".2f")
 
 
 def _orientation_rows(m: Metrics) -> list[str]:
     analysis = m.get("analysis", {})
     lines = [
-        "| filters | orientation | locality |",
-        "|---|---|---|",
+        f"| filters | orientation | locality | oriented (>= {analysis.get('oriented_at', '?')}) "
+        "| noise-like |",
+        "|---|---|---|---|---|",
     ]
-    for label, a in m["arms"].items():
-        for part, name in (("encoder", "encoder, trained"), ("decoder", "decoder, trained")):
-            lines.append(
-                f"| {label}, {name} | {fmt(a.get(f'orientation_{part}_mean'), '.3f')} | "
-                f"{fmt(a.get(f'locality_{part}_mean'), '.3f')} |"
-            )
-        lines.append(
-            f"| {label}, encoder at init | {fmt(a.get('orientation_init_mean'), '.3f')} | "
-            f"{fmt(a.get('locality_init_mean'), '.3f')} |"
+
+    def row(name: str, a: dict[str, Any], part: str) -> str:
+        return (
+            f"| {name} | {fmt(a.get(f'orientation_{part}_mean'), '.3f')} | "
+            f"{fmt(a.get(f'locality_{part}_mean'), '.3f')} | "
+            f"{_share(a.get(f'oriented_share_{part}_mean'))} | "
+            f"{_share(a.get(f'noise_share_{part}_mean'))} |"
         )
+
+    for label, a in m["arms"].items():
+        lines.append(row(f"{label}, encoder, trained", a, "encoder"))
+        lines.append(row(f"{label}, decoder, trained", a, "decoder"))
+        lines.append(row(f"{label}, encoder at init", a, "init"))
     for key, name in (("random", "random (i.i.d. Gaussian pixels)"), ("pca", "PCA components")):
         b = analysis.get(key, {})
         lines.append(
             f"| {name}, {b.get('filters', '?')} filters | {fmt(b.get('orientation'), '.3f')} | "
-            f"{fmt(b.get('locality'), '.3f')} |"
+            f"{fmt(b.get('locality'), '.3f')} | {_share(b.get('oriented_share'))} | "
+            f"{_share(b.get('noise_share'))} |"
         )
     return lines
 
 
+def _recipe(cfg: dict[str, Any]) -> str:
+    """One arm's setting in words: width, units, optimiser, data whitening."""
+    model, loss = cfg.get("model", {}), cfg.get("loss", {})
+    optim, train_cfg = cfg.get("optim", {}), cfg.get("train", {})
+    data_cfg = cfg.get("data", {})
+    units = model.get("activation", "?")
+    if units == "topk":
+        units = f"top-{model.get('k')}"
+    parts = [f"{model.get('n_hidden', '?')} {units} units, {model.get('output', 'linear')} output"]
+    if loss.get("sparsity") == "kl":
+        parts.append(f"KL to rho {loss.get('rho')} (weight {fmt(loss.get('weight'), '.4g')})")
+    if loss.get("resample_dead"):
+        parts.append("dead and rare units resampled")
+    if optim.get("name") == "lbfgs":
+        parts.append(f"full-batch L-BFGS, {train_cfg.get('epochs')} iterations")
+    else:
+        parts.append(
+            f"Adam {optim.get('learning_rate')}, batch {train_cfg.get('batch_size')}, "
+            f"{train_cfg.get('epochs')} epochs"
+        )
+    whiten = data_cfg.get("whiten", "none")
+    parts.append(
+        {
+            "olshausen": "photographs whitened whole (Olshausen & Field, f0 "
+            f"{data_cfg.get('whiten_f0')} of Nyquist)",
+            "zca": f"patches ZCA-whitened (regulariser {data_cfg.get('whiten_eps')})",
+        }.get(whiten, "no whitening")
+    )
+    return ", ".join(parts)
+
+
+def _arm_configs(m: Metrics) -> dict[str, dict[str, Any]]:
+    """Each arm's own config (metrics.json keeps every arm's), else the run's."""
+    return {label: a.get("config", m.get("config", {})) for label, a in m.get("arms", {}).items()}
+
+
+def _edge_verdict(label: str, a: dict[str, Any], analysis: dict[str, Any]) -> str:
+    o, loc = num(a.get("orientation_encoder_mean")), num(a.get("locality_encoder_mean"))
+    oriented, noise = (
+        num(a.get("oriented_share_encoder_mean")),
+        num(a.get("noise_share_encoder_mean")),
+    )
+    random_b, pca_b = analysis.get("random", {}), analysis.get("pca", {})
+    above = o > max(num(random_b.get("orientation")), num(pca_b.get("orientation")))
+    local = loc > max(num(random_b.get("locality")), num(pca_b.get("locality")))
+    if above and local and oriented >= 0.5:
+        kind = "edge detectors, more oriented and more local than random filters and PCA"
+    elif above and local:
+        kind = (
+            "filters more oriented and more local than both baselines, but fewer than half oriented"
+        )
+    elif above:
+        kind = "filters more oriented than both baselines but not more local"
+    elif local:
+        kind = "filters more local than both baselines but not more oriented than PCA"
+    else:
+        kind = "not edge detectors: neither more oriented nor more local than the baselines"
+    return (
+        f"`{label}`: {kind} (orientation {fmt(o, '.3f')}, {fmt(oriented, '.0%')} of units "
+        f"oriented, {fmt(noise, '.0%')} noise-like, locality {fmt(loc, '.3f')}); its seeds agree "
+        f"at pw_mcc {fmt(a.get('pw_mcc_mean'), '.3f')} (chance "
+        f"{fmt(a.get('pw_mcc_null_mean'), '.3f')}), held-out FVU "
+        f"{fmt(a.get('heldout_fvu_quantiles', {}).get('q50'), '.3f')}."
+    )
+
+
 def patches_text(m: Metrics) -> tuple[list[str], str]:
-    """The orientation/locality table and the setting; the verdict says which arms' filters are
-    oriented and local (beyond both baselines) and whether seeds agree."""
+    """The setting of every arm and the orientation/locality table; the verdict says which
+    recipe gives edges and whether seeds agree."""
     analysis = m.get("analysis", {})
     data_cfg = m.get("config", {}).get("data", {})
     side = analysis.get("image_side")
+    limits = analysis.get("noise_limits", {})
     lines = [
         *_definitions(m),
         "",
         f"Patches: {data_cfg.get('n_samples', '?')} of {side}x{side} pixels from scikit-image's "
-        f"photographs `{data_cfg.get('image', '?')}`"
-        + (
-            f", ZCA-whitened (regulariser {data_cfg.get('whiten_eps')} x the mean eigenvalue)"
-            if data_cfg.get("whiten")
-            else ""
-        )
-        + ", then Ng's normalisation: each patch's mean removed, clipped at +-3 standard "
-        "deviations, rescaled to [0.1, 0.9]. Arm `ng` is Ng's exercise (64-25-64 sigmoid, "
-        "rho 0.01, beta 3, weight decay 1e-4, in jaxae's units: `loss.weight` = 2 beta / D, "
-        "`optim.weight_decay` = 2 lambda / D) trained with Adam on minibatches instead of L-BFGS "
-        "on the whole set, with a linear (not sigmoid) output layer and decay on the biases too.",
+        f"photographs `{data_cfg.get('image', '?')}`, then Ng's normalisation: each patch's mean "
+        "removed, clipped at +-3 standard deviations, rescaled to [0.1, 0.9]. Arm `ng` is Ng's "
+        "exercise as he set it: 64-25-64 with sigmoid hidden and output layers, his "
+        "initialisation (uniform on +-sqrt(6 / (H + D + 1)), zero biases), rho 0.01, beta 3, "
+        "weight decay 1e-4 on the kernels (in jaxae's units: `loss.weight` = 2 beta / D, "
+        "`optim.weight_decay` = 2 lambda / D), full-batch L-BFGS, on photographs whitened whole. "
+        "`ng_adam` and `ng_zca` each change one thing: the optimiser, or the whitening.",
+        "",
+        *[f"- `{label}`: {_recipe(cfg)}" for label, cfg in _arm_configs(m).items()],
         "",
         "How edge-like the filters are (mean over units and seeds): **orientation** = how "
         "concentrated a filter's 2-D power spectrum is in one orientation (1: a grating or an "
         "edge; about 0.8 for a Gabor patch; 0: all orientations); **locality** = 1 - the spread "
         "of its energy about its centroid / the spread of uniform energy (0: everywhere, higher: "
-        "in one place).",
+        f"in one place); **oriented**: the share of units with orientation >= "
+        f"{analysis.get('oriented_at', '?')}; **noise-like**: the share with both figures below "
+        f"the {fmt(num(analysis.get('noise_quantile')), '.0%')} quantile of random filters' "
+        f"(orientation {fmt(limits.get('orientation'), '.3f')}, locality "
+        f"{fmt(limits.get('locality'), '.3f')}).",
         "",
         *(_orientation_rows(m) if side else ["(The inputs are not square images.)"]),
     ]
-    random_b, pca_b = analysis.get("random", {}), analysis.get("pca", {})
-    sentences = []
-    for label, a in m["arms"].items():
-        o, loc = num(a.get("orientation_encoder_mean")), num(a.get("locality_encoder_mean"))
-        if not (math.isfinite(o) and math.isfinite(loc)):
-            continue
-        oriented = o > max(num(random_b.get("orientation")), num(pca_b.get("orientation")))
-        local = loc > max(num(random_b.get("locality")), num(pca_b.get("locality")))
-        if oriented and local:
-            kind = "more oriented and more local than both random filters and PCA components"
-        elif oriented:
-            kind = "more oriented than both baselines but not more local"
-        elif local:
-            kind = "more local than both baselines but not more oriented than PCA"
-        else:
-            kind = "neither more oriented nor more local than the baselines: not edge detectors"
+    sentences = [
+        _edge_verdict(label, a, analysis)
+        for label, a in m["arms"].items()
+        if math.isfinite(num(a.get("orientation_encoder_mean")))
+    ]
+    chosen = analysis.get("revived_choice")
+    if chosen in m["arms"]:
         sentences.append(
-            f"The {label} filters are {kind} (orientation {fmt(o, '.3f')}, locality "
-            f"{fmt(loc, '.3f')}); across seeds they agree at pw_mcc "
-            f"{fmt(a.get('pw_mcc_mean'), '.3f')} against a chance level of "
-            f"{fmt(a.get('pw_mcc_null_mean'), '.3f')}, held-out FVU "
-            f"{fmt(a.get('heldout_fvu_quantiles', {}).get('q50'), '.3f')}."
+            f"Of the revived top-k arms, `{chosen}` is the one whose seeds agree most (median "
+            f"pw_mcc {fmt(m['arms'][chosen].get('pw_mcc_median'), '.3f')}), chosen without "
+            "looking at the filters."
         )
+    random_b, pca_b = analysis.get("random", {}), analysis.get("pca", {})
     sentences.append(
         f"Baselines: random filters {fmt(random_b.get('orientation'), '.3f')} / "
         f"{fmt(random_b.get('locality'), '.3f')}, PCA components "
@@ -612,13 +749,15 @@ def digits_overview(m: Metrics) -> str:
         f"{_agreement_cell(a)}"
         for label, a in m["arms"].items()
     ]
-    dl = m.get("analysis", {}).get("dictionary_learning", {})
-    if dl:
-        fvus = nums(dl.get("heldout_fvu", []))
-        parts.append(
-            f"dictionary learning: FVU {fmt(np.median(fvus) if fvus.size else None, '.3f')}, "
-            f"pw_mcc {fmt(dl.get('pw_mcc_mean'), '.3f')}"
-        )
+    for key, start in DL_STARTS:
+        dl = m.get("analysis", {}).get(key, {})
+        if dl:
+            fvus = nums(dl.get("heldout_fvu", []))
+            parts.append(
+                f"dictionary learning ({start}): FVU "
+                f"{fmt(np.median(fvus) if fvus.size else None, '.3f')}, pw_mcc "
+                f"{fmt(dl.get('pw_mcc_mean'), '.3f')}"
+            )
     return "; ".join(parts)
 
 
