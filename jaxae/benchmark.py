@@ -2,10 +2,10 @@
 
 Shape legend: S seeds, N samples, B batch, D features, H hidden units.
 
-A case is one config at one seed count, trained by `train.train_seeds` as `jaxae run` trains it (the
-same devices: one XLA CPU device per core), optionally with other XLA options or the old shuffles
-for comparison. `run_all` runs every case once per round, each time in a fresh process, and reports
-per case, after compilation, the best and the median of its timed runs:
+A case is one config at one seed count, trained by `runner.train_seeds` as `jaxae run` trains it
+(the same devices: one XLA CPU device per core), optionally with other XLA options or the old
+shuffles for comparison. `run_all` runs every case once per round, each time in a fresh process,
+and reports per case, after compilation, the best and the median of its timed runs:
 
 - seed-steps/s: seeds x optimizer steps per second of training (`train_seeds`' own timing);
 - GFLOP/s: `matmul_flops_per_seed_step` x seed-steps/s, beside the GFLOP/s of a large float32
@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxae import experiments, shuffle, train
+from jaxae import experiments, runner, shuffle, train
 from jaxae.config import Config, DataConfig, ModelConfig, TrainConfig
 from jaxae.model import make_model
 
@@ -152,18 +152,6 @@ def cases(
             rounds=1,  # ~40 s a run
         ),
     ]
-    epochs = 60 if quick else 300
-    relu = _with_epochs(gaussian, epochs)
-    topk = dataclasses.replace(relu, model=ModelConfig(n_hidden=10, activation="topk", k=3))
-    wide = _with_epochs(
-        Config(
-            data=DataConfig(kind="gaussian", n_samples=1797, n_features=64),
-            model=ModelConfig(n_hidden=256, activation="relu"),
-            optim=gaussian.optim,
-            train=TrainConfig(batch_size=100),
-        ),
-        2 if quick else 10,
-    )
     if platform == "cpu":
         out += [
             Case(
@@ -181,7 +169,24 @@ def cases(
                 compiler_options=VECTOR_512,
             ),
         ]
-    out += [
+    return out + _width_cases(gaussian, side, quick, platform)
+
+
+def _width_cases(gaussian: Config, side: int, quick: bool, platform: str) -> list[Case]:
+    """10-10-10 ReLU beside top-k, the `sparse` width's programs, a digits-sized 64-256-64."""
+    epochs = 60 if quick else 300
+    relu = _with_epochs(gaussian, epochs)
+    topk = dataclasses.replace(relu, model=ModelConfig(n_hidden=10, activation="topk", k=3))
+    wide = _with_epochs(
+        Config(
+            data=DataConfig(kind="gaussian", n_samples=1797, n_features=64),
+            model=ModelConfig(n_hidden=256, activation="relu"),
+            optim=gaussian.optim,
+            train=TrainConfig(batch_size=100),
+        ),
+        2 if quick else 10,
+    )
+    out = [
         Case("relu_10", "10-10-10 ReLU, randn(1000, 10), 256 seeds", relu, side),
         Case("topk_10", "10-10-10 top-k (k=3), randn(1000, 10), 256 seeds", topk, side),
     ]
@@ -253,10 +258,10 @@ def run_case(case: Case, repeats: int) -> dict[str, Any]:
         cfg = case.config
     n_devices = min(case.n_seeds, len(jax.devices()))  # as train_seeds uses them
     options = case.compiler_options
-    first = train.train_seeds(cfg, case.n_seeds, compiler_options=options)
+    first = runner.train_seeds(cfg, case.n_seeds, compiler_options=options)
     rss_compiled = _rss_mib()
     runs = [first] + [
-        train.train_seeds(cfg, case.n_seeds, compiler_options=options) for _ in range(repeats - 1)
+        runner.train_seeds(cfg, case.n_seeds, compiler_options=options) for _ in range(repeats - 1)
     ]
     times = [r.timing["train_s"] for r in runs]
     steps = case.n_seeds * cfg.train.epochs * train.steps_per_epoch(cfg)

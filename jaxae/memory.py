@@ -2,8 +2,8 @@
 
 A program's peak bytes per device are `fixed + per_seed x seeds per device`, measured by XLA's
 memory analysis of the program compiled for a few seeds (`MemoryPlan`, `plan_batches`); when all
-seeds would not fit in the budget (`device_memory_budget`), `train.train_seeds` and
-`train.evaluate_seeds` run them in equal batches that do, through one compiled program.
+seeds would not fit in the budget (`device_memory_budget`), `runner.train_seeds` and
+`runner.evaluate_seeds` run them in equal batches that do, through one compiled program.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Many processes, one sweep: joining a `jax.distributed` run from the environment.
 
 `jaxae run` calls `init_processes` before anything touches a device; the seed axis is then sharded
-over the devices of every process (`train.train_seeds`), and only process 0 writes (`is_writer`).
+over the devices of every process (`runner.train_seeds`), and only process 0 writes (`is_writer`).
 """
 
 from __future__ import annotations

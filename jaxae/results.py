@@ -28,7 +28,7 @@ import optax
 import orbax.checkpoint as ocp
 
 import jaxae
-from jaxae import metrics, processes, train
+from jaxae import metrics, processes, runner, train
 from jaxae.experiments.base import (
     ArmResult,
     Experiment,
@@ -323,7 +323,7 @@ def load_partial(out_dir: Path, exp: Experiment, progress: dict[str, Any]) -> li
     targets = []
     for arms in groups_of(exp)[: len(progress["groups"])]:
         keys, hyper = group_layout(arms, progress["n_seeds"], progress["seed"])
-        init = train.programs(arms[0].config).init
+        init = runner.programs(arms[0].config).init
         abstract = jax.eval_shape(lambda k, h, init=init: _storable(init(k, h)), keys, hyper)
         state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract)
         history = np.zeros((*abstract.diverged.shape, arms[0].config.train.epochs), np.float32)

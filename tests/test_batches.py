@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from jaxae import cli, experiments, memory, train
+from jaxae import cli, experiments, memory, runner, train
 from jaxae.report import base as report_base
 from jaxae.report import tutorial as report_tutorial
 from tests.test_train import TINY
@@ -39,22 +39,22 @@ def _host(state: train.TrainState) -> train.TrainState:
 
 
 @pytest.fixture(scope="module")
-def whole() -> train.TrainResult:
+def whole() -> runner.TrainResult:
     """TINY on 8 seeds in one batch: the reference."""
-    return train.train_seeds(TINY, N_SEEDS, devices=ONE)
+    return runner.train_seeds(TINY, N_SEEDS, devices=ONE)
 
 
 def test_small_budget_trains_in_batches_equal_to_one_batch(whole):
     assert whole.memory["batches"] == 1
     progress = []
 
-    def callback(p: train.Progress) -> None:
+    def callback(p: runner.Progress) -> None:
         done = p.history_SxE[:, : p.epochs_done]
         progress.append(
             (p.epochs_done, p.epochs_total, p.state.diverged.shape, np.isnan(done).sum())
         )
 
-    batched = train.train_seeds(
+    batched = runner.train_seeds(
         TINY, N_SEEDS, devices=ONE, memory_budget=_budget(whole.memory, 3), callback=callback
     )
     # 8 seeds at 3 per batch: 3 + 3 + 2, the last padded to 3, one program for all three
@@ -67,7 +67,7 @@ def test_small_budget_trains_in_batches_equal_to_one_batch(whole):
 
 def test_stop_in_batches_resumes_to_the_same_run(whole):
     budget = _budget(whole.memory, 3)
-    stopped = train.train_seeds(
+    stopped = runner.train_seeds(
         TINY, N_SEEDS, devices=ONE, memory_budget=budget, callback=lambda p: True
     )
     assert not stopped.finished and stopped.epochs_done == 3
@@ -75,7 +75,7 @@ def test_stop_in_batches_resumes_to_the_same_run(whole):
         np.isnan(stopped.history_SxE[:, 3:]).all() and np.isfinite(stopped.history_SxE[:, :3]).all()
     )
     for resume_budget in (budget, None):  # resumed in batches, and in one batch
-        resumed = train.train_seeds(
+        resumed = runner.train_seeds(
             TINY,
             N_SEEDS,
             devices=ONE,
@@ -87,9 +87,9 @@ def test_stop_in_batches_resumes_to_the_same_run(whole):
 
 
 def test_evaluation_in_batches_equals_one_batch(whole):
-    figures, plan = train.evaluate_seeds(TINY, whole.state, whole.x, devices=ONE)
+    figures, plan = runner.evaluate_seeds(TINY, whole.state, whole.x, devices=ONE)
     assert plan.n_batches == 1
-    small, small_plan = train.evaluate_seeds(
+    small, small_plan = runner.evaluate_seeds(
         TINY, whole.state, whole.x, devices=ONE, memory_budget=_budget(dataclasses.asdict(plan), 3)
     )
     assert (small_plan.n_batches, small_plan.batch_seeds) == (3, 3)
@@ -104,8 +104,8 @@ def test_per_seed_data_and_arms_in_batches_equal_one_batch():
     hyper = jax.tree.map(lambda v: jnp.broadcast_to(v, (n, 2)), train.Hyper.from_config(cfg))
     rates = jnp.asarray([1e-2, 3e-3], jnp.float32)
     hyper = hyper.replace(learning_rate=jnp.broadcast_to(rates, (n, 2)))
-    one = train.train_seeds(cfg, n, devices=ONE, hyper=hyper)
-    batched = train.train_seeds(
+    one = runner.train_seeds(cfg, n, devices=ONE, hyper=hyper)
+    batched = runner.train_seeds(
         cfg, n, devices=ONE, hyper=hyper, memory_budget=_budget(one.memory, 2)
     )
     assert (batched.memory["batches"], batched.memory["batch_seeds"]) == (2, 2)
@@ -135,7 +135,7 @@ def test_experiment_run_in_batches_equals_one_batch():
 def test_estimate_grows_linearly_and_bounds_the_compiled_program(monkeypatch):
     def plan(probe: int, n_seeds: int) -> memory.MemoryPlan:
         monkeypatch.setattr(memory, "PROBE_SEEDS", probe)
-        return train.training_memory(TINY, n_seeds, devices=ONE)
+        return runner.training_memory(TINY, n_seeds, devices=ONE)
 
     compiled = {n: plan(n, n).bytes_at(n) for n in (16, 32, 64)}  # the program at n seeds
     growth = [(compiled[32] - compiled[16]) / 16, (compiled[64] - compiled[32]) / 32]
@@ -149,7 +149,7 @@ def test_estimate_grows_linearly_and_bounds_the_compiled_program(monkeypatch):
 
 def test_budget_below_one_seed_raises():
     with pytest.raises(ValueError, match=r"memory budget=1000 bytes per device is invalid"):
-        train.train_seeds(TINY, N_SEEDS, devices=ONE, memory_budget=1000)
+        runner.train_seeds(TINY, N_SEEDS, devices=ONE, memory_budget=1000)
     with pytest.raises(ValueError, match="memory_budget=0 is invalid"):
         memory.device_memory_budget(ONE, 0)
 

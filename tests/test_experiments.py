@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxae import experiments, train
+from jaxae import experiments, runner, train
 from jaxae.experiments import tutorial
 from tests.imports import ROOT, outside_base
 
@@ -94,7 +94,7 @@ def test_arm_in_a_sweep_equals_the_arm_alone(offset_run):
     exp = experiments.with_overrides(experiments.get("offset"), ["train.epochs=4"])
     cfg = exp.arms[1].config
     hyper = jax.tree.map(lambda v: jnp.broadcast_to(v, (4,)), train.Hyper.from_config(cfg, 2))
-    alone = train.train_seeds(cfg, 4, seed=2, hyper=hyper)
+    alone = runner.train_seeds(cfg, 4, seed=2, hyper=hyper)
     chex.assert_trees_all_close(
         offset_run.results["2"].params, jax.device_get(alone.state.params), rtol=1e-5, atol=1e-6
     )
@@ -210,7 +210,7 @@ def test_topk_arm_in_a_k_sweep_equals_the_static_k_run(sparse_run, label):
     exp = sparse_run.experiment
     arm = next(a for a in exp.arms if a.label == label)
     cfg = experiments.with_(arm.config, model={"k": 3})
-    alone = train.train_seeds(cfg, 3, seed=1)
+    alone = runner.train_seeds(cfg, 3, seed=1)
     chex.assert_trees_all_close(
         sparse_run.results[label].params,
         jax.device_get(alone.state.params),

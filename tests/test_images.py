@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxae import cli, data, experiments, metrics, report, results, train
+from jaxae import cli, data, experiments, metrics, report, results, runner
 from jaxae.experiments import images
 from jaxae.model import make_model
 
@@ -136,7 +136,7 @@ def no_training(monkeypatch):
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("training started")
 
-    monkeypatch.setattr(train, "train_seeds", refuse)
+    monkeypatch.setattr(runner, "train_seeds", refuse)
 
 
 def _bad_files(tmp_path: Path) -> dict[str, str]:

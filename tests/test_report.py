@@ -319,7 +319,14 @@ def test_render_reproduction_links_resolve_from_root(root: Path, tmp_path: Path)
         row = next(line for line in overview.splitlines() if line.startswith(f"| [{name}]("))
         assert f"| {m['n_seeds']} |" in row
         assert f"| {report.page_of(m).headline(m)} |" in row
-        if name in TUTORIAL:
+        if name in ("offset", "noise"):  # the claim is which sizes reconstruct
+            for label, a in m["arms"].items():
+                assert f"{label}: {sum(a['reconstructs'])}/{len(a['reconstructs'])}" in row
+        elif name == "overcomplete":  # the claim is agreement across seeds, against chance
+            for label, g in m["analysis"]["agreement"].items():
+                median, chance = g["pw_mcc_median"], g["pw_mcc_null_median"]
+                assert f"{label}: {median:.3f} ({chance:.3f})" in row
+        elif name in TUTORIAL:
             for label, a in m["arms"].items():
                 assert f"{label}: {a['convergence_rate']:.2f}" in row
         else:

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from jaxae import shuffle, train
+from jaxae import runner, shuffle, train
 from jaxae.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
 
 P_MIN = 1e-4  # a shuffle fails a test when its p-value falls below this
@@ -258,13 +258,13 @@ def test_sort_gives_the_orders_and_results_it_gave_before_feistel():
         optim=OptimConfig(learning_rate=1e-2, weight_decay=1e-3),
         train=TrainConfig(epochs=6, batch_size=50, chunk_epochs=3, shuffle="sort"),
     )
-    res = train.train_seeds(cfg, 4)
+    res = runner.train_seeds(cfg, 4)
     # Recorded on CPU; an accelerator sums in other orders (scripts/gpu_check.sh runs this there).
     rtol = 1e-5 if jax.default_backend() == "cpu" else 1e-3
     np.testing.assert_allclose(
         res.history_SxE[:, -1], [499436.03125, 520174.0, 112629.2890625, 520056.0], rtol=rtol
     )
-    feistel = train.train_seeds(
+    feistel = runner.train_seeds(
         dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, shuffle="feistel")), 4
     )
     assert not np.allclose(feistel.history_SxE[:, -1], res.history_SxE[:, -1])

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxae import cli, experiments, report, results, sweep, train
+from jaxae import cli, experiments, report, results, runner, sweep
 from jaxae.config import Config, override
 from jaxae.report import grid as report_grid
 
@@ -306,7 +306,7 @@ def test_bad_specs_exit_2_before_training(capsys, monkeypatch, tmp_path, argv, n
     def no_training(*args, **kwargs):
         raise AssertionError("trained despite a bad spec")
 
-    monkeypatch.setattr(train, "train_seeds", no_training)
+    monkeypatch.setattr(runner, "train_seeds", no_training)
     code = cli.main(["run", *argv, "--out", str(tmp_path / "new" / "run")])
     out, err = capsys.readouterr()
     assert code == 2 and out == ""

@@ -19,7 +19,7 @@ import pytest
 import scipy.optimize
 from jax.flatten_util import ravel_pytree
 
-from jaxae import train
+from jaxae import runner, train
 from jaxae.config import Config, DataConfig, LossConfig, ModelConfig, OptimConfig, TrainConfig
 from jaxae.losses import total_loss
 from jaxae.model import make_model
@@ -42,16 +42,16 @@ def _close(a, b) -> None:
 
 
 @pytest.fixture(scope="module")
-def base() -> train.TrainResult:
+def base() -> runner.TrainResult:
     """TINY on seeds 0..3: the reference several tests compare against (compiled once)."""
-    return train.train_seeds(TINY, 4)
+    return runner.train_seeds(TINY, 4)
 
 
 def test_seed_in_batch_equals_seed_alone():
-    batch = train.train_seeds(TINY, 8, seed=3)
+    batch = runner.train_seeds(TINY, 8, seed=3)
     keys = train.seed_keys(3, 8)
     for i in (0, 5, 7):
-        alone = train.train_seeds(TINY, 1, keys=keys[i : i + 1])
+        alone = runner.train_seeds(TINY, 1, keys=keys[i : i + 1])
         _close(jax.tree.map(lambda v, i=i: v[i : i + 1], batch.state.params), alone.state.params)
         np.testing.assert_allclose(batch.history_SxE[i], alone.history_SxE[0], rtol=1e-5)
 
@@ -65,7 +65,7 @@ def test_seed_keys_do_not_depend_on_count():
 def test_make_train_matches_host_loop():
     key = train.seed_keys(0, 1)
     state, loss_E = jax.jit(jax.vmap(train.make_train(TINY)))(key)
-    looped = train.train_seeds(TINY, 1, seed=0)
+    looped = runner.train_seeds(TINY, 1, seed=0)
     _close(state.params, looped.state.params)
     np.testing.assert_allclose(loss_E, looped.history_SxE, rtol=1e-5)
 
@@ -85,28 +85,28 @@ def test_step_traces_once(monkeypatch):
     counted = chex.assert_max_traces(train.train_step, n=1)
     monkeypatch.setattr(train, "train_step", counted)
     cfg = _tiny(epochs=7, chunk_epochs=2)  # four chunks, the last one partial
-    train.programs.cache_clear()
+    runner.programs.cache_clear()
     try:
-        train.train_seeds(cfg, 3, seed=0)
-        train.train_seeds(cfg, 3, seed=1)
+        runner.train_seeds(cfg, 3, seed=0)
+        runner.train_seeds(cfg, 3, seed=1)
     finally:
-        train.programs.cache_clear()
+        runner.programs.cache_clear()
         chex.clear_trace_counter()
 
 
 def test_chunking_changes_nothing(base):
     """TINY runs 6 epochs in chunks of 3; one chunk of 4 (the last one partial) must agree."""
-    chunked = train.train_seeds(_tiny(chunk_epochs=4), 4)
+    chunked = runner.train_seeds(_tiny(chunk_epochs=4), 4)
     chex.assert_trees_all_equal(base.state.params, chunked.state.params)
     np.testing.assert_array_equal(base.history_SxE, chunked.history_SxE)
 
 
 def test_stop_and_resume_equals_uninterrupted(base):
     whole = base
-    stopped = train.train_seeds(TINY, 4, callback=lambda p: p.epochs_done >= 3)
+    stopped = runner.train_seeds(TINY, 4, callback=lambda p: p.epochs_done >= 3)
     assert not stopped.finished and stopped.epochs_done == 3
     assert np.isnan(stopped.history_SxE[:, 3:]).all()
-    resumed = train.train_seeds(
+    resumed = runner.train_seeds(
         TINY, 4, resume=(stopped.state, stopped.history_SxE, stopped.epochs_done)
     )
     chex.assert_trees_all_equal(whole.state.params, resumed.state.params)
@@ -118,7 +118,7 @@ def test_diverging_seed_is_isolated(base):
     lrs = jnp.asarray([1e-2, 1e12, 1e-2, 1e-2], jnp.float32)
     hyper = jax.tree.map(lambda v: jnp.broadcast_to(v, (4,)), train.Hyper.from_config(cfg))
     hyper = hyper.replace(learning_rate=lrs)
-    res = train.train_seeds(cfg, 4, hyper=hyper)
+    res = runner.train_seeds(cfg, 4, hyper=hyper)
     np.testing.assert_array_equal(res.diverged, [False, True, False, False])
     chex.assert_tree_all_finite(res.state.params)
     assert np.isnan(res.history_SxE[1, -1])
@@ -139,7 +139,7 @@ def test_arms_share_the_seed_and_equal_their_own_runs(base):
     hyper = jax.tree.map(lambda v: jnp.broadcast_to(v, (4, 2)), one).replace(
         learning_rate=jnp.broadcast_to(lrs, (4, 2))
     )
-    res = train.train_seeds(cfg, 4, hyper=hyper)
+    res = runner.train_seeds(cfg, 4, hyper=hyper)
     chex.assert_shape(res.history_SxE, (4, 2, cfg.train.epochs))
     chex.assert_tree_shape_prefix(res.state.params, (4, 2))
     assert res.diverged.shape == (4, 2)
@@ -148,7 +148,7 @@ def test_arms_share_the_seed_and_equal_their_own_runs(base):
     other = jax.tree.map(lambda v: jnp.broadcast_to(v, (4,)), one).replace(
         learning_rate=jnp.full((4,), 3e-3, jnp.float32)
     )
-    alone = train.train_seeds(cfg, 4, hyper=other)
+    alone = runner.train_seeds(cfg, 4, hyper=other)
     _close(jax.tree.map(lambda v: v[:, 1], res.state.params), alone.state.params)
 
 
@@ -157,7 +157,7 @@ def test_partial_last_batch_covers_every_sample_once():
     chex.assert_shape(idx, (3, 100))
     chex.assert_shape(w, (3, 100))
     np.testing.assert_array_equal(np.sort(np.asarray(idx)[np.asarray(w) > 0]), np.arange(250))
-    res = train.train_seeds(
+    res = runner.train_seeds(
         dataclasses.replace(TINY, data=dataclasses.replace(TINY.data, n_samples=250)), 2
     )
     chex.assert_tree_all_finite(res.state.params)
@@ -165,7 +165,7 @@ def test_partial_last_batch_covers_every_sample_once():
 
 def test_per_seed_data_differs_between_seeds():
     cfg = dataclasses.replace(TINY, data=dataclasses.replace(TINY.data, per_seed=True))
-    res = train.train_seeds(cfg, 3)
+    res = runner.train_seeds(cfg, 3)
     chex.assert_shape(res.x, (3, 200, 10))
     assert not np.array_equal(res.x[0], res.x[1])
     np.testing.assert_array_equal(res.x[2], train.seed_data(train.seed_keys(0, 3)[2], cfg))
@@ -173,14 +173,14 @@ def test_per_seed_data_differs_between_seeds():
 
 def test_tiny_run_learns():
     cfg = _tiny(epochs=40, chunk_epochs=40)
-    res = train.train_seeds(cfg, 8)
+    res = runner.train_seeds(cfg, 8)
     first, last = res.history_SxE[:, 0], res.history_SxE[:, -1]
     assert np.median(last) < 0.1 * np.median(first)
 
 
 def test_bad_seed_count_raises():
     with pytest.raises(ValueError, match="n_seeds"):
-        train.train_seeds(TINY, 0)
+        runner.train_seeds(TINY, 0)
 
 
 _DEVICE_SCRIPT = textwrap.dedent(
@@ -188,10 +188,10 @@ _DEVICE_SCRIPT = textwrap.dedent(
     import json, sys
     import jax, numpy as np
     from tests.test_train import TINY
-    from jaxae import train
-    res = train.train_seeds(TINY, 6, seed=11)
+    from jaxae import runner
+    res = runner.train_seeds(TINY, 6, seed=11)
     leaves = [np.asarray(v).tolist() for v in jax.tree.leaves(res.state.params)]
-    one = train.train_seeds(TINY, 1, seed=11)
+    one = runner.train_seeds(TINY, 1, seed=11)
     json.dump({"devices": len(jax.devices()), "leaves": leaves,
                "history": res.history_SxE.tolist(),
                "one_seed_devices": len(one.state.diverged.sharding.device_set),
@@ -215,7 +215,7 @@ def test_same_run_on_one_and_four_devices():
     )
     got = json.loads(out.stdout)
     assert got["devices"] == 4
-    here = train.train_seeds(TINY, 6, seed=11, devices=jax.devices()[:1])
+    here = runner.train_seeds(TINY, 6, seed=11, devices=jax.devices()[:1])
     for leaf, ref in zip(got["leaves"], jax.tree.leaves(here.state.params), strict=True):
         np.testing.assert_allclose(np.asarray(leaf), np.asarray(ref), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got["history"], here.history_SxE, rtol=1e-5)
@@ -372,8 +372,8 @@ def test_resampling_in_the_loop_changes_a_run_with_dead_units():
         train=TrainConfig(epochs=4, batch_size=16, chunk_epochs=4),
     )
     plain = dataclasses.replace(cfg, loss=LossConfig(dead_steps=1))
-    with_resampling = train.train_seeds(cfg, 2)
-    without = train.train_seeds(plain, 2)
+    with_resampling = runner.train_seeds(cfg, 2)
+    without = runner.train_seeds(plain, 2)
     chex.assert_tree_all_finite(with_resampling.state.params)
     assert not np.allclose(
         with_resampling.state.params["params"]["decoder"]["kernel"],
@@ -490,11 +490,11 @@ def test_lbfgs_seeds_and_arms_vmapped_equal_their_own_runs():
     60); between the two decays' runs 2.4, so an arm that took the other's steps would show.
     """
     cfg = _lbfgs(epochs=6, chunk_epochs=4)
-    batch = train.train_seeds(cfg, 4, seed=3)
+    batch = runner.train_seeds(cfg, 4, seed=3)
     assert not batch.diverged.any()
     keys = train.seed_keys(3, 4)
     for i in (0, 3):
-        alone = train.train_seeds(cfg, 1, keys=keys[i : i + 1])
+        alone = runner.train_seeds(cfg, 1, keys=keys[i : i + 1])
         _close(jax.tree.map(lambda v, i=i: v[i : i + 1], batch.state.params), alone.state.params)
         np.testing.assert_allclose(batch.history_SxE[i], alone.history_SxE[0], rtol=1e-5)
     state, loss_SxE = jax.jit(jax.vmap(train.make_train(cfg)))(keys)
@@ -506,12 +506,12 @@ def test_lbfgs_seeds_and_arms_vmapped_equal_their_own_runs():
     hyper = jax.tree.map(lambda v: jnp.broadcast_to(v, (4, 2)), one).replace(
         weight_decay=jnp.broadcast_to(wds, (4, 2))
     )
-    arms = train.train_seeds(cfg, 4, seed=3, hyper=hyper)
+    arms = runner.train_seeds(cfg, 4, seed=3, hyper=hyper)
     chex.assert_tree_shape_prefix(arms.state.params, (4, 2))
     other = jax.tree.map(lambda v: jnp.broadcast_to(v, (4,)), one).replace(
         weight_decay=jnp.full((4,), wds[1])
     )
-    alone = train.train_seeds(cfg, 4, seed=3, hyper=other)
+    alone = runner.train_seeds(cfg, 4, seed=3, hyper=other)
     for arm, plain in ((0, batch), (1, alone)):
         got = jax.tree.map(lambda v, arm=arm: v[:, arm], arms.state.params)
         chex.assert_trees_all_close(got, plain.state.params, rtol=0, atol=1e-5)

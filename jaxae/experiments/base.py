@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxae import data, memory, metrics, processes, train
+from jaxae import data, memory, metrics, processes, runner, train
 from jaxae.config import Config, override
 
 
@@ -309,7 +309,7 @@ def run(
     n_seeds: int,
     seed: int = 0,
     *,
-    callback: Callable[[int, train.Progress], bool | None] | None = None,
+    callback: Callable[[int, runner.Progress], bool | None] | None = None,
     resume: list[GroupCheckpoint] | None = None,
     devices: list[jax.Device] | None = None,
     memory_budget: int | None = None,
@@ -321,7 +321,7 @@ def run(
     `devices` (default: all) carry the seed axis; the same seeds on other devices agree to float
     rounding, not bit for bit. `memory_budget` (bytes per device; default
     `memory.device_memory_budget`) splits training and evaluation into batches of seeds that fit
-    (`train.train_seeds`, `train.evaluate_seeds`); `RunOutput.memory` reports the plans.
+    (`runner.train_seeds`, `runner.evaluate_seeds`); `RunOutput.memory` reports the plans.
 
     Every group is trained before any is evaluated. In a multi-process run
     (`processes.init_processes`) every process trains; process 0 alone evaluates, on its own
@@ -338,48 +338,15 @@ def run(
     usage: dict[str, Any] = {}  # RunOutput.memory
     trained = []
     for g, arms in enumerate(groups):
-        cfg = arms[0].config
-        keys, hyper = group_layout(arms, n_seeds, seed)
         previous = resume[g] if resume is not None and g < len(resume) else None
-        spent_s, spent_steps = (
-            (0.0, 0.0) if previous is None else (previous.train_s, previous.seed_steps)
+        on_chunk = None if callback is None else (lambda p, g=g: callback(g, p))
+        checkpoint, x = _train_group(
+            arms, n_seeds, seed, previous, on_chunk, timing, usage, devices, memory_budget
         )
-        timing["train_s"] += spent_s
-        timing["seed_steps"] += spent_steps
-        if previous is not None and previous.epochs_done >= cfg.train.epochs:
-            done.append(previous)  # finished before the stop: nothing left to train
-            trained.append((previous.state, previous.history_SxE, None))
-        else:
-            res = train.train_seeds(
-                cfg,
-                int(keys.shape[0]),
-                seed,
-                hyper=hyper,
-                keys=keys,
-                devices=devices,
-                callback=None if callback is None else (lambda p, g=g: callback(g, p)),
-                resume=None
-                if previous is None
-                else (previous.state, previous.history_SxE, previous.epochs_done),
-                memory_budget=memory_budget,
-            )
-            seed_steps = res.timing["seed_steps_per_s"] * res.timing["train_s"]
-            timing["compile_s"] += res.timing["compile_s"]
-            timing["train_s"] += res.timing["train_s"]
-            timing["seed_steps"] += seed_steps
-            _largest_plan(usage, "train", res.memory)
-            done.append(
-                GroupCheckpoint(
-                    res.state,
-                    res.history_SxE,
-                    res.epochs_done,
-                    spent_s + res.timing["train_s"],
-                    spent_steps + seed_steps,
-                )
-            )
-            if not res.finished:
-                return RunOutput(exp, n_seeds, seed, done, None, timing, usage)
-            trained.append((res.state, res.history_SxE, res.x))
+        done.append(checkpoint)
+        if checkpoint.epochs_done < arms[0].config.train.epochs:
+            return RunOutput(exp, n_seeds, seed, done, None, timing, usage)
+        trained.append((checkpoint.state, checkpoint.history_SxE, x))
     timing["seed_steps_per_s"] = (
         timing["seed_steps"] / timing["train_s"] if timing["train_s"] > 0 else float("nan")
     )
@@ -400,6 +367,57 @@ def run(
         results.update(group)
     usage.update(memory.peak_memory())
     return RunOutput(exp, n_seeds, seed, done, results, timing, usage)
+
+
+def _train_group(
+    arms: list[Arm],
+    n_seeds: int,
+    seed: int,
+    previous: GroupCheckpoint | None,
+    callback: Callable[[runner.Progress], bool | None] | None,
+    timing: dict[str, Any],
+    usage: dict[str, Any],
+    devices: list[jax.Device] | None,
+    memory_budget: int | None,
+) -> tuple[GroupCheckpoint, jax.Array | None]:
+    """Train (or finish training) one group's program; add its time to `timing` and its memory
+    plan to `usage`. Returns its checkpoint and the data it trained on (None if it had finished
+    before a stop: nothing was trained now)."""
+    cfg = arms[0].config
+    keys, hyper = group_layout(arms, n_seeds, seed)
+    spent_s, spent_steps = (
+        (0.0, 0.0) if previous is None else (previous.train_s, previous.seed_steps)
+    )
+    timing["train_s"] += spent_s
+    timing["seed_steps"] += spent_steps
+    if previous is not None and previous.epochs_done >= cfg.train.epochs:
+        return previous, None  # finished before the stop: nothing left to train
+    res = runner.train_seeds(
+        cfg,
+        int(keys.shape[0]),
+        seed,
+        hyper=hyper,
+        keys=keys,
+        devices=devices,
+        callback=callback,
+        resume=None
+        if previous is None
+        else (previous.state, previous.history_SxE, previous.epochs_done),
+        memory_budget=memory_budget,
+    )
+    seed_steps = res.timing["seed_steps_per_s"] * res.timing["train_s"]
+    timing["compile_s"] += res.timing["compile_s"]
+    timing["train_s"] += res.timing["train_s"]
+    timing["seed_steps"] += seed_steps
+    _largest_plan(usage, "train", res.memory)
+    checkpoint = GroupCheckpoint(
+        res.state,
+        res.history_SxE,
+        res.epochs_done,
+        spent_s + res.timing["train_s"],
+        spent_steps + seed_steps,
+    )
+    return checkpoint, res.x
 
 
 def _largest_plan(usage: dict[str, Any], name: str, plan: dict[str, Any]) -> None:
@@ -435,16 +453,16 @@ def _evaluate_group(
     memory_budget: int | None = None,
 ) -> tuple[dict[str, ArmResult], memory.MemoryPlan]:
     """Full-data figures of every run of a group (and of unit 0 at initialisation), split by arm;
-    evaluated in batches of seeds that fit (`train.evaluate_seeds`, whose plan comes back too)."""
-    progs = train.programs(cfg)
+    evaluated in batches of seeds that fit (`runner.evaluate_seeds`, whose plan comes back too)."""
+    progs = runner.programs(cfg)
     if x is None:
         x = (
-            train.seed_data_batches(cfg, keys, memory.PROBE_SEEDS)
+            runner.seed_data_batches(cfg, keys, memory.PROBE_SEEDS)
             if cfg.data.per_seed
             else train.shared_data(cfg)
         )
     evaluate = functools.partial(
-        train.evaluate_seeds, cfg, x=x, devices=devices, memory_budget=memory_budget
+        runner.evaluate_seeds, cfg, x=x, devices=devices, memory_budget=memory_budget
     )
     figures, plan = evaluate(state)
     init_state = progs.init(keys, hyper)

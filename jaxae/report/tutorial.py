@@ -30,6 +30,7 @@ from jaxae.report.base import (
     Page,
     arm_colors,
     clip_log,
+    convergence_headline,
     count,
     fmt,
     fmt_rate,
@@ -52,6 +53,18 @@ WEIGHT_SEEDS = 4
 # Figures
 
 
+def _fvu_axis(values: np.ndarray, tol: float) -> tuple[bool, float, float]:
+    """`(log, bottom, top)` of an FVU axis showing `values` and the tolerance line `tol`: log when
+    they span more than `LOG_RANGE`."""
+    log = bool(values.size) and values.max() / values.min() > LOG_RANGE
+    if log:
+        extent = np.concatenate([values, [tol] if math.isfinite(tol) else []])
+        return True, extent.min() / 3, extent.max() * 3
+    extent = np.concatenate([values, [0.0, tol] if math.isfinite(tol) else [0.0]])
+    pad = 0.05 * (extent.max() - extent.min() or 1.0)
+    return False, extent.min() - pad, extent.max() + pad
+
+
 def plot_fvu_vs_hidden(m: Metrics, path: Path) -> None:
     """Per hidden size: FVU of every seed, median with 25-75% and 10-90% bars, and the PCA floor."""
     arms = m["arms"]
@@ -66,17 +79,10 @@ def plot_fvu_vs_hidden(m: Metrics, path: Path) -> None:
     }
     seeds = clip_log(np.concatenate([f[np.isfinite(f)] for f in fvus]))
     shown_floors = floors[np.isfinite(floors) & (floors >= LOG_FLOOR)]
-    values = np.concatenate([seeds, shown_floors])
-    log = bool(values.size) and values.max() / values.min() > LOG_RANGE
+    log, bottom, top = _fvu_axis(np.concatenate([seeds, shown_floors]), tol)
     fig, ax = plt.subplots(figsize=(9.5, 4.5), layout="constrained")
     if log:
         ax.set_yscale("log")
-        extent = np.concatenate([values, [tol] if math.isfinite(tol) else []])
-        bottom, top = extent.min() / 3, extent.max() * 3
-    else:
-        extent = np.concatenate([values, [0.0, tol] if math.isfinite(tol) else [0.0]])
-        pad = 0.05 * (extent.max() - extent.min() or 1.0)
-        bottom, top = extent.min() - pad, extent.max() + pad
     ax.set_ylim(bottom, top)
 
     def show(v: np.ndarray) -> np.ndarray:
@@ -646,12 +652,45 @@ def _overcomplete_text(m: Metrics) -> tuple[list[str], str]:
 # ----------------------------------------------------------------------------------------------
 # Pages
 
+
+def reconstruction_headline(m: Metrics) -> str:
+    """The share of seeds that reconstruct the data, per hidden size (§1.3 and §1.4 claim which
+    sizes reconstruct, not which reach their own PCA floor)."""
+    return "seeds that reconstruct: " + ", ".join(
+        f"{label}: {sum(a['reconstructs'])}/{len(a['reconstructs'])}"
+        for label, a in m["arms"].items()
+    )
+
+
+def agreement_headline(m: Metrics) -> str:
+    """The plain model's convergence rate, then median decoder PW-MCC against its chance level per
+    arm: §1.5 claims that the seeds converge and yet agree on nothing."""
+    agreement = m.get("analysis", {}).get("agreement", {})
+    if not agreement:
+        return convergence_headline(m)
+    first = next(iter(m["arms"]))
+    parts = [
+        f"{label}: {fmt(a['pw_mcc_median'], '.3f')} ({fmt(a['pw_mcc_null_median'], '.3f')})"
+        for label, a in agreement.items()
+    ]
+    return (
+        f"{first}: converged {fmt(m['arms'][first]['convergence_rate'], '.2f')}; median PW-MCC "
+        "(chance): " + ", ".join(parts)
+    )
+
+
 MULTIPLES_PAGE = Page(figures=_multiples_figures, text=_multiples_text, arms_by="init")
 # offset and noise: one arm per hidden size
 SWEEP_PAGE = Page(
-    figures=_sweep_figures, text=_sweep_text, arms_by="hidden units", ordered_arms=True
+    figures=_sweep_figures,
+    text=_sweep_text,
+    arms_by="hidden units",
+    ordered_arms=True,
+    headline=reconstruction_headline,
 )
-OVERCOMPLETE_PAGE = Page(figures=_overcomplete_figures, text=_overcomplete_text)
+OVERCOMPLETE_PAGE = Page(
+    figures=_overcomplete_figures, text=_overcomplete_text, headline=agreement_headline
+)
 
 # What a sweep of a tutorial claim is judged by: how often it holds.
 MAIN_METRIC = MainMetric(
