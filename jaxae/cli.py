@@ -6,6 +6,7 @@
     jaxae run --resume DIR
     jaxae reproduce [--seeds N] [--seed S] [--out DIR] [--resume]
     jaxae report DIR
+    jaxae export RUN_DIR [--arm ARM] [--seed I] [--format saelens] OUT
 
 Invalid arguments print one line on stderr and exit with status 2. Ctrl-C or SIGTERM stops a run at
 the next chunk boundary, saves it for `--resume` and exits with 130 or 143.
@@ -35,7 +36,8 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from jaxae import experiments, memory, processes, report, results, sweep
+from jaxae import experiments, export, memory, processes, report, results, sweep
+from jaxae.cores import use_every_core
 
 console = Console(stderr=True)
 
@@ -122,6 +124,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="re-render figures and report.md of a run directory")
     rep.add_argument("dir", type=Path)
+
+    exp = sub.add_parser(
+        "export", help="write one trained arm and seed in another tool's format (SAELens)"
+    )
+    exp.add_argument("dir", type=Path, metavar="RUN_DIR", help="a finished run directory")
+    exp.add_argument("out", type=Path, metavar="OUT", help="the new directory to write")
+    exp.add_argument("--arm", default=None, help="the arm's label (default: a run's only arm)")
+    exp.add_argument("--seed", type=int, default=0, help="the seed, 0..n_seeds-1 (default 0)")
+    exp.add_argument(
+        "--format",
+        dest="fmt",
+        default="saelens",
+        help=f"one of {', '.join(export.FORMATS)}: SAELens's cfg.json and sae_weights.safetensors",
+    )
     return parser
 
 
@@ -232,6 +248,19 @@ def _print_summary(data: dict[str, Any], out_dir: Path) -> None:
         print(f"  {memory_line}")
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    cfg = _checked(lambda: export.export(args.dir, args.out, args.arm, args.seed, args.fmt))
+    meta = cfg["metadata"]["jaxae"]
+    k = f", k={cfg['k']}" if "k" in cfg else ""
+    dropped = f"; {meta['dropped_units']} masked units dropped" if meta["dropped_units"] else ""
+    print(
+        f"{args.out}: SAELens {cfg['architecture']} SAE, d_in={cfg['d_in']}, "
+        f"d_sae={cfg['d_sae']}{k}, apply_b_dec_to_input={cfg['apply_b_dec_to_input']} "
+        f"(arm {meta['arm']!r}, seed {meta['seed']} of {args.dir}{dropped})"
+    )
+    return 0
+
+
 def cmd_list() -> int:
     for exp in experiments.EXPERIMENTS.values():
         print(f"{exp.name:13s} {exp.section:10s} {exp.default_seeds:4d} seeds  {exp.summary}")
@@ -314,19 +343,6 @@ def cmd_reproduce(args: argparse.Namespace, stop: StopFlag) -> int:
     return 0
 
 
-def use_every_core() -> None:
-    """One XLA CPU device per core, so the seed axis is sharded over all of them.
-
-    XLA:CPU runs one device on about one core; the flag must be set before JAX creates its CPU
-    backend (at the first computation), and an explicit XLA_FLAGS setting is left alone. It only
-    affects the CPU platform, so on an accelerator it changes nothing.
-    """
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_force_host_platform_device_count" not in flags:
-        cores = len(os.sched_getaffinity(0))
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={cores}".strip()
-
-
 def setup_processes() -> None:
     """Check JAXAE_MEMORY_BUDGET and join a multi-process run if the environment names one
     (`processes.init_processes`), before anything touches a device; bad values are usage errors."""
@@ -338,13 +354,14 @@ def setup_processes() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `jaxae` console script."""
-    use_every_core()
+    use_every_core(warn=False)  # JAX has not started yet (quiet where main() runs in-process)
     stop = StopFlag()
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "list": lambda a: cmd_list(),
         "run": lambda a: cmd_run(a, stop),
         "reproduce": lambda a: cmd_reproduce(a, stop),
         "report": lambda a: _checked(lambda: report.render_run(a.dir)) or 0,
+        "export": cmd_export,
     }
     try:
         args = build_parser().parse_args(argv)

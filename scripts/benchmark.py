@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout this script is in
 
 from jaxae import benchmark
-from jaxae.cli import use_every_core
+from jaxae.cores import use_every_core
 
 
 def _seeds(text: str) -> tuple[int, ...]:

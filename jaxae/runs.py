@@ -1,0 +1,398 @@
+"""A finished run directory read back: its configs, arms, metrics and trained autoencoders.
+
+    import jaxae
+
+    run = jaxae.load("runs/sparse")
+    ae = run.autoencoder("topk k=3", seed=0)  # jitted encode / decode / __call__ of one seed
+    h_NxH = ae.encode(x_NxD)
+    atoms_HxD = ae.atoms  # the decoder rows in use, one per hidden unit
+    every = run.autoencoders("topk k=3")  # all seeds at once: outputs [S, ...]
+
+`load` reads metrics.json and the Orbax checkpoint `params/` (every arm's parameters, leading axis
+seed) that `jaxae run` writes (results.py). Each arm's own config is rebuilt as the run built it:
+the named experiment with metrics.json's `overrides` (`experiments.with_overrides`), checked
+against the config metrics.json recorded; an arm's per-arm values (its k, its hidden units in use)
+come from metrics.json `arms.<label>` (`hyper`, `n_hidden`).
+
+Hidden units an arm masks (the hidden-size sweeps train every size inside the widest model; the
+masked units are always the last ones, held at zero) are dropped: an arm's autoencoder has exactly
+the units it uses, which computes the same codes and reconstructions as the masked model.
+
+A swept run (`jaxae run --sweep`) keeps one complete run per grid point under `grid/`; `load` takes
+a grid point's directory, not the sweep's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import operator
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxae import data, experiments, results
+from jaxae.config import Config
+from jaxae.model import Autoencoder
+
+
+def _fail(what: str, value: Any, allowed: str) -> ValueError:
+    return ValueError(f"{what}={value!r} is invalid: allowed is {allowed}")
+
+
+@functools.cache
+def _functions(model: Autoencoder, batched: bool) -> tuple[Callable[..., Any], ...]:
+    """Jitted `(encode, decode, call, decoder rows)` of `model`'s params, vmapped over seeds when
+    `batched` (one compilation per model and shape, whichever seed or arm it serves)."""
+
+    def encode(params: Any, x: jax.Array) -> jax.Array:
+        return model.apply(params, x, method="encode")
+
+    def decode(params: Any, h: jax.Array) -> jax.Array:
+        return model.apply(params, h, method="decode")
+
+    def both(params: Any, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return model.apply(params, x)
+
+    def rows(params: Any) -> jax.Array:
+        return model.apply(params, method="decoder_weights")
+
+    if not batched:
+        return jax.jit(encode), jax.jit(decode), jax.jit(both), jax.jit(rows)
+
+    def decode_each(params: Any, h: jax.Array) -> jax.Array:  # h_SxNxH per seed or h_NxH shared
+        return jax.vmap(decode, in_axes=(0, 0 if h.ndim == 3 else None))(params, h)
+
+    return (
+        jax.jit(jax.vmap(encode, in_axes=(0, None))),
+        jax.jit(decode_each),
+        jax.jit(jax.vmap(both, in_axes=(0, None))),
+        jax.jit(jax.vmap(rows)),
+    )
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TrainedAutoencoder:
+    """One arm's trained autoencoder: one seed's (`seed` an int) or every seed's (`seed` None,
+    parameters with a leading seed axis S), with the arm's own k and hidden units in use.
+
+    `encode(x_NxD) -> h_NxH`, `decode(h_NxH) -> x_hat_NxD` and `__call__(x_NxD) -> (x_hat, h)` are
+    jitted. For every seed at once the inputs `x_NxD` are shared and every output gains a leading
+    seed axis; `decode` takes the seeds' own codes `h_SxNxH` or codes `h_NxH` shared by all.
+    """
+
+    arm: str
+    seed: int | None  # None: every seed at once
+    model: Autoencoder  # the Flax module, `n_hidden` = the units in use
+    params: Any = dataclasses.field(repr=False)  # Flax params (leading axis S when seed is None)
+    config: Config = dataclasses.field(repr=False)  # the arm's config, as trained
+
+    @property
+    def n_hidden(self) -> int:
+        """Hidden units in use."""
+        return self.model.n_hidden
+
+    @property
+    def n_features(self) -> int:
+        return self.model.n_features
+
+    @property
+    def k(self) -> int | None:
+        """Top-k's k (None for other activations)."""
+        return self.model.k if self.model.activation == "topk" else None
+
+    @property
+    def n_seeds(self) -> int | None:
+        """Seeds in `params` (None for one seed's autoencoder)."""
+        if self.seed is not None:
+            return None
+        return int(self.params["params"]["decoder"]["bias"].shape[0])
+
+    def _input(self, x: Any, width: int, name: str, per_seed_ok: bool = False) -> jax.Array:
+        x = jnp.asarray(x, jnp.float32)
+        shapes = [f"[N, {width}]"]
+        if per_seed_ok and self.seed is None:
+            shapes.append(f"[{self.n_seeds}, N, {width}] (one per seed)")
+            if x.ndim == 3 and x.shape[0] == self.n_seeds and x.shape[-1] == width:
+                return x
+        if x.ndim != 2 or x.shape[-1] != width:
+            raise _fail(f"{name}.shape", tuple(x.shape), " or ".join(shapes))
+        return x
+
+    def _fn(self, i: int) -> Callable[..., Any]:
+        return _functions(self.model, self.seed is None)[i]
+
+    def encode(self, x_NxD: Any) -> jax.Array:
+        """The hidden code `h_NxH` (`h_SxNxH` for every seed)."""
+        return self._fn(0)(self.params, self._input(x_NxD, self.n_features, "x"))
+
+    def decode(self, h_NxH: Any) -> jax.Array:
+        """The reconstruction `x_hat_NxD` (`x_hat_SxNxD` for every seed)."""
+        h = self._input(h_NxH, self.n_hidden, "h", per_seed_ok=True)
+        return self._fn(1)(self.params, h)
+
+    def __call__(self, x_NxD: Any) -> tuple[jax.Array, jax.Array]:
+        """`(x_hat, h)` of `x_NxD`."""
+        return self._fn(2)(self.params, self._input(x_NxD, self.n_features, "x"))
+
+    @property
+    def atoms(self) -> np.ndarray:
+        """The decoder rows in use, one per hidden unit (unit vectors with a unit-norm decoder):
+        `w_HxD` (`w_SxHxD` for every seed)."""
+        return np.asarray(self._fn(3)(self.params))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Run:
+    """A finished run directory (see `load`)."""
+
+    path: Path
+    experiment: str
+    config: Config  # metrics.json's config: the first arm's
+    arms: tuple[str, ...]  # the arm labels, in metrics.json's order
+    configs: dict[str, Config] = dataclasses.field(repr=False)  # each arm's own config
+    metrics: dict[str, Any] = dataclasses.field(repr=False)  # metrics.json, parsed
+    params: dict[str, Any] = dataclasses.field(repr=False)  # arm -> Flax params, leading axis S
+    n_seeds: int = 0
+    seed: int = 0  # the base seed: seed i trained from fold_in(key(seed), i)
+
+    def check_arm(self, arm: str) -> str:
+        """`arm` if it is one of the run's arm labels, else `ValueError` listing them."""
+        if arm not in self.configs:
+            raise _fail("arm", arm, "one of " + ", ".join(repr(a) for a in self.arms))
+        return arm
+
+    def check_seed(self, seed: Any) -> int:
+        """`seed` as an int if it is one of the run's seeds `0..n_seeds-1`, else `ValueError`."""
+        try:
+            if isinstance(seed, bool):
+                raise TypeError
+            i = operator.index(seed)
+        except TypeError:
+            i = None
+        if i is None or not 0 <= i < self.n_seeds:
+            raise _fail(
+                "seed",
+                seed,
+                f"an integer in 0..{self.n_seeds - 1} (the run's {self.n_seeds} seeds)",
+            )
+        return i
+
+    def n_hidden(self, arm: str) -> int:
+        """Hidden units the arm uses (metrics.json `arms.<label>.n_hidden`)."""
+        return int(self.metrics["arms"][self.check_arm(arm)]["n_hidden"])
+
+    def k(self, arm: str) -> int | None:
+        """Top-k's k of the arm: its own (`arms.<label>.hyper.k`), else its config's; None for
+        other activations."""
+        cfg = self.configs[self.check_arm(arm)]
+        if cfg.model.activation != "topk":
+            return None
+        own = self.metrics["arms"][arm].get("hyper", {}).get("k")
+        return int(own) if own is not None else int(cfg.model.k)
+
+    def _model(self, arm: str) -> Autoencoder:
+        cfg = self.configs[arm]
+        h = self.n_hidden(arm)
+        k = self.k(arm)
+        return Autoencoder(
+            n_features=cfg.data.n_features,
+            n_hidden=h,
+            activation=cfg.model.activation,
+            # a top-k arm with more k than units in use keeps them all, as its masked model did
+            k=None if k is None else min(k, h),
+            initializer=cfg.model.init,
+            unit_norm_decoder=cfg.model.unit_norm_decoder,
+            pre_bias=cfg.model.pre_bias,
+            tied_init=cfg.model.tied_init,
+            output=cfg.model.output,
+        )
+
+    def _params(self, arm: str, seed: int | None) -> Any:
+        """The arm's parameters (one seed's, or all), masked units dropped."""
+        h = self.n_hidden(arm)
+        p = self.params[arm]["params"]
+        pick = (lambda v: v) if seed is None else (lambda v: v[seed])
+        enc, dec = p["encoder"], p["decoder"]
+        return {
+            "params": {
+                "encoder": {
+                    "kernel": jnp.asarray(pick(enc["kernel"])[..., :h]),
+                    "bias": jnp.asarray(pick(enc["bias"])[..., :h]),
+                },
+                "decoder": {
+                    "kernel": jnp.asarray(pick(dec["kernel"])[..., :h, :]),
+                    "bias": jnp.asarray(pick(dec["bias"])),
+                },
+            }
+        }
+
+    def autoencoder(self, arm: str, seed: int = 0) -> TrainedAutoencoder:
+        """Seed `seed`'s trained autoencoder of `arm` (jitted encode, decode and call)."""
+        arm, seed = self.check_arm(arm), self.check_seed(seed)
+        return TrainedAutoencoder(
+            arm, seed, self._model(arm), self._params(arm, seed), self.configs[arm]
+        )
+
+    def autoencoders(self, arm: str) -> TrainedAutoencoder:
+        """Every seed's trained autoencoder of `arm` at once (vmapped over the seed axis)."""
+        arm = self.check_arm(arm)
+        return TrainedAutoencoder(
+            arm, None, self._model(arm), self._params(arm, None), self.configs[arm]
+        )
+
+    def data(self, arm: str | None = None) -> np.ndarray:
+        """The data set `arm` (default the first) trained and was evaluated on: `x_NxD` (for real
+        data the training split). Drawn again from the config's data key, so for
+        `data.kind="array"` its file must still be there."""
+        cfg = self.configs[self.check_arm(self.arms[0] if arm is None else arm)]
+        if cfg.data.per_seed:
+            raise _fail(
+                "data.per_seed",
+                True,
+                "false for Run.data (every seed drew its own data set; nothing to share)",
+            )
+        return np.asarray(data.make_data(jax.random.key(cfg.data.seed), cfg.data))
+
+    def heldout(self, arm: str | None = None) -> np.ndarray | None:
+        """The held-out rows of real data (`data.heldout`) for `arm`; None for generated data."""
+        cfg = self.configs[self.check_arm(self.arms[0] if arm is None else arm)]
+        return data.heldout(jax.random.key(cfg.data.seed), cfg.data)
+
+    @property
+    def ground_truth(self) -> np.ndarray | None:
+        """The data's true dictionary `atoms_MxD`, for data that has one (`data.kind="sparse"`)."""
+        path = self.path / results.GROUND_TRUTH
+        return np.load(path, allow_pickle=False) if path.exists() else None
+
+
+def _read_metrics(path: Path) -> dict[str, Any]:
+    what = "run_dir"
+    if not path.is_dir():
+        stopped = results.partial_dir(path)
+        if stopped.is_dir():
+            raise _fail(
+                what,
+                str(path),
+                f"a finished run directory: this run was stopped and is saved in {stopped}; "
+                f"finish it with `jaxae run --resume {path}`",
+            )
+        raise _fail(what, str(path), "a run directory written by `jaxae run` (it does not exist)")
+    metrics_path = path / results.METRICS
+    if not metrics_path.is_file():
+        hint = ""
+        if (path / results.PROGRESS).is_file():
+            resume = path.with_suffix("")
+            hint = f" (this is a stopped run's: finish it with `jaxae run --resume {resume}`)"
+        raise _fail(what, str(path), f"a run directory with {results.METRICS}{hint}")
+    try:
+        metrics = json.loads(metrics_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise _fail(
+            what, str(path), f"a run directory with a readable {results.METRICS} ({err})"
+        ) from err
+    if "grid" in metrics:
+        points = metrics["grid"].get("points", {})
+        first = next(iter(points.values()), {}).get("dir", "grid/p0")
+        raise _fail(
+            what,
+            str(path),
+            f"one grid point's run directory, e.g. {path / first} (a sweep of "
+            f"{len(points)} grid points; metrics.json grid.points.<point>.dir names each)",
+        )
+    for key in ("experiment", "config", "overrides", "arms", "n_seeds"):
+        if key not in metrics:
+            raise _fail(what, str(path), f"a run directory whose {results.METRICS} has {key!r}")
+    if not (path / results.PARAMS).is_dir():
+        raise _fail(what, str(path), f"a run directory with {results.PARAMS}/ (the checkpoint)")
+    return metrics
+
+
+def _widths(params: dict[str, Any]) -> dict[str, int]:
+    return {arm: int(np.shape(p["params"]["encoder"]["kernel"])[-1]) for arm, p in params.items()}
+
+
+def _arm_configs(path: Path, metrics: dict[str, Any], widths: dict[str, int]) -> dict[str, Config]:
+    """Every arm's config, rebuilt as the run built it, checked against metrics.json's config."""
+    where = f"run_dir={str(path)!r} is invalid"
+    try:
+        exp = experiments.with_overrides(
+            experiments.get(metrics["experiment"]), list(metrics["overrides"])
+        )
+    except ValueError as err:
+        raise ValueError(f"{where}: its arms cannot be rebuilt ({err})") from err
+    built = {arm.label: arm.config for arm in exp.arms}
+    labels = list(metrics["arms"])
+    missing = [label for label in labels if label not in built]
+    if missing:
+        raise ValueError(
+            f"{where}: its arms {', '.join(map(repr, missing))} are not arms of experiment "
+            f"{metrics['experiment']!r} now ({', '.join(map(repr, built))}); the preset changed "
+            "since the run was written"
+        )
+    configs = {}
+    for label in labels:
+        cfg = built[label]
+        if widths[label] < int(metrics["arms"][label]["n_hidden"]):
+            raise ValueError(
+                f"{where}: arm {label!r} has {widths[label]} hidden units in {results.PARAMS}/, "
+                f"fewer than the {metrics['arms'][label]['n_hidden']} its metrics.json records"
+            )
+        if (
+            widths[label] != cfg.model.n_hidden
+        ):  # a width sweep's point: trained in the widest model
+            cfg = dataclasses.replace(
+                cfg, model=dataclasses.replace(cfg.model, n_hidden=widths[label])
+            )
+        configs[label] = cfg
+    recorded = Config.from_dict(metrics["config"])
+    first = configs[labels[0]]
+    if first != recorded:
+        old, new = recorded.to_dict(), first.to_dict()
+        differ = [
+            f"{s}.{f}={old[s][f]!r} (now {new[s][f]!r})"
+            for s in old
+            for f in old[s]
+            if old[s][f] != new[s][f]
+        ]
+        raise ValueError(
+            f"{where}: arm {labels[0]!r} rebuilds with another config than metrics.json records "
+            f"({', '.join(differ)}); the preset changed since the run was written"
+        )
+    return configs
+
+
+def load(run_dir: str | Path) -> Run:
+    """Read a finished run directory (`jaxae run`'s, or one grid point's of a sweep).
+
+    `ValueError` naming the directory and what is allowed when it is missing, stopped (only
+    `DIR.partial/` exists), a whole sweep, or not a run directory.
+    """
+    path = Path(run_dir)
+    metrics = _read_metrics(path)
+    params = results.load_checkpoint(path / results.PARAMS)
+    if set(params) != set(metrics["arms"]):
+        raise _fail(
+            "run_dir",
+            str(path),
+            f"a run directory whose {results.PARAMS}/ holds the arms of its {results.METRICS} "
+            f"({', '.join(metrics['arms'])}; it holds {', '.join(params)})",
+        )
+    configs = _arm_configs(path, metrics, _widths(params))
+    labels = tuple(metrics["arms"])
+    return Run(
+        path=path,
+        experiment=metrics["experiment"],
+        config=Config.from_dict(metrics["config"]),
+        arms=labels,
+        configs=configs,
+        metrics=metrics,
+        params={label: params[label] for label in labels},
+        n_seeds=int(metrics["n_seeds"]),
+        seed=int(metrics.get("seed", 0)),
+    )
