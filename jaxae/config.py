@@ -17,7 +17,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 DataKind = Literal["multiples", "offset", "gaussian", "sparse", "digits", "patches", "array"]
-Magnitude = Literal["halfnormal", "uniform", "exponential"]
+Magnitude = Literal["halfnormal", "uniform", "exponential", "one"]
+Firing = Literal["exact", "bernoulli"]
 Activation = Literal["relu", "sigmoid", "identity", "topk"]
 Init = Literal["torch", "flax", "ng"]
 Output = Literal["linear", "sigmoid"]
@@ -29,6 +30,7 @@ Whiten = Literal["none", "zca", "olshausen"]
 
 DATA_KINDS: tuple[str, ...] = typing.get_args(DataKind)
 MAGNITUDES: tuple[str, ...] = typing.get_args(Magnitude)
+FIRINGS: tuple[str, ...] = typing.get_args(Firing)
 ACTIVATIONS: tuple[str, ...] = typing.get_args(Activation)
 INITS: tuple[str, ...] = typing.get_args(Init)
 OUTPUTS: tuple[str, ...] = typing.get_args(Output)
@@ -96,10 +98,22 @@ class DataConfig:
     max_value: int = 200  # multiples/offset: base values are round(U[0,1) * max_value)
     seed: int = 0  # the data set's own key: key(seed); independent of the training seeds
     per_seed: bool = False  # draw a fresh data set for every training seed instead of one shared
-    # sparse: M unit-norm atoms in D dimensions; every sample sums `active` of them (no repeats)
+    # sparse: M unit-norm atoms in D dimensions; each sample sums the atoms that fire in it
     n_atoms: int = 20  # M, ground-truth features (may exceed n_features: superposition)
-    active: int = 3  # atoms per sample, chosen uniformly without replacement
-    magnitude: Magnitude = "halfnormal"  # each active atom's coefficient: |N(0,1)|, U(0,1), Exp(1)
+    # "exact": every sample sums exactly `active` atoms, chosen uniformly without replacement;
+    # "bernoulli" (SAELens's synthetic data): atom i fires in each sample independently with its
+    # own probability p_i (`firing_probabilities`), so `active` is only the expected count, and a
+    # sample may fire no atom at all (a zero row, plus noise)
+    firing: Firing = "exact"
+    active: int = 3  # "exact": atoms per sample; "bernoulli": sum_i p_i (unless firing_p > 0)
+    # "bernoulli" only: firing_p > 0 gives every atom p_i = firing_p (`active` is then ignored);
+    # 0 leaves the p_i to `active` and `zipf`: with zipf = s > 0 they follow Zipf's law,
+    # p_i = active * (i+1)^-s / sum_j (j+1)^-s (atom 0 the most frequent; refused where p_0 > 1),
+    # with zipf = 0 they are uniform, p_i = active / n_atoms
+    firing_p: float = 0.0
+    zipf: float = 0.0
+    # each active atom's coefficient: |N(0,1)|, U(0,1), Exp(1), or 1 (SAELens's default)
+    magnitude: Magnitude = "halfnormal"
     noise: float = 0.0  # standard deviation of Gaussian noise added to every feature
     # digits, patches, array: this share of the rows (of patches: `heldout * n_samples` more
     # patches) is held out, chosen by the data key; every held-out figure is measured on it
@@ -122,6 +136,33 @@ class DataConfig:
         names = tuple(n.strip() for n in self.image.split(","))
         return IMAGES if names == ("all",) else names
 
+    def _check_firing(self) -> None:
+        _one_of("data.firing", self.firing, FIRINGS)
+        if not _is_number(self.firing_p) or not 0 <= self.firing_p <= 1:
+            _fail("data.firing_p", self.firing_p, "a number in [0, 1] (0: from data.active)")
+        _non_negative_float("data.zipf", self.zipf)
+        if self.firing != "bernoulli":
+            for name in ("firing_p", "zipf"):
+                if getattr(self, name) != 0:
+                    _fail(f"data.{name}", getattr(self, name), "0 unless data.firing='bernoulli'")
+            return
+        if self.firing_p > 0 and self.zipf > 0:
+            _fail(
+                "data.zipf",
+                self.zipf,
+                f"0 when data.firing_p={self.firing_p!r} sets every atom's probability",
+            )
+        if self.zipf > 0:
+            norm = math.fsum((i + 1) ** -self.zipf for i in range(self.n_atoms))
+            if self.active > norm:  # atom 0's probability active / norm would exceed 1
+                _fail(
+                    "data.zipf",
+                    self.zipf,
+                    f"an exponent s at which atom 0's probability data.active / sum_i (i+1)^-s "
+                    f"is at most 1 (here {self.active} / {norm:.4g} = {self.active / norm:.4g}: "
+                    "lower data.zipf or data.active, or raise data.n_atoms)",
+                )
+
     def __post_init__(self) -> None:
         _one_of("data.kind", self.kind, DATA_KINDS)
         _positive_int("data.n_samples", self.n_samples)
@@ -134,6 +175,7 @@ class DataConfig:
         if self.active > self.n_atoms:
             _fail("data.active", self.active, f"at most data.n_atoms={self.n_atoms}")
         _one_of("data.magnitude", self.magnitude, MAGNITUDES)
+        self._check_firing()
         _non_negative_float("data.noise", self.noise)
         if self.per_seed and self.kind in HOST_KINDS:
             _fail(

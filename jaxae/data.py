@@ -3,7 +3,9 @@
 Shape legend: N samples, D features, M ground-truth atoms (or held-out rows), P patch side.
 Every generator is a pure function of its key, so the same key gives the same data set on any
 device and inside or outside `jit`/`vmap`. The sparse generator also returns its ground truth
-(`atoms_MxD`), which `ground_truth` rebuilds from the same key for the metrics.
+(`atoms_MxD`), which `ground_truth` rebuilds from the same key for the metrics; its codes fire
+exactly `active` atoms per sample or, as SAELens's synthetic data do, each atom independently
+with its own (uniform or Zipfian) probability (`sparse_codes`, `firing_probabilities`).
 
 Host loaders (`HOST_KINDS`: `digits`, `patches`, `array`) read files that ship inside installed
 packages (scikit-learn's 8x8 digits, scikit-image's photographs; never a download) or the user's
@@ -65,18 +67,62 @@ def _magnitudes(key: jax.Array, shape: tuple[int, ...], magnitude: str) -> jax.A
         return jax.random.uniform(key, shape)
     if magnitude == "exponential":
         return jax.random.exponential(key, shape)
+    if magnitude == "one":
+        return jnp.ones(shape)
     raise ValueError(f"data.magnitude={magnitude!r} is invalid")  # unreachable: config validates
 
 
-def sparse_codes(
-    key: jax.Array, n: int, n_atoms: int = 20, active: int = 3, magnitude: str = "halfnormal"
+def firing_probabilities(
+    n_atoms: int, active: float = 3, firing_p: float = 0.0, zipf: float = 0.0
 ) -> jax.Array:
-    """`codes_NxM`: exactly `active` non-zero coefficients per row.
+    """`p_M`, each atom's probability of firing in a sample under `data.firing="bernoulli"`.
 
-    The atoms are chosen uniformly without replacement (the `active` largest of M uniform keys) and
-    sized by draws from `magnitude`.
+    `firing_p > 0` gives every atom `p_i = firing_p` (`active` is ignored); otherwise the `p_i`
+    sum to `active`, the expected number of atoms per sample: uniform `active / n_atoms` for
+    `zipf = 0`, and for `zipf = s > 0` Zipf's law over the atom index,
+    `p_i = active * (i+1)^-s / sum_j (j+1)^-s` (atom 0 the most frequent, a log-log slope of
+    exactly -s). `DataConfig` refuses settings where `p_0` would exceed 1 (nothing is clipped).
+
+    SAELens's synthetic data (`sae_lens/synthetic/firing_probabilities.py`,
+    `zipfian_firing_probabilities`, as SynthSAEBench uses it) weights ranks by `1 / rank^exponent`
+    too, but maps the weights affinely onto `[min_prob, max_prob]`; here the power law is kept
+    exact and scaled to an expected count instead, so `active` means the same with either firing.
+    """
+    if firing_p > 0:
+        return jnp.full((n_atoms,), firing_p, jnp.float32)
+    if zipf > 0:
+        weight_M = jnp.arange(1, n_atoms + 1, dtype=jnp.float32) ** -zipf
+        return active * weight_M / jnp.sum(weight_M)
+    return jnp.full((n_atoms,), active / n_atoms, jnp.float32)
+
+
+def sparse_codes(
+    key: jax.Array,
+    n: int,
+    n_atoms: int = 20,
+    active: int = 3,
+    magnitude: str = "halfnormal",
+    firing: str = "exact",
+    firing_p: float = 0.0,
+    zipf: float = 0.0,
+) -> jax.Array:
+    """`codes_NxM`, non-negative: which atoms fire in each row, and how strongly.
+
+    `firing="exact"`: exactly `active` non-zero coefficients per row, the atoms chosen uniformly
+    without replacement (the `active` largest of M uniform keys). `firing="bernoulli"`: atom i
+    fires in each row independently with probability `p_i` (`firing_probabilities`), as
+    SAELens's `ActivationGenerator` draws it (`torch.bernoulli` per feature), so a row may have
+    any number of atoms, none included. Either way the firing atoms are sized by draws from
+    `magnitude` (SAELens's default is "one").
     """
     choice_key, size_key = jax.random.split(key)
+    if firing == "bernoulli":
+        p_1xM = firing_probabilities(n_atoms, active, firing_p, zipf)[None, :]
+        fires_NxM = jax.random.bernoulli(choice_key, p_1xM, (n, n_atoms))
+        coef_NxM = _magnitudes(size_key, (n, n_atoms), magnitude)
+        return jnp.where(fires_NxM, coef_NxM, 0.0)
+    if firing != "exact":
+        raise ValueError(f"data.firing={firing!r} is invalid")  # unreachable: config validates
     _, chosen_NxA = jax.lax.top_k(jax.random.uniform(choice_key, (n, n_atoms)), active)
     coef_NxA = _magnitudes(size_key, (n, active), magnitude)
     return jnp.zeros((n, n_atoms)).at[jnp.arange(n)[:, None], chosen_NxA].set(coef_NxA)
@@ -90,15 +136,20 @@ def sparse(
     active: int = 3,
     magnitude: str = "halfnormal",
     noise: float = 0.0,
+    firing: str = "exact",
+    firing_p: float = 0.0,
+    zipf: float = 0.0,
 ) -> tuple[jax.Array, jax.Array]:
     """Sparse superposition: `(x_NxD, atoms_MxD)` with `x = codes @ atoms + noise * N(0, 1)`.
 
-    Each row is the sum of exactly `active` distinct unit-norm atoms (`sparse_codes`), plus
-    Gaussian noise of standard deviation `noise` on every feature.
+    Each row is the sum of its firing unit-norm atoms (`sparse_codes`: exactly `active` distinct
+    ones, or each atom independently with `firing="bernoulli"`), plus Gaussian noise of standard
+    deviation `noise` on every feature. The atoms come from their own key, so the firing settings
+    leave the dictionary (`ground_truth`) unchanged.
     """
     atom_key, code_key, noise_key = jax.random.split(key, 3)
     atoms_MxD = sparse_dictionary(atom_key, n_atoms, n_features)
-    codes_NxM = sparse_codes(code_key, n, n_atoms, active, magnitude)
+    codes_NxM = sparse_codes(code_key, n, n_atoms, active, magnitude, firing, firing_p, zipf)
     x_NxD = codes_NxM @ atoms_MxD + noise * jax.random.normal(noise_key, (n, n_features))
     return x_NxD, atoms_MxD
 
@@ -425,6 +476,9 @@ def make_data(key: jax.Array, cfg: DataConfig) -> jax.Array:
             cfg.active,
             cfg.magnitude,
             cfg.noise,
+            cfg.firing,
+            cfg.firing_p,
+            cfg.zipf,
         )
         return x_NxD
     raise ValueError(f"data.kind={cfg.kind!r} is invalid")  # unreachable: DataConfig validates

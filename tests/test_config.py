@@ -162,6 +162,39 @@ INVALID = [
     invalid("loss.resample_pool", 0, "a positive integer", loss={"resample_pool": 0}),
     invalid("optim.schedule", "step", "one of", optim={"schedule": "step"}),
     invalid("optim.final_lr_ratio", 2.0, "a number in [0, 1]", optim={"final_lr_ratio": 2.0}),
+    # sparse firing: exact, or each atom independently (bernoulli) with uniform or Zipf p_i
+    invalid("data.firing", "maybe", "one of 'exact', 'bernoulli'", data={"firing": "maybe"}),
+    invalid("data.magnitude", "ones", "'exponential', 'one'", data={"magnitude": "ones"}),
+    *(
+        invalid(
+            "data.firing_p",
+            v,
+            "a number in [0, 1]",
+            data={"firing": "bernoulli", "firing_p": v},
+        )
+        for v in (-0.1, 1.5, float("nan"), True, "0.5")
+    ),
+    *(
+        invalid("data.zipf", v, "a finite number >= 0", data={"firing": "bernoulli", "zipf": v})
+        for v in (-1.0, float("nan"), float("inf"))
+    ),
+    *(
+        invalid(f"data.{name}", 0.5, "0 unless data.firing='bernoulli'", data={name: 0.5})
+        for name in ("firing_p", "zipf")
+    ),
+    invalid(
+        "data.zipf",
+        1.0,
+        "0 when data.firing_p=0.2 sets every atom's probability",
+        data={"firing": "bernoulli", "firing_p": 0.2, "zipf": 1.0},
+    ),
+    # 20 atoms at s = 2: sum_i (i+1)^-2 = 1.596 < 3, so atom 0 would fire with probability 1.88
+    invalid(
+        "data.zipf",
+        2.0,
+        "atom 0's probability data.active / sum_i (i+1)^-s is at most 1 (here 3 / 1.596 = 1.88",
+        data={"firing": "bernoulli", "zipf": 2.0},
+    ),
 ]
 
 
@@ -186,6 +219,11 @@ def test_invalid_config_names_field_value_and_allowed(
         {"model": {"activation": "identity"}, "loss": {"sparsity": "l1", "weight": 0.1}},
         {"data": {"n_samples": 7}, "train": {"batch_size": 7}},
         {"data": {"kind": "gaussian"}, "model": {"init": "flax"}, "optim": {"decoupled": True}},
+        {"data": {"kind": "sparse", "firing": "bernoulli", "magnitude": "one"}},
+        {"data": {"firing": "bernoulli", "firing_p": 1.0}},
+        {"data": {"firing": "bernoulli", "firing_p": 0.3, "active": 20}},  # active is ignored
+        {"data": {"firing": "bernoulli", "zipf": 1.0}},  # p_0 = 3 / 3.598 = 0.83
+        {"data": {"firing": "bernoulli", "zipf": 2.0, "active": 1}},  # p_0 = 0.63
     ],
     ids=lambda s: json.dumps(s, sort_keys=True),
 )
@@ -304,6 +342,8 @@ def test_override_parses_types() -> None:
         ("data.seed=17", "data", "seed", 17),
         ("  train.epochs = 5  ", "train", "epochs", 5),
         ("train.shuffle=sort", "train", "shuffle", "sort"),
+        ("data.firing=bernoulli", "data", "firing", "bernoulli"),
+        ("data.magnitude=one", "data", "magnitude", "one"),
     ],
 )
 def test_override_single(assignment: str, section: str, field: str, value: Any) -> None:
@@ -312,6 +352,21 @@ def test_override_single(assignment: str, section: str, field: str, value: Any) 
     assert got == value
     assert type(got) is type(value)
     assert dataclasses.replace(cfg, **{section: getattr(Config(), section)}) == Config()
+
+
+def test_override_sets_bernoulli_firing_together() -> None:
+    """`data.zipf` alone is refused (exact firing); with `data.firing=bernoulli` in any order it
+    is taken, as a float."""
+    with pytest.raises(ValueError, match=r"^data\.zipf=1\.0 is invalid: allowed is 0 unless"):
+        override(Config(), ["data.zipf=1"])
+    for order in (
+        ["data.zipf=1", "data.firing=bernoulli"],
+        ["data.firing=bernoulli", "data.zipf=1"],
+    ):
+        data = override(Config(), [*order, "data.firing_p=0"]).data
+        assert (data.firing, data.zipf, data.firing_p) == ("bernoulli", 1.0, 0.0)
+        assert type(data.zipf) is float
+    assert override(Config(), ["data.firing=bernoulli", "data.firing_p=0.25"]).data.firing_p == 0.25
 
 
 def test_override_leaves_input_alone() -> None:

@@ -216,6 +216,211 @@ def test_make_data_and_ground_truth_of_sparse(key: jax.Array) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+# Sparse codes as the SAE field draws them (SAELens's synthetic data, SynthSAEBench): each atom
+# fires independently with its own probability; magnitude "one"
+
+# N_FIRE rows of M atoms. Every bound below is 5 standard errors (two-sided tail 6e-7 each).
+N_FIRE = 20_000
+# (active, firing_p, zipf): uniform from active, uniform from firing_p, three Zipf exponents
+FIRINGS = [
+    pytest.param(3, 0.0, 0.0, id="uniform-active"),
+    pytest.param(3, 0.1, 0.0, id="uniform-firing_p"),
+    pytest.param(3, 0.0, 0.5, id="zipf0.5"),
+    pytest.param(3, 0.0, 1.0, id="zipf1"),
+    pytest.param(2, 0.0, 1.5, id="zipf1.5"),
+]
+
+
+@functools.cache
+def bernoulli_codes(active: int, firing_p: float, zipf: float, seed: int = 0) -> np.ndarray:
+    codes = data.sparse_codes(
+        jax.random.key(seed), N_FIRE, M, active, "halfnormal", "bernoulli", firing_p, zipf
+    )
+    return as_np(codes)
+
+
+def test_firing_probabilities_follow_the_rule() -> None:
+    np.testing.assert_allclose(as_np(data.firing_probabilities(M, 3)), 3 / M, rtol=1e-6)
+    np.testing.assert_array_equal(as_np(data.firing_probabilities(M, 3, firing_p=0.25)), 0.25)
+    for s in (0.5, 1.0, 2.0):
+        p = as_np(data.firing_probabilities(M, 1, zipf=s)).astype(np.float64)
+        np.testing.assert_allclose(p.sum(), 1.0, rtol=1e-6)  # the expected count is `active`
+        np.testing.assert_allclose(p / p[0], np.arange(1, M + 1) ** -s, rtol=1e-5)
+        assert np.all(np.diff(p) < 0)  # atom 0 the most frequent
+
+
+@pytest.mark.parametrize(("active", "firing_p", "zipf"), FIRINGS)
+def test_bernoulli_firing_rates_match_their_probabilities(
+    active: int, firing_p: float, zipf: float
+) -> None:
+    codes = bernoulli_codes(active, firing_p, zipf)
+    assert codes.shape == (N_FIRE, M) and np.all(codes >= 0)
+    p = as_np(data.firing_probabilities(M, active, firing_p, zipf)).astype(np.float64)
+    rate = np.mean(codes != 0, axis=0)
+    np.testing.assert_array_less(np.abs(rate - p), 5 * np.sqrt(p * (1 - p) / N_FIRE))
+    # atoms fire independently: the count per row has mean sum p and variance sum p(1 - p)
+    count = np.sum(codes != 0, axis=1)
+    assert abs(count.mean() - p.sum()) < 5 * np.sqrt(np.sum(p * (1 - p)) / N_FIRE)
+    if firing_p == 0:
+        np.testing.assert_allclose(p.sum(), active, rtol=1e-6)  # `active` is the expected count
+    assert len(np.unique(count)) > 3  # not a fixed count
+
+
+@pytest.mark.parametrize(("active", "firing_p", "zipf"), FIRINGS)
+def test_zero_rows_appear_at_the_rate_no_atom_fires(
+    active: int, firing_p: float, zipf: float
+) -> None:
+    codes = bernoulli_codes(active, firing_p, zipf)
+    p = as_np(data.firing_probabilities(M, active, firing_p, zipf)).astype(np.float64)
+    none = np.prod(1 - p)  # 0.05 to 0.29 here
+    zero_rate = np.mean(np.all(codes == 0, axis=1))
+    assert abs(zero_rate - none) < 5 * np.sqrt(none * (1 - none) / N_FIRE)
+
+
+def test_zero_rows_stay_in_the_data_as_zeros_plus_noise(key: jax.Array) -> None:
+    args = (key, N_FIRE, D, M, 1, "one", 0.0, "bernoulli")  # 1 atom expected: 36% zero rows
+    clean, _ = data.sparse(*args)
+    noisy, _ = data.sparse(key, N_FIRE, D, M, 1, "one", 0.5, "bernoulli")
+    _, code_key, noise_key = jax.random.split(key, 3)
+    codes = as_np(data.sparse_codes(code_key, N_FIRE, M, 1, "one", "bernoulli"))
+    empty = np.all(codes == 0, axis=1)
+    assert clean.shape == noisy.shape == (N_FIRE, D)  # no row is dropped
+    assert 0.3 < empty.mean() < 0.42  # (1 - 1/24)^24 = 0.36
+    np.testing.assert_array_equal(np.all(as_np(clean) == 0, axis=1), empty)
+    pure_noise = 0.5 * as_np(jax.random.normal(noise_key, (N_FIRE, D)))
+    np.testing.assert_allclose(as_np(noisy)[empty], pure_noise[empty], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("active", "zipf"), [(3, 0.5), (3, 1.0), (2, 1.5)], ids=["zipf0.5", "zipf1", "zipf1.5"]
+)
+def test_zipf_ranks_hold(active: int, zipf: float) -> None:
+    codes = bernoulli_codes(active, 0.0, zipf)
+    p = as_np(data.firing_probabilities(M, active, zipf=zipf)).astype(np.float64)
+    rate = np.mean(codes != 0, axis=0)
+    # More frequent atoms fire more: the mean rates of 4 blocks of 6 consecutive atoms fall with
+    # the index. Neighbouring atoms' probabilities can differ by less than their standard errors,
+    # the blocks' by more than 5 (asserted first), so a rise between blocks is not sampling noise.
+    block_p, block_rate = p.reshape(4, 6).mean(axis=1), rate.reshape(4, 6).mean(axis=1)
+    block_se = np.sqrt(p * (1 - p) / N_FIRE).reshape(4, 6)
+    block_se = np.sqrt(np.sum(block_se**2, axis=1)) / 6
+    gap_se = np.sqrt(block_se[:-1] ** 2 + block_se[1:] ** 2)
+    assert np.all(-np.diff(block_p) > 5 * gap_se)
+    assert np.all(np.diff(block_rate) < 0)
+    # The least-squares slope of log(rate) on log(i + 1) is -s, within 5 standard errors (delta
+    # method: var log(rate_i) = (1 - p_i) / (N p_i)); about 0.01 for s = 1.
+    x = np.log(np.arange(1, M + 1))
+    weight = (x - x.mean()) / np.sum((x - x.mean()) ** 2)
+    slope = np.sum(weight * np.log(rate))
+    slope_se = np.sqrt(np.sum(weight**2 * (1 - p) / (N_FIRE * p)))
+    assert abs(slope + zipf) < 5 * slope_se, (slope, slope_se)
+
+
+def test_exact_firing_is_unchanged(key: jax.Array) -> None:
+    """The default firing is the original generator, computed here by hand from the same key."""
+    choice_key, size_key = jax.random.split(key)
+    u = as_np(jax.random.uniform(choice_key, (500, M)))
+    size = np.abs(as_np(jax.random.normal(size_key, (500, ACTIVE))))
+    chosen = np.argsort(-u, axis=1, kind="stable")[:, :ACTIVE]  # the ACTIVE largest keys
+    expected = np.zeros((500, M), np.float32)
+    np.put_along_axis(expected, chosen, size, axis=1)
+    codes = as_np(data.sparse_codes(key, 500, M, ACTIVE, firing="exact"))
+    np.testing.assert_array_equal(codes, expected)
+    np.testing.assert_array_equal(as_np(data.sparse_codes(key, 500, M, ACTIVE)), expected)
+    cfg = DataConfig(kind="sparse", n_samples=500, n_features=D, n_atoms=M, active=ACTIVE)
+    assert cfg.firing == "exact"
+    x, atoms = data.sparse(key, 500, D, M, ACTIVE)
+    np.testing.assert_array_equal(as_np(data.make_data(key, cfg)), as_np(x))
+    _, code_key, _ = jax.random.split(key, 3)
+    expected_x = as_np(data.sparse_codes(code_key, 500, M, ACTIVE)) @ as_np(atoms)
+    np.testing.assert_allclose(as_np(x), expected_x, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("firing", ["exact", "bernoulli"])
+def test_magnitude_one_fires_every_atom_at_one(key: jax.Array, firing: str) -> None:
+    codes = as_np(data.sparse_codes(key, 5000, M, ACTIVE, "one", firing))
+    assert set(np.unique(codes)) == {0.0, 1.0}
+    if firing == "exact":
+        np.testing.assert_array_equal(np.sum(codes, axis=1), ACTIVE)
+    # the non-zero pattern is the one any magnitude gives: magnitudes have their own key
+    np.testing.assert_array_equal(
+        codes != 0, as_np(data.sparse_codes(key, 5000, M, ACTIVE, "halfnormal", firing)) != 0
+    )
+
+
+BERNOULLI = DataConfig(
+    kind="sparse",
+    n_samples=2000,
+    n_features=D,
+    n_atoms=M,
+    active=ACTIVE,
+    firing="bernoulli",
+    zipf=1.0,
+    magnitude="one",
+    noise=0.1,
+)
+
+
+def test_bernoulli_data_are_deterministic_in_the_key_under_jit_and_vmap() -> None:
+    make = functools.partial(data.make_data, cfg=BERNOULLI)
+    a, b = as_np(make(jax.random.key(0))), as_np(make(jax.random.key(0)))
+    np.testing.assert_array_equal(a, b)
+    c = as_np(make(jax.random.key(1)))
+    assert not np.array_equal(a, c) and np.mean(a == c) < 0.5
+    # compiled, `codes @ atoms + noise` may fuse or batch its float ops: equal to rounding
+    np.testing.assert_allclose(as_np(jax.jit(make)(jax.random.key(0))), a, rtol=1e-5, atol=1e-5)
+    keys = [jax.random.key(i) for i in range(3)]
+    batched = as_np(jax.vmap(make)(jnp.stack(keys)))  # as data.per_seed draws them
+    assert batched.shape == (3, 2000, D)
+    for row, k in zip(batched, keys, strict=True):
+        np.testing.assert_allclose(row, as_np(make(k)), rtol=1e-5, atol=1e-5)
+    # the codes (which atoms fire, and how strongly) are the same bit for bit
+    codes = functools.partial(
+        data.sparse_codes, n=2000, n_atoms=M, active=ACTIVE, firing="bernoulli", zipf=1.0
+    )
+    np.testing.assert_array_equal(as_np(jax.jit(codes)(keys[0])), as_np(codes(keys[0])))
+    batched_codes = as_np(jax.vmap(codes)(jnp.stack(keys)))
+    for row, k in zip(batched_codes, keys, strict=True):
+        np.testing.assert_array_equal(row, as_np(codes(k)))
+    assert not np.array_equal(batched_codes[0], batched_codes[1])
+    x, _ = data.sparse(jax.random.key(0), 2000, D, M, ACTIVE, "one", 0.1, "bernoulli", 0.0, 1.0)
+    np.testing.assert_array_equal(a, as_np(x))
+
+
+def test_firing_leaves_the_ground_truth_unchanged(key: jax.Array) -> None:
+    exact = dataclasses.replace(BERNOULLI, firing="exact", zipf=0.0)
+    _, atoms = data.sparse(key, 100, D, M, ACTIVE, "one", 0.0, "bernoulli", 0.2)
+    _, atoms_exact = data.sparse(key, 100, D, M, ACTIVE)
+    np.testing.assert_array_equal(as_np(atoms), as_np(atoms_exact))
+    for cfg in (BERNOULLI, exact):
+        np.testing.assert_array_equal(as_np(data.ground_truth(key, cfg)), as_np(atoms_exact))
+
+
+@pytest.mark.parametrize(
+    ("setting", "line"),
+    [
+        (
+            "data.firing=maybe",
+            "data.firing='maybe' is invalid: allowed is one of 'exact', 'bernoulli'",
+        ),
+        ("data.firing_p=1.5", "data.firing_p=1.5 is invalid: allowed is a number in [0, 1]"),
+    ],
+)
+def test_cli_refuses_bad_firing_with_one_line_and_exit_2(
+    capsys, tmp_path, monkeypatch, setting: str, line: str
+) -> None:
+    from jaxae import cli
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["run", "sparse", "--seeds", "1", "--epochs", "1", "--set", setting]
+    code = cli.main([*argv, "--set", "data.firing=bernoulli"] if "firing_p" in setting else argv)
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and err.startswith(f"jaxae: error: {line}"), err
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+# ----------------------------------------------------------------------------------------------
 # Host loaders: digits, natural-image patches, the user's array
 
 DIGITS = DataConfig(kind="digits", n_samples=1438, n_features=64)
