@@ -287,7 +287,7 @@ def run_case(case: Case, repeats: int) -> dict[str, Any]:
         "matmul_flops_per_seed_step": flops,
         "xla_flops_per_seed_step": xla_flops_per_seed_step(cfg),
         "gflops_best": best * flops / 1e9,
-        "final_loss_median": float(np.nanmedian(first.history_SxE[..., -1])),
+        "final_loss_median": float(np.nanmedian(first.history_SxAxE[..., -1])),
         "rss_start_mib": rss_start,
         "rss_after_compile_mib": rss_compiled,
         "rss_peak_mib": _rss_mib(),

@@ -291,7 +291,7 @@ def write_partial(
         )
         save_checkpoint(
             staging / STATE,
-            [{"state": g.state, "history": g.history_SxE} for g in out.groups],
+            [{"state": g.state, "history": g.history_SxAxE} for g in out.groups],
         )
         old = target.with_name(target.name + ".old")
         if target.exists():

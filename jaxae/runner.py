@@ -41,7 +41,7 @@ from jaxae.train import (
     Hyper,
     TrainState,
     evaluate_each,
-    init_state,
+    init_arms,
     run_epochs,
     seed_data,
     seed_keys,
@@ -66,7 +66,7 @@ def programs(cfg: Config) -> Programs:
     model = make_model(cfg.model, cfg.data.n_features)
     chunk = min(cfg.train.chunk_epochs, cfg.train.epochs)
     x_axis = 0 if cfg.data.per_seed else None
-    init = functools.partial(init_state, model=model, cfg=cfg)
+    init = functools.partial(init_arms, model=model, cfg=cfg)
     run = functools.partial(run_epochs, n_epochs=chunk, model=model, cfg=cfg)
     return Programs(
         model=model,
@@ -144,7 +144,7 @@ class Progress(NamedTuple):
     epochs_total: int
     # leading axis = the run's seeds (padding removed); host arrays when trained in batches
     state: TrainState
-    history_SxE: np.ndarray  # loss per seed and epoch; NaN for epochs not yet run
+    history_SxAxE: np.ndarray  # loss per seed, arm and epoch; NaN for epochs not yet run
 
 
 @dataclasses.dataclass
@@ -155,7 +155,7 @@ class TrainResult:
     seed: int
     n_seeds: int
     state: TrainState  # leading axis S; numpy leaves (the key a jax array) if trained in batches
-    history_SxE: np.ndarray
+    history_SxAxE: np.ndarray
     x: jax.Array  # the data trained on: x_NxD, or x_SxNxD with data.per_seed
     epochs_done: int
     timing: dict[str, float]
@@ -241,8 +241,8 @@ def _start(
         state, history, epochs_done = resume
         return state, np.array(history, np.float32), epochs_done
     n_seeds = keys.shape[0]
-    if hyper is None:
-        hyper = jax.tree.map(lambda v: jnp.broadcast_to(v, (n_seeds,)), Hyper.from_config(cfg))
+    if hyper is None:  # one arm: the config's own values
+        hyper = jax.tree.map(lambda v: jnp.broadcast_to(v, (n_seeds, 1)), Hyper.from_config(cfg))
     state = programs(cfg).init(keys, hyper)
     return state, np.full((*state.diverged.shape, cfg.train.epochs), np.nan, np.float32), 0
 
@@ -298,9 +298,9 @@ def train_seeds(
 ) -> TrainResult:
     """Train seeds `0..n_seeds-1` of `cfg` as one sharded program, chunk by chunk.
 
-    `hyper`, if given, holds per-seed values with a leading axis S (e.g. a learning-rate sweep), or
-    [S, A] for A arms per seed that share its key and shuffle (state and history then carry the
-    arm axis after the seed axis);
+    `hyper`, if given, holds every seed's arms, `[S, A]` leaves: A settings per seed that share
+    its key and shuffle (e.g. a learning-rate sweep); by default one arm of the config's own
+    values, `[S, 1]`. The state and history carry the arm axis after the seed axis.
     `keys`, if given, replaces `seed_keys(seed, n_seeds)` (e.g. to train a chosen subset of seeds).
     `callback(progress)` runs after every chunk; returning True stops the run at that chunk boundary
     (the result then has `finished == False` and can be resumed). `resume=(state, history, epochs)`
@@ -348,7 +348,7 @@ def train_seeds(
         seed=seed,
         n_seeds=n_seeds,
         state=state,
-        history_SxE=history,
+        history_SxAxE=history,
         x=data.x,
         epochs_done=epochs_done,
         timing={
@@ -379,7 +379,7 @@ class _ResidentChunks:
         self.placed = jax.device_put(_pad_seeds(state, batch), mesh.by_seed)
 
     def run(self, epoch: np.int32, history: np.ndarray, first: int, n_new: int) -> None:
-        self.placed, loss = self.run_chunk(self.placed, self.data.shared, epoch)  # [S, C(, A)]
+        self.placed, loss = self.run_chunk(self.placed, self.data.shared, epoch)  # loss [S, C, A]
         _record(history, np.asarray(loss)[: self.n_seeds], 0, first, n_new)
 
     def state(self) -> TrainState:
@@ -476,7 +476,7 @@ def training_memory(
     (`MemoryPlan.bytes_at`), from compiling its program for a few seeds; nothing is trained.
     `hyper` with an arm axis ([S, A] leaves) sizes a run with arms."""
     one = (
-        jax.tree.map(lambda v: jnp.broadcast_to(v, (1,)), Hyper.from_config(cfg))
+        jax.tree.map(lambda v: jnp.broadcast_to(v, (1, 1)), Hyper.from_config(cfg))
         if hyper is None
         else jax.tree.map(lambda v: v[:1], hyper)
     )
@@ -490,8 +490,8 @@ def training_memory(
 
 
 def _record(history: np.ndarray, loss: np.ndarray, lo: int, first: int, n_new: int) -> None:
-    """Write a chunk's losses `[b, C]` (`[b, C, A]` with arms) of seeds `lo..lo+b-1` into the
-    history `[S, E]` (`[S, A, E]`) at epochs `first..first+n_new-1`."""
+    """Write a chunk's losses `[b, C, A]` of seeds `lo..lo+b-1` into the
+    history `[S, A, E]` at epochs `first..first+n_new-1`."""
     history[lo : lo + loss.shape[0], ..., first : first + n_new] = np.moveaxis(
         loss[:, :n_new], 1, -1
     )

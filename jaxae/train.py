@@ -14,9 +14,11 @@ The pieces, from the inside out:
   scan over its minibatches; it returns the per-epoch mean loss as history.
 - `make_train(cfg) -> train(key)`: init plus all epochs for one seed, pure;
   `jax.jit(jax.vmap(train))` is a sweep.
-- Arms: a state whose leaves carry a leading arm axis A (from a `Hyper` with one value per arm) is
-  a sweep inside each seed: the arms share the seed's initial key and its shuffle (computed once),
-  and differ only in their hyperparameters.
+- Arms, always: a seed carries A >= 1 arms (a `Hyper` with `[A]` leaves; one arm of the config's
+  own values by default), a sweep inside the seed: the arms share the seed's initial key and its
+  shuffle (computed once), and differ only in their hyperparameters. `init_state`, `train_step`,
+  `resample_dead` and `evaluate_state`'s figures are written for one (seed, arm); `over_arms` is
+  the one place they are mapped over a seed's arms (`ARM_AXES`: every leaf but the shuffle key).
 - `evaluate_state` / `evaluate_each`: the figures of a trained seed on its data.
 
 Seed i's key is `seed_keys(seed, n)[i] = fold_in(key(seed), i)`, whatever the number of seeds.
@@ -127,9 +129,57 @@ def hidden_mask(n_active: jax.Array, n_hidden: int) -> jax.Array:
     return (jnp.arange(n_hidden) < n_active).astype(jnp.float32)
 
 
-def _arm_shape(per_run: jax.Array) -> tuple[int, ...]:
-    """() for a plain run, (A,) for a run with an arm axis (a per-run leaf of a seed's state)."""
-    return tuple(per_run.shape)
+# `in_axes`/`out_axes` of a seed's state over its arms: everything but the seed's shuffle key.
+ARM_AXES = TrainState(params=0, opt_state=0, key=None, hyper=0, diverged=0, since_fired=0)
+
+
+def stack_arms(hypers: list[Hyper]) -> Hyper:
+    """The hyperparameters of A arms, `[A]` leaves (one arm: `[1]`)."""
+    return jax.tree.map(lambda *v: jnp.stack(v), *hypers)
+
+
+def n_arms(state_or_hyper: TrainState | Hyper) -> int:
+    """A, the arms of a seed's state or hyperparameters (the leading axis of its per-arm leaves)."""
+    leaf = state_or_hyper.n_active if isinstance(state_or_hyper, Hyper) else state_or_hyper.diverged
+    return int(leaf.shape[0])
+
+
+def as_arms(state: TrainState) -> TrainState:
+    """The state of one (seed, arm) as a seed with that one arm: an arm axis of 1 on everything
+    but the seed's shuffle key."""
+    return _along(ARM_AXES, state, lambda v: v[None])
+
+
+def arm_of(state: TrainState, a: int) -> TrainState:
+    """Arm `a` of a seed's state: the state of one (seed, arm)."""
+    return _along(ARM_AXES, state, lambda v: v[a])
+
+
+def _along(axes: Any, tree: Any, f: Callable[[jax.Array], jax.Array]) -> Any:
+    """`f` on every leaf of `tree` under an axis of `axes` (a prefix of it: 0 or None), the
+    leaves under None left as they are."""
+    return jax.tree.map(
+        lambda ax, sub: sub if ax is None else jax.tree.map(f, sub),
+        axes,
+        tree,
+        is_leaf=lambda x: x is None,
+    )
+
+
+def over_arms(fn: Callable, arms: int, in_axes: Any, out_axes: Any = 0) -> Callable:
+    """`fn` of one (seed, arm) applied to every arm of a seed: the one place the arm axis is
+    vmapped. One arm runs unbatched, its axis taken off the inputs and put back on the outputs:
+    a vmap over a single arm compiles to a slower program on CPU (~14% on §1.2), and the unbatched
+    one is the plain run's, bit for bit."""
+    in_axes = in_axes if isinstance(in_axes, tuple) else (in_axes,)
+    if arms > 1:
+        return jax.vmap(fn, in_axes=in_axes, out_axes=out_axes)
+
+    def one(*args: Any) -> Any:
+        out = fn(*(_along(ax, a, lambda v: v[0]) for ax, a in zip(in_axes, args, strict=True)))
+        return _along(out_axes, out, lambda v: v[None])
+
+    return one
 
 
 def _all_finite(tree: Any) -> jax.Array:
@@ -138,17 +188,12 @@ def _all_finite(tree: Any) -> jax.Array:
 
 
 def init_state(key: jax.Array, hyper: Hyper, *, model: Autoencoder, cfg: Config) -> TrainState:
-    """A fresh seed: parameters from `key`, an empty optimizer, its own shuffle key.
-
-    With one `hyper` value per arm (leaves of shape [A]) it returns the arms' states stacked, all
-    from the same key.
+    """A fresh (seed, arm): parameters from `key`, an empty optimizer, the seed's shuffle key.
 
     With fewer active units than `n_hidden`, the decoder is rescaled by sqrt(H / n_active), so its
     initial scale is that of a model built with `n_active` units (both initialisers scale as
     1 / sqrt(fan_in)).
     """
-    if _arm_shape(hyper.n_active):
-        return jax.vmap(lambda h: init_state(key, h, model=model, cfg=cfg))(hyper)
     init_key, shuffle_key = jax.random.split(key)
     params = init_params(model, init_key)
     scale = jnp.sqrt(model.n_hidden / hyper.n_active.astype(jnp.float32))
@@ -163,6 +208,13 @@ def init_state(key: jax.Array, hyper: Hyper, *, model: Autoencoder, cfg: Config)
         diverged=jnp.zeros((), bool),
         since_fired=jnp.zeros((model.n_hidden,), jnp.int32),
     )
+
+
+def init_arms(key: jax.Array, hyper_A: Hyper, *, model: Autoencoder, cfg: Config) -> TrainState:
+    """A fresh seed with A arms (`hyper_A`, `[A]` leaves): every arm from the same key, so they
+    start from the same weights and share the seed's shuffle key."""
+    init = functools.partial(init_state, key, model=model, cfg=cfg)
+    return over_arms(init, n_arms(hyper_A), in_axes=0, out_axes=ARM_AXES)(hyper_A)
 
 
 def train_step(
@@ -299,22 +351,20 @@ def run_epochs(
     model: Autoencoder,
     cfg: Config,
 ) -> tuple[TrainState, jax.Array]:
-    """Epochs `first_epoch .. first_epoch + n_epochs - 1` of one seed; returns `(state, loss_E)`.
+    """Epochs `first_epoch .. first_epoch + n_epochs - 1` of one seed and its A arms; returns
+    `(state, loss_ExA)`.
 
-    `loss_E` is each epoch's mean minibatch loss, NaN once the seed has diverged. Epochs at or past
-    `cfg.train.epochs` (the tail of a last, partial chunk) leave the state untouched. With an arm
-    axis, every arm takes the same minibatches and `loss_E` is `loss_ExA`.
+    Every arm takes the same minibatches (the seed's shuffle, computed once). `loss_ExA` is each
+    epoch's mean minibatch loss, NaN once the arm has diverged. Epochs at or past
+    `cfg.train.epochs` (the tail of a last, partial chunk) leave the state untouched.
     """
     n, batch_size = x_NxD.shape[0], cfg.train.batch_size
-    arms = _arm_shape(state.diverged)
+    arms = n_arms(state)
     step = functools.partial(train_step, x_NxD=x_NxD, model=model, cfg=cfg)
-    if arms:
-        step = jax.vmap(step, in_axes=(0, None))  # one shuffled batch, every arm's own step
-    key = state.key[0] if arms else state.key  # arms share their seed's key
-
+    # one shuffled batch, every arm's own step
+    step = over_arms(step, arms, in_axes=(ARM_AXES, None), out_axes=(ARM_AXES, 0))
     resample = functools.partial(resample_dead, model=model, cfg=cfg)
-    if arms:
-        resample = jax.vmap(resample, in_axes=(0, None, 0, None))
+    resample = over_arms(resample, arms, in_axes=(ARM_AXES, None, 0, None), out_axes=ARM_AXES)
     # Firing rates for `resample_rare`, counted over the epoch's training steps.
     count_fired = cfg.loss.resample_dead and cfg.loss.resample_rare > 0
 
@@ -354,34 +404,36 @@ def run_epochs(
         return lax.cond(
             epoch_and_key[0] < cfg.train.epochs,
             one_epoch,
-            lambda state, _: (state, jnp.full(arms, jnp.nan, jnp.float32)),
+            lambda state, _: (state, jnp.full((arms,), jnp.nan, jnp.float32)),
             state,
             epoch_and_key,
         )
 
     epochs = first_epoch + jnp.arange(n_epochs)
     # Epoch e shuffles with fold_in(key, e); all of a chunk's keys in one call, outside the loop.
-    epoch_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, epochs)
+    epoch_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(state.key, epochs)
     body = one_epoch if cfg.train.epochs % n_epochs == 0 else guarded_epoch
     return lax.scan(body, state, (epochs, epoch_keys))
 
 
 def make_train(cfg: Config) -> Callable[..., tuple[TrainState, jax.Array]]:
-    """`train(key, x_NxD=None, hyper=None) -> (state, loss_E)`: one whole run of one seed, pure.
+    """`train(key, x_NxD=None, hyper_A=None) -> (state, loss_ExA)`: one whole run of one seed and
+    its arms, pure.
 
-    Without `x_NxD` the config's shared data set is used. `jax.jit(jax.vmap(train))(keys)` trains
-    many seeds; `runner.train_seeds` does the same with sharding, chunks and progress.
+    Without `x_NxD` the config's shared data set is used; without `hyper_A`, one arm of the
+    config's own values. `jax.jit(jax.vmap(train))(keys)` trains many seeds;
+    `runner.train_seeds` does the same with sharding, chunks and progress.
     """
     model = make_model(cfg.model, cfg.data.n_features)
     shared_x = None if cfg.data.per_seed else shared_data(cfg)
 
     def train(
-        key: jax.Array, x_NxD: jax.Array | None = None, hyper: Hyper | None = None
+        key: jax.Array, x_NxD: jax.Array | None = None, hyper_A: Hyper | None = None
     ) -> tuple[TrainState, jax.Array]:
         if x_NxD is None:
             x_NxD = shared_x if shared_x is not None else seed_data(key, cfg)
-        hyper = Hyper.from_config(cfg) if hyper is None else hyper
-        state = init_state(key, hyper, model=model, cfg=cfg)
+        hyper_A = stack_arms([Hyper.from_config(cfg)]) if hyper_A is None else hyper_A
+        state = init_arms(key, hyper_A, model=model, cfg=cfg)
         return run_epochs(
             state, x_NxD, jnp.int32(0), n_epochs=cfg.train.epochs, model=model, cfg=cfg
         )
@@ -415,9 +467,18 @@ def ground_truth(cfg: Config, keys: jax.Array | None = None) -> jax.Array | None
 def evaluate_state(
     state: TrainState, x_NxD: jax.Array, *, model: Autoencoder, cfg: Config
 ) -> dict[str, jax.Array]:
-    """`metrics.evaluate` on the whole data set with the seed's own mask and sparsity weight."""
-    if _arm_shape(state.diverged):
-        return jax.vmap(lambda s: evaluate_state(s, x_NxD, model=model, cfg=cfg))(state)
+    """`metrics.evaluate` of every arm of a seed on its whole data set, each with its own mask and
+    sparsity weight: figures with a leading arm axis."""
+
+    def one(state: TrainState) -> dict[str, jax.Array]:
+        return _evaluate_arm(state, x_NxD, model=model, cfg=cfg)
+
+    return over_arms(one, n_arms(state), in_axes=ARM_AXES)(state)
+
+
+def _evaluate_arm(
+    state: TrainState, x_NxD: jax.Array, *, model: Autoencoder, cfg: Config
+) -> dict[str, jax.Array]:
     return metrics.evaluate(
         state.params,
         x_NxD,

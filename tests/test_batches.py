@@ -49,7 +49,7 @@ def test_small_budget_trains_in_batches_equal_to_one_batch(whole):
     progress = []
 
     def callback(p: runner.Progress) -> None:
-        done = p.history_SxE[:, : p.epochs_done]
+        done = p.history_SxAxE[..., : p.epochs_done]
         progress.append(
             (p.epochs_done, p.epochs_total, p.state.diverged.shape, np.isnan(done).sum())
         )
@@ -60,9 +60,9 @@ def test_small_budget_trains_in_batches_equal_to_one_batch(whole):
     # 8 seeds at 3 per batch: 3 + 3 + 2, the last padded to 3, one program for all three
     assert (batched.memory["batches"], batched.memory["batch_seeds"]) == (3, 3)
     chex.assert_trees_all_equal(_host(batched.state), _host(whole.state))
-    np.testing.assert_array_equal(batched.history_SxE, whole.history_SxE)
+    np.testing.assert_array_equal(batched.history_SxAxE, whole.history_SxAxE)
     # one callback per chunk, each after every batch ran it: every seed's epochs are counted
-    assert progress == [(3, 6, (N_SEEDS,), 0), (6, 6, (N_SEEDS,), 0)]
+    assert progress == [(3, 6, (N_SEEDS, 1), 0), (6, 6, (N_SEEDS, 1), 0)]
 
 
 def test_stop_in_batches_resumes_to_the_same_run(whole):
@@ -71,19 +71,18 @@ def test_stop_in_batches_resumes_to_the_same_run(whole):
         TINY, N_SEEDS, devices=ONE, memory_budget=budget, callback=lambda p: True
     )
     assert not stopped.finished and stopped.epochs_done == 3
-    assert (
-        np.isnan(stopped.history_SxE[:, 3:]).all() and np.isfinite(stopped.history_SxE[:, :3]).all()
-    )
+    history = stopped.history_SxAxE
+    assert np.isnan(history[..., 3:]).all() and np.isfinite(history[..., :3]).all()
     for resume_budget in (budget, None):  # resumed in batches, and in one batch
         resumed = runner.train_seeds(
             TINY,
             N_SEEDS,
             devices=ONE,
             memory_budget=resume_budget,
-            resume=(stopped.state, stopped.history_SxE, stopped.epochs_done),
+            resume=(stopped.state, stopped.history_SxAxE, stopped.epochs_done),
         )
         chex.assert_trees_all_equal(_host(resumed.state), _host(whole.state))
-        np.testing.assert_array_equal(resumed.history_SxE, whole.history_SxE)
+        np.testing.assert_array_equal(resumed.history_SxAxE, whole.history_SxAxE)
 
 
 def test_evaluation_in_batches_equals_one_batch(whole):
@@ -94,7 +93,7 @@ def test_evaluation_in_batches_equals_one_batch(whole):
     )
     assert (small_plan.n_batches, small_plan.batch_seeds) == (3, 3)
     chex.assert_trees_all_equal(small, figures)
-    chex.assert_shape(figures["unit_active_fraction"], (N_SEEDS, TINY.model.n_hidden))
+    chex.assert_shape(figures["unit_active_fraction"], (N_SEEDS, 1, TINY.model.n_hidden))
 
 
 def test_per_seed_data_and_arms_in_batches_equal_one_batch():
@@ -110,9 +109,9 @@ def test_per_seed_data_and_arms_in_batches_equal_one_batch():
     )
     assert (batched.memory["batches"], batched.memory["batch_seeds"]) == (2, 2)
     chex.assert_trees_all_equal(_host(batched.state), _host(one.state))
-    np.testing.assert_array_equal(batched.history_SxE, one.history_SxE)
+    np.testing.assert_array_equal(batched.history_SxAxE, one.history_SxAxE)
     np.testing.assert_array_equal(np.asarray(batched.x), np.asarray(one.x))
-    chex.assert_shape(batched.history_SxE, (n, 2, TINY.train.epochs))
+    chex.assert_shape(batched.history_SxAxE, (n, 2, TINY.train.epochs))
 
 
 def test_experiment_run_in_batches_equals_one_batch():

@@ -93,10 +93,13 @@ def test_arm_in_a_sweep_equals_the_arm_alone(offset_run):
     """Arm "2" trained beside three other sizes equals the same seeds trained on their own."""
     exp = experiments.with_overrides(experiments.get("offset"), ["train.epochs=4"])
     cfg = exp.arms[1].config
-    hyper = jax.tree.map(lambda v: jnp.broadcast_to(v, (4,)), train.Hyper.from_config(cfg, 2))
+    hyper = jax.tree.map(lambda v: jnp.broadcast_to(v, (4, 1)), train.Hyper.from_config(cfg, 2))
     alone = runner.train_seeds(cfg, 4, seed=2, hyper=hyper)
     chex.assert_trees_all_close(
-        offset_run.results["2"].params, jax.device_get(alone.state.params), rtol=1e-5, atol=1e-6
+        offset_run.results["2"].params,
+        jax.device_get(jax.tree.map(lambda v: v[:, 0], alone.state.params)),
+        rtol=1e-5,
+        atol=1e-6,
     )
 
 
@@ -213,7 +216,7 @@ def test_topk_arm_in_a_k_sweep_equals_the_static_k_run(sparse_run, label):
     alone = runner.train_seeds(cfg, 3, seed=1)
     chex.assert_trees_all_close(
         sparse_run.results[label].params,
-        jax.device_get(alone.state.params),
+        jax.device_get(jax.tree.map(lambda v: v[:, 0], alone.state.params)),
         rtol=1e-5,
         atol=1e-6,
     )

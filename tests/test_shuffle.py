@@ -262,12 +262,12 @@ def test_sort_gives_the_orders_and_results_it_gave_before_feistel():
     # Recorded on CPU; an accelerator sums in other orders (scripts/gpu_check.sh runs this there).
     rtol = 1e-5 if jax.default_backend() == "cpu" else 1e-3
     np.testing.assert_allclose(
-        res.history_SxE[:, -1], [499436.03125, 520174.0, 112629.2890625, 520056.0], rtol=rtol
+        res.history_SxAxE[:, 0, -1], [499436.03125, 520174.0, 112629.2890625, 520056.0], rtol=rtol
     )
     feistel = runner.train_seeds(
         dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, shuffle="feistel")), 4
     )
-    assert not np.allclose(feistel.history_SxE[:, -1], res.history_SxE[:, -1])
+    assert not np.allclose(feistel.history_SxAxE[..., -1], res.history_SxAxE[..., -1])
 
 
 def test_unknown_method_raises():

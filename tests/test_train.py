@@ -53,7 +53,7 @@ def test_seed_in_batch_equals_seed_alone():
     for i in (0, 5, 7):
         alone = runner.train_seeds(TINY, 1, keys=keys[i : i + 1])
         _close(jax.tree.map(lambda v, i=i: v[i : i + 1], batch.state.params), alone.state.params)
-        np.testing.assert_allclose(batch.history_SxE[i], alone.history_SxE[0], rtol=1e-5)
+        np.testing.assert_allclose(batch.history_SxAxE[i], alone.history_SxAxE[0], rtol=1e-5)
 
 
 def test_seed_keys_do_not_depend_on_count():
@@ -64,18 +64,20 @@ def test_seed_keys_do_not_depend_on_count():
 
 def test_make_train_matches_host_loop():
     key = train.seed_keys(0, 1)
-    state, loss_E = jax.jit(jax.vmap(train.make_train(TINY)))(key)
+    state, loss_SxExA = jax.jit(jax.vmap(train.make_train(TINY)))(key)
     looped = runner.train_seeds(TINY, 1, seed=0)
     _close(state.params, looped.state.params)
-    np.testing.assert_allclose(loss_E, looped.history_SxE, rtol=1e-5)
+    np.testing.assert_allclose(np.moveaxis(loss_SxExA, 1, -1), looped.history_SxAxE, rtol=1e-5)
 
 
 def test_outputs_have_shapes_and_are_finite(base):
     res = base
-    chex.assert_shape(res.history_SxE, (4, TINY.train.epochs))
-    chex.assert_tree_shape_prefix(res.state.params, (4,))
+    # one arm: the config's own values
+    chex.assert_shape(res.history_SxAxE, (4, 1, TINY.train.epochs))
+    chex.assert_tree_shape_prefix(res.state.params, (4, 1))
+    chex.assert_shape(res.state.key, (4,))  # the seed's shuffle key, shared by its arms
     chex.assert_tree_all_finite(res.state.params)
-    assert np.all(np.isfinite(res.history_SxE))
+    assert np.all(np.isfinite(res.history_SxAxE))
     assert res.finished and not res.diverged.any()
     assert set(res.timing) == {"compile_s", "train_s", "seed_steps_per_s"}
     assert all(v > 0 for v in res.timing.values())
@@ -98,30 +100,30 @@ def test_chunking_changes_nothing(base):
     """TINY runs 6 epochs in chunks of 3; one chunk of 4 (the last one partial) must agree."""
     chunked = runner.train_seeds(_tiny(chunk_epochs=4), 4)
     chex.assert_trees_all_equal(base.state.params, chunked.state.params)
-    np.testing.assert_array_equal(base.history_SxE, chunked.history_SxE)
+    np.testing.assert_array_equal(base.history_SxAxE, chunked.history_SxAxE)
 
 
 def test_stop_and_resume_equals_uninterrupted(base):
     whole = base
     stopped = runner.train_seeds(TINY, 4, callback=lambda p: p.epochs_done >= 3)
     assert not stopped.finished and stopped.epochs_done == 3
-    assert np.isnan(stopped.history_SxE[:, 3:]).all()
+    assert np.isnan(stopped.history_SxAxE[:, 3:]).all()
     resumed = runner.train_seeds(
-        TINY, 4, resume=(stopped.state, stopped.history_SxE, stopped.epochs_done)
+        TINY, 4, resume=(stopped.state, stopped.history_SxAxE, stopped.epochs_done)
     )
     chex.assert_trees_all_equal(whole.state.params, resumed.state.params)
-    np.testing.assert_array_equal(whole.history_SxE, resumed.history_SxE)
+    np.testing.assert_array_equal(whole.history_SxAxE, resumed.history_SxAxE)
 
 
 def test_diverging_seed_is_isolated(base):
     cfg = TINY
     lrs = jnp.asarray([1e-2, 1e12, 1e-2, 1e-2], jnp.float32)
-    hyper = jax.tree.map(lambda v: jnp.broadcast_to(v, (4,)), train.Hyper.from_config(cfg))
-    hyper = hyper.replace(learning_rate=lrs)
+    hyper = jax.tree.map(lambda v: jnp.broadcast_to(v, (4, 1)), train.Hyper.from_config(cfg))
+    hyper = hyper.replace(learning_rate=lrs[:, None])
     res = runner.train_seeds(cfg, 4, hyper=hyper)
-    np.testing.assert_array_equal(res.diverged, [False, True, False, False])
+    np.testing.assert_array_equal(res.diverged[:, 0], [False, True, False, False])
     chex.assert_tree_all_finite(res.state.params)
-    assert np.isnan(res.history_SxE[1, -1])
+    assert np.isnan(res.history_SxAxE[1, 0, -1])
     calm = base
     keep = np.array([0, 2, 3])
     _close(
@@ -140,16 +142,16 @@ def test_arms_share_the_seed_and_equal_their_own_runs(base):
         learning_rate=jnp.broadcast_to(lrs, (4, 2))
     )
     res = runner.train_seeds(cfg, 4, hyper=hyper)
-    chex.assert_shape(res.history_SxE, (4, 2, cfg.train.epochs))
+    chex.assert_shape(res.history_SxAxE, (4, 2, cfg.train.epochs))
     chex.assert_tree_shape_prefix(res.state.params, (4, 2))
     assert res.diverged.shape == (4, 2)
-    _close(jax.tree.map(lambda v: v[:, 0], res.state.params), base.state.params)
-    np.testing.assert_allclose(res.history_SxE[:, 0], base.history_SxE, rtol=1e-5)
-    other = jax.tree.map(lambda v: jnp.broadcast_to(v, (4,)), one).replace(
-        learning_rate=jnp.full((4,), 3e-3, jnp.float32)
+    _close(jax.tree.map(lambda v: v[:, :1], res.state.params), base.state.params)
+    np.testing.assert_allclose(res.history_SxAxE[:, :1], base.history_SxAxE, rtol=1e-5)
+    other = jax.tree.map(lambda v: jnp.broadcast_to(v, (4, 1)), one).replace(
+        learning_rate=jnp.full((4, 1), 3e-3, jnp.float32)
     )
     alone = runner.train_seeds(cfg, 4, hyper=other)
-    _close(jax.tree.map(lambda v: v[:, 1], res.state.params), alone.state.params)
+    _close(jax.tree.map(lambda v: v[:, 1:], res.state.params), alone.state.params)
 
 
 def test_partial_last_batch_covers_every_sample_once():
@@ -174,7 +176,7 @@ def test_per_seed_data_differs_between_seeds():
 def test_tiny_run_learns():
     cfg = _tiny(epochs=40, chunk_epochs=40)
     res = runner.train_seeds(cfg, 8)
-    first, last = res.history_SxE[:, 0], res.history_SxE[:, -1]
+    first, last = res.history_SxAxE[..., 0], res.history_SxAxE[..., -1]
     assert np.median(last) < 0.1 * np.median(first)
 
 
@@ -193,9 +195,9 @@ _DEVICE_SCRIPT = textwrap.dedent(
     leaves = [np.asarray(v).tolist() for v in jax.tree.leaves(res.state.params)]
     one = runner.train_seeds(TINY, 1, seed=11)
     json.dump({"devices": len(jax.devices()), "leaves": leaves,
-               "history": res.history_SxE.tolist(),
+               "history": res.history_SxAxE.tolist(),
                "one_seed_devices": len(one.state.diverged.sharding.device_set),
-               "one_seed_history": one.history_SxE.tolist()}, sys.stdout)
+               "one_seed_history": one.history_SxAxE.tolist()}, sys.stdout)
     """
 )
 
@@ -218,9 +220,9 @@ def test_same_run_on_one_and_four_devices():
     here = runner.train_seeds(TINY, 6, seed=11, devices=jax.devices()[:1])
     for leaf, ref in zip(got["leaves"], jax.tree.leaves(here.state.params), strict=True):
         np.testing.assert_allclose(np.asarray(leaf), np.asarray(ref), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(got["history"], here.history_SxE, rtol=1e-5)
+    np.testing.assert_allclose(got["history"], here.history_SxAxE, rtol=1e-5)
     assert got["one_seed_devices"] == 1
-    np.testing.assert_allclose(got["one_seed_history"], here.history_SxE[:1], rtol=1e-5)
+    np.testing.assert_allclose(got["one_seed_history"], here.history_SxAxE[:1], rtol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -342,7 +344,8 @@ def test_an_epoch_resamples_from_its_own_firing_counts_and_last_minibatches(n_sa
     state, x = _state_with_biases(cfg, np.array([-0.5, 0.3, 0, 0, 0, -0.2]))
     got, _ = jax.jit(
         lambda s: train.run_epochs(s, x, jnp.int32(0), n_epochs=1, model=model, cfg=cfg)
-    )(state)
+    )(train.as_arms(state))
+    got = train.arm_of(got, 0)
 
     idx_KxB, w_KxB = train.epoch_batches(
         jax.random.fold_in(state.key, 0), n_samples, 16, cfg.train.shuffle
@@ -496,10 +499,10 @@ def test_lbfgs_seeds_and_arms_vmapped_equal_their_own_runs():
     for i in (0, 3):
         alone = runner.train_seeds(cfg, 1, keys=keys[i : i + 1])
         _close(jax.tree.map(lambda v, i=i: v[i : i + 1], batch.state.params), alone.state.params)
-        np.testing.assert_allclose(batch.history_SxE[i], alone.history_SxE[0], rtol=1e-5)
-    state, loss_SxE = jax.jit(jax.vmap(train.make_train(cfg)))(keys)
+        np.testing.assert_allclose(batch.history_SxAxE[i], alone.history_SxAxE[0], rtol=1e-5)
+    state, loss_SxExA = jax.jit(jax.vmap(train.make_train(cfg)))(keys)
     _close(state.params, batch.state.params)
-    np.testing.assert_allclose(loss_SxE, batch.history_SxE, rtol=1e-5)
+    np.testing.assert_allclose(np.moveaxis(loss_SxExA, 1, -1), batch.history_SxAxE, rtol=1e-5)
 
     one = train.Hyper.from_config(cfg)
     wds = jnp.asarray([cfg.optim.weight_decay, 3e-1], jnp.float32)
@@ -508,12 +511,14 @@ def test_lbfgs_seeds_and_arms_vmapped_equal_their_own_runs():
     )
     arms = runner.train_seeds(cfg, 4, seed=3, hyper=hyper)
     chex.assert_tree_shape_prefix(arms.state.params, (4, 2))
-    other = jax.tree.map(lambda v: jnp.broadcast_to(v, (4,)), one).replace(
-        weight_decay=jnp.full((4,), wds[1])
+    other = jax.tree.map(lambda v: jnp.broadcast_to(v, (4, 1)), one).replace(
+        weight_decay=jnp.full((4, 1), wds[1])
     )
     alone = runner.train_seeds(cfg, 4, seed=3, hyper=other)
     for arm, plain in ((0, batch), (1, alone)):
-        got = jax.tree.map(lambda v, arm=arm: v[:, arm], arms.state.params)
+        got = jax.tree.map(lambda v, arm=arm: v[:, arm : arm + 1], arms.state.params)
         chex.assert_trees_all_close(got, plain.state.params, rtol=0, atol=1e-5)
-        np.testing.assert_allclose(arms.history_SxE[:, arm], plain.history_SxE, rtol=1e-5)
+        np.testing.assert_allclose(
+            arms.history_SxAxE[:, arm : arm + 1], plain.history_SxAxE, rtol=1e-5
+        )
     assert _gap(alone.state.params, batch.state.params) > 0.1  # the decays make a difference

@@ -249,7 +249,7 @@ class GroupCheckpoint:
     """Where one program (a group of arms sharing a config) stands: for resuming."""
 
     state: train.TrainState
-    history_SxE: np.ndarray
+    history_SxAxE: np.ndarray
     epochs_done: int
     # Training time and seed-steps spent on it so far, over every session of a resumed run.
     train_s: float = 0.0
@@ -293,13 +293,11 @@ def groups_of(exp: Experiment) -> list[list[Arm]]:
 
 
 def group_layout(arms: list[Arm], n_seeds: int, seed: int) -> tuple[jax.Array, train.Hyper]:
-    """Seed keys `[S]` and hyperparameters `[S, A]` of a group: every arm trains seeds 0..S-1.
-
-    A group of one arm gets `[S]` (no arm axis): a plain run, which is a few percent faster.
-    """
+    """Seed keys `[S]` and hyperparameters `[S, A]` of a group: every arm trains seeds 0..S-1."""
     cfg = arms[0].config
-    per_arm = [train.Hyper.from_config(cfg, arm.n_hidden, **dict(arm.hyper)) for arm in arms]
-    hyper_A = per_arm[0] if len(arms) == 1 else jax.tree.map(lambda *v: jnp.stack(v), *per_arm)
+    hyper_A = train.stack_arms(
+        [train.Hyper.from_config(cfg, arm.n_hidden, **dict(arm.hyper)) for arm in arms]
+    )
     hyper = jax.tree.map(lambda v: jnp.broadcast_to(v, (n_seeds, *v.shape)), hyper_A)
     return train.seed_keys(seed, n_seeds), hyper
 
@@ -346,7 +344,7 @@ def run(
         done.append(checkpoint)
         if checkpoint.epochs_done < arms[0].config.train.epochs:
             return RunOutput(exp, n_seeds, seed, done, None, timing, usage)
-        trained.append((checkpoint.state, checkpoint.history_SxE, x))
+        trained.append((checkpoint.state, checkpoint.history_SxAxE, x))
     timing["seed_steps_per_s"] = (
         timing["seed_steps"] / timing["train_s"] if timing["train_s"] > 0 else float("nan")
     )
@@ -402,7 +400,7 @@ def _train_group(
         callback=callback,
         resume=None
         if previous is None
-        else (previous.state, previous.history_SxE, previous.epochs_done),
+        else (previous.state, previous.history_SxAxE, previous.epochs_done),
         memory_budget=memory_budget,
     )
     seed_steps = res.timing["seed_steps_per_s"] * res.timing["train_s"]
@@ -412,7 +410,7 @@ def _train_group(
     _largest_plan(usage, "train", res.memory)
     checkpoint = GroupCheckpoint(
         res.state,
-        res.history_SxE,
+        res.history_SxAxE,
         res.epochs_done,
         spent_s + res.timing["train_s"],
         spent_steps + seed_steps,
@@ -467,11 +465,6 @@ def _evaluate_group(
     figures, plan = evaluate(state)
     init_state = progs.init(keys, hyper)
     figures["dead_at_init"] = evaluate(init_state)[0]["unit_active_fraction"][..., 0] == 0
-    if state.diverged.ndim == 1:  # a single-arm group runs without an arm axis: add it
-        state, init_state, figures = jax.tree.map(
-            lambda v: v[:, None], (state, init_state, figures)
-        )
-        history = history[:, None]
     atoms = train.ground_truth(cfg, keys)
     x_np = np.asarray(x)
     floor_x = x_np[0] if cfg.data.per_seed else x_np
