@@ -357,14 +357,37 @@ def run_epochs(
     Every arm takes the same minibatches (the seed's shuffle, computed once). `loss_ExA` is each
     epoch's mean minibatch loss, NaN once the arm has diverged. Epochs at or past
     `cfg.train.epochs` (the tail of a last, partial chunk) leave the state untouched.
+
+    A single arm is carried through the loop without its axis (taken off here, put back at the
+    end): as in `over_arms`, the plain program is faster, and an axis of one inside the loop
+    still costs a few percent (measured, interleaved runs of 256 seeds: 1-9%).
     """
-    n, batch_size = x_NxD.shape[0], cfg.train.batch_size
+    epochs = functools.partial(_epochs, x_NxD=x_NxD, first_epoch=first_epoch, n_epochs=n_epochs)
     arms = n_arms(state)
+    if arms == 1:
+        state, loss_E = epochs(arm_of(state, 0), model=model, cfg=cfg, arms=None)
+        return as_arms(state), loss_E[:, None]
+    return epochs(state, model=model, cfg=cfg, arms=arms)
+
+
+def _epochs(
+    state: TrainState,
+    *,
+    x_NxD: jax.Array,
+    first_epoch: jax.Array,
+    n_epochs: int,
+    model: Autoencoder,
+    cfg: Config,
+    arms: int | None,
+) -> tuple[TrainState, jax.Array]:
+    """`run_epochs` on a seed's `arms` (a state with an arm axis), or with `arms` None on the
+    state of one (seed, arm)."""
+    n, batch_size = x_NxD.shape[0], cfg.train.batch_size
     step = functools.partial(train_step, x_NxD=x_NxD, model=model, cfg=cfg)
-    # one shuffled batch, every arm's own step
-    step = over_arms(step, arms, in_axes=(ARM_AXES, None), out_axes=(ARM_AXES, 0))
     resample = functools.partial(resample_dead, model=model, cfg=cfg)
-    resample = over_arms(resample, arms, in_axes=(ARM_AXES, None, 0, None), out_axes=ARM_AXES)
+    if arms is not None:  # one shuffled batch, every arm's own step
+        step = over_arms(step, arms, in_axes=(ARM_AXES, None), out_axes=(ARM_AXES, 0))
+        resample = over_arms(resample, arms, in_axes=(ARM_AXES, None, 0, None), out_axes=ARM_AXES)
     # Firing rates for `resample_rare`, counted over the epoch's training steps.
     count_fired = cfg.loss.resample_dead and cfg.loss.resample_rare > 0
 
@@ -404,7 +427,7 @@ def run_epochs(
         return lax.cond(
             epoch_and_key[0] < cfg.train.epochs,
             one_epoch,
-            lambda state, _: (state, jnp.full((arms,), jnp.nan, jnp.float32)),
+            lambda state, _: (state, jnp.full(state.diverged.shape, jnp.nan, jnp.float32)),
             state,
             epoch_and_key,
         )
