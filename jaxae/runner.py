@@ -254,7 +254,7 @@ def _prepare(
     mesh: SeedMesh,
     memory_budget: int | None,
     compiler_options: dict[str, Any] | None,
-) -> tuple[memory.MemoryPlan, SeedData, _ResidentChunks | _HostChunks]:
+) -> tuple[memory.MemoryPlan, SeedData, _Chunks]:
     """The memory plan and compiled chunk program of a run, its data placed, and where its state
     lives: one batch on one process keeps it on the devices from chunk to chunk; otherwise it
     waits on the host and every chunk runs batch after batch through the same program."""
@@ -363,32 +363,9 @@ def train_seeds(
 _ChunkProgram = Callable[[TrainState, Any, np.int32], tuple[TrainState, jax.Array]]
 
 
-class _ResidentChunks:
-    """Every seed's state on the devices (one batch, one process), updated chunk by chunk."""
-
-    def __init__(
-        self,
-        run_chunk: _ChunkProgram,
-        state: TrainState,
-        data: SeedData,
-        mesh: SeedMesh,
-        n_seeds: int,
-        batch: int,
-    ) -> None:
-        self.run_chunk, self.data, self.n_seeds = run_chunk, data, n_seeds
-        self.placed = jax.device_put(_pad_seeds(state, batch), mesh.by_seed)
-
-    def run(self, epoch: np.int32, history: np.ndarray, first: int, n_new: int) -> None:
-        self.placed, loss = self.run_chunk(self.placed, self.data.shared, epoch)  # loss [S, C, A]
-        _record(history, np.asarray(loss)[: self.n_seeds], 0, first, n_new)
-
-    def state(self) -> TrainState:
-        return jax.tree.map(lambda leaf: leaf[: self.n_seeds], self.placed)
-
-
-class _HostChunks:
-    """Every seed's state on the host; each chunk runs the seeds batch after batch through the same
-    program and brings their states back."""
+class _Chunks:
+    """Where a run's state lives between chunks (`_ResidentChunks`, `_HostChunks`): `run` trains
+    one chunk of every seed and writes its losses into the history, `state` is every seed's."""
 
     def __init__(
         self,
@@ -401,6 +378,31 @@ class _HostChunks:
     ) -> None:
         self.run_chunk, self.data, self.mesh = run_chunk, data, mesh
         self.n_seeds, self.batch = n_seeds, batch
+        self.keep(state)
+
+    def keep(self, state: TrainState) -> None:
+        raise NotImplementedError
+
+
+class _ResidentChunks(_Chunks):
+    """Every seed's state on the devices (one batch, one process), updated chunk by chunk."""
+
+    def keep(self, state: TrainState) -> None:
+        self.placed = jax.device_put(_pad_seeds(state, self.batch), self.mesh.by_seed)
+
+    def run(self, epoch: np.int32, history: np.ndarray, first: int, n_new: int) -> None:
+        self.placed, loss = self.run_chunk(self.placed, self.data.shared, epoch)  # loss [S, C, A]
+        _record(history, np.asarray(loss)[: self.n_seeds], 0, first, n_new)
+
+    def state(self) -> TrainState:
+        return jax.tree.map(lambda leaf: leaf[: self.n_seeds], self.placed)
+
+
+class _HostChunks(_Chunks):
+    """Every seed's state on the host; each chunk runs the seeds batch after batch through the same
+    program and brings their states back."""
+
+    def keep(self, state: TrainState) -> None:
         self.impl = jax.random.key_impl(state.key)
         self.host = _to_host(state)
 
