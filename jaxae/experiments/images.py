@@ -379,10 +379,19 @@ def random_filters(key: jax.Array, n: int, side: int) -> np.ndarray:
 
 
 @functools.cache
-def noise_limits(data_seed: int, side: int) -> tuple[float, float]:
-    """`NOISE_QUANTILE` of the orientation and of the locality of `RANDOM_FILTERS` random filters
-    (from the data seed's key): a filter below both looks like noise."""
+def random_baseline(data_seed: int, side: int) -> np.ndarray:
+    """The `RANDOM_FILTERS` random filters of a run (from the data seed's key), drawn once: the
+    baseline of the orientation table and what `noise_limits` measures noise by."""
     noise = random_filters(random_filter_key(data_seed), RANDOM_FILTERS, side)
+    noise.flags.writeable = False  # shared by every caller of the cache
+    return noise
+
+
+@functools.cache
+def noise_limits(data_seed: int, side: int) -> tuple[float, float]:
+    """`NOISE_QUANTILE` of the orientation and of the locality of the random filters
+    (`random_baseline`): a filter below both looks like noise."""
+    noise = random_baseline(data_seed, side)
     return (
         float(np.quantile(metrics.orientation_concentration(noise), NOISE_QUANTILE)),
         float(np.quantile(metrics.spatial_concentration(noise), NOISE_QUANTILE)),
@@ -783,7 +792,7 @@ def analyse_patches(exp: Experiment, results: dict[str, ArmResult]) -> dict[str,
                     out["arms"][label][name] = r.measures[name]
     if side is not None:
         components = filters_FxD.reshape(-1, side, side)
-        noise = random_filters(random_filter_key(cfg.data.seed), RANDOM_FILTERS, side)
+        noise = random_baseline(cfg.data.seed, side)
         limits = noise_limits(cfg.data.seed, side)
         out["noise_limits"] = {"orientation": limits[0], "locality": limits[1]}
         out["oriented_at"] = ORIENTED
