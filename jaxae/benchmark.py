@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxae import experiments, runner, shuffle, train
+from jaxae import data, experiments, runner, shuffle, train
 from jaxae.config import Config, DataConfig, ModelConfig, TrainConfig
 from jaxae.model import make_model
 
@@ -65,7 +65,7 @@ def xla_flops_per_seed_step(cfg: Config) -> float:
     """XLA's own count of floating-point operations in one `train.train_step` of one seed (every
     operation, not only the matmuls): a cross-check of `matmul_flops_per_seed_step`."""
     model = make_model(cfg.model, cfg.data.n_features)
-    x_NxD = train.shared_data(cfg)
+    x_NxD = data.shared_data(cfg)
     state = train.init_state(jax.random.key(0), train.Hyper.from_config(cfg), model=model, cfg=cfg)
     idx_B = jnp.arange(cfg.train.batch_size)
 

@@ -9,7 +9,11 @@
     jaxae export RUN_DIR [--arm ARM] [--seed I] [--format saelens] OUT
 
 Invalid arguments print one line on stderr and exit with status 2. Ctrl-C or SIGTERM stops a run at
-the next chunk boundary, saves it for `--resume` and exits with 130 or 143.
+the next chunk boundary, saves it for `--resume` and exits with 130 or 143. A run also saves
+itself every `train.checkpoint_minutes` (10), so `--resume` finishes it after any crash, SIGKILL
+included. A write that fails (a full disk) or a lost process of a multi-process run prints one
+line on stderr and exits with status 1, leaving the last checkpoint to resume. One run at a time
+writes a directory: a second `run` (or `--resume`) of the same one exits with status 2.
 
 Environment (read by `run` and `reproduce`):
 
@@ -25,10 +29,11 @@ Environment (read by `run` and `reproduce`):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +41,9 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from jaxae import experiments, export, memory, processes, report, results, sweep
+from jaxae import experiments, export, memory, processes, report, results, schema, sweep
 from jaxae.cores import use_every_core
+from jaxae.experiments.images import ImageArm
 
 console = Console(stderr=True)
 
@@ -183,12 +189,14 @@ def run_experiment(
     """
     groups = experiments.groups_of(exp)
     total = sum(g[0].config.train.epochs for g in groups)
+    specs = grid.specs if grid else None
     with _progress() as bar:
         done_before = sum(g.epochs_done for g in resume or [])
         task = bar.add_task(f"{exp.name} x{n_seeds} seeds", total=total, completed=done_before)
         started: list[bool] = []
 
         def callback(group: int, p: Any) -> bool:
+            results.pause_point("chunk")
             if not started:
                 started.append(True)
                 console.print(f"{exp.name}: compiled; training {n_seeds} seeds")
@@ -196,17 +204,64 @@ def run_experiment(
             bar.update(task, completed=finished + p.epochs_done)
             return stop.signal is not None
 
-        out = experiments.run(exp, n_seeds, seed, callback=callback, resume=resume)
+        out = experiments.run(
+            exp,
+            n_seeds,
+            seed,
+            callback=callback,
+            resume=resume,
+            checkpoint=lambda o: results.write_partial(out_dir, o, overrides, specs),
+        )
     if not out.finished:
-        where = results.write_partial(out_dir, out, overrides, grid.specs if grid else None)
+        where = results.write_partial(out_dir, out, overrides, specs)
         console.print(f"stopped; progress saved in {where}; continue with --resume")
         return None
-    if not processes.is_writer():  # a process other than 0 of a multi-process run: 0 writes it
-        return {}
-    if grid is not None:
-        return sweep.write_run(out_dir, out, grid, overrides, render=report.render_run)
-    analysis = exp.analyse(exp, out.results)
-    return results.write_run(out_dir, out, analysis, overrides, render=report.render_run)
+    try:  # the writer writes (`processes.on_writer`); the other processes get {}
+        if grid is not None:
+            return sweep.write_run(out_dir, out, grid, overrides, render=report.render_run)
+        return results.write_run(out_dir, out, overrides, render=report.render_run)
+    except results.WriteError as err:  # keep the training: save it for --resume if possible
+        try:
+            results.write_partial(out_dir, out, overrides, specs)
+            kept = (
+                f"its trained state is saved: `jaxae run --resume {out_dir}` writes the run "
+                "without training again"
+            )
+        except results.WriteError:
+            kept = f"saving its trained state failed too; {_resume_hint(out_dir)}"
+        raise results.WriteError(f"{err}; {kept}") from err
+
+
+def _resume_hint(out_dir: Path) -> str:
+    """How to go on after a failure: from the last checkpoint, if there is one."""
+    if (results.partial_dir(out_dir) / results.PROGRESS).exists():
+        return f"`jaxae run --resume {out_dir}` continues from the last checkpoint"
+    return "no checkpoint of it was written"
+
+
+def _arm_line(arm: schema.ArmSummary) -> str:
+    """An arm's figures in one line: held-out ones on real data, else convergence against the PCA
+    floor; agreement beside its chance level where it was measured."""
+    if isinstance(arm, ImageArm):
+        return (
+            f"held-out fvu {arm.heldout_fvu_quantiles.q50:.3g}  L0 {arm.heldout_l0_mean:.3g}  "
+            f"pw_mcc {arm.pw_mcc_mean:.3f} (chance {arm.pw_mcc_null_mean:.3f})  "
+            f"diverged {sum(arm.diverged)}"
+        )
+    lo, hi = arm.convergence_ci95
+    line = (
+        f"converged {arm.convergence_rate:.3f} [{lo:.3f}, {hi:.3f}]  reconstructs "
+        f"{arm.reconstruction_rate:.3f}  median fvu {arm.fvu_quantiles.q50:.3g} "
+        f"(pca floor {arm.pca_floor_fvu:.3g})  diverged {sum(arm.diverged)}"
+    )
+    if isinstance(arm, schema.AgreementArm):
+        for name, values, null in (
+            ("gt_mcc", arm.gt_mcc, arm.gt_mcc_null),
+            ("pw_mcc", arm.pw_mcc, arm.pw_mcc_null),
+        ):
+            if values is not None:
+                line += f"  median {name} {np.median(values):.3f} (chance {np.median(null):.3f})"
+    return line
 
 
 def _print_summary(data: dict[str, Any], out_dir: Path) -> None:
@@ -215,34 +270,19 @@ def _print_summary(data: dict[str, Any], out_dir: Path) -> None:
         print("\n".join(report.grid.summary_lines(data, out_dir, report.main_metric(data))))
     else:
         print(f"{data['experiment']} ({data['section']}): {data['n_seeds']} seeds -> {out_dir}")
-    for label, arm in data.get("arms", {}).items():
-        if "heldout_fvu_quantiles" in arm:  # real data: held-out figures, not the PCA floor
-            print(
-                f"  {data['arm_axis']}={label}: held-out fvu "
-                f"{arm['heldout_fvu_quantiles']['q50']:.3g}  L0 {arm['heldout_l0_mean']:.3g}  "
-                f"pw_mcc {arm['pw_mcc_mean']:.3f} (chance {arm['pw_mcc_null_mean']:.3f})  "
-                f"diverged {sum(arm['diverged'])}"
-            )
-            continue
-        lo, hi = arm["convergence_ci95"]
-        line = (
-            f"  {data['arm_axis']}={label}: converged {arm['convergence_rate']:.3f} "
-            f"[{lo:.3f}, {hi:.3f}]  reconstructs {arm['reconstruction_rate']:.3f}  "
-            f"median fvu {arm['fvu_quantiles']['q50']:.3g} "
-            f"(pca floor {arm['pca_floor_fvu']:.3g})  diverged {sum(arm['diverged'])}"
-        )
-        for name in ("gt_mcc", "pw_mcc"):  # agreement figures, beside their chance level
-            if name in arm:
-                line += (
-                    f"  median {name} {np.median(arm[name]):.3f} "
-                    f"(chance {np.median(arm[name + '_null']):.3f})"
-                )
-        print(line)
+    arms = {} if "grid" in data else results.read_run(out_dir).arms
+    for label, arm in arms.items():
+        print(f"  {data['arm_axis']}={label}: {_arm_line(arm)}")
     print(
         f"  compile {timing['compile_s']:.1f} s, train {timing['train_s']:.1f} s"
         f"{' (every session)' if timing.get('resumed') else ''}, "
         f"{timing['seed_steps_per_s']:,.0f} seed-steps/s"
     )
+    if timing.get("checkpoints"):
+        print(
+            f"  checkpoints: {timing['checkpoints']} written, {timing['checkpoint_s']:.2f} s "
+            f"({100 * timing['checkpoint_share']:.1f}% of training time)"
+        )
     memory_line = report.base.memory_summary(data.get("memory", {}))
     if memory_line:
         print(f"  {memory_line}")
@@ -277,6 +317,67 @@ def _experiment(
     return grid.experiment, grid
 
 
+@contextlib.contextmanager
+def _writing(out_dir: Path, flag: str) -> Iterator[None]:
+    """Be the one `jaxae` process writing `out_dir` (`results.locked`; in a multi-process run
+    process 0 takes the lock and tells the others whether it got it), having tidied what a killed
+    run left there (`results.recover`)."""
+    error = None
+    with contextlib.ExitStack() as stack:
+        if not processes.joined() or processes.is_writer():  # (one process: JAX not started yet)
+            try:
+                stack.enter_context(results.locked(out_dir, flag))
+                results.recover(out_dir)
+            except ValueError as err:
+                error = err
+        if not processes.agree(error is None):
+            refused = f"{flag}={str(out_dir)!r} is invalid: process 0 could not take its lock"
+            raise UsageError(str(error) if error else refused)
+        yield
+
+
+def _train(
+    exp: experiments.Experiment,
+    n_seeds: int,
+    seed: int,
+    out_dir: Path,
+    overrides: list[str],
+    stop: StopFlag,
+    resume: list[experiments.GroupCheckpoint] | None,
+    grid: sweep.Grid | None,
+) -> int:
+    """Train and write a run (`run_experiment`); the exit status."""
+    if grid is not None:
+        print("\n".join(grid.plan()), flush=True)
+    with processes.watching_peers(lambda: _resume_hint(out_dir)):
+        data = run_experiment(exp, n_seeds, seed, out_dir, overrides, stop, resume, grid)
+    if data is None:
+        return 128 + (stop.signal or signal.SIGINT)
+    if data:
+        _print_summary(data, out_dir)
+    return 0
+
+
+def _resume(out_dir: Path, stop: StopFlag) -> int:
+    """`run --resume DIR`, holding DIR's lock."""
+    progress = _checked(lambda: results.read_progress(out_dir))
+    if _checked(lambda: results.finished_already(out_dir, progress)):
+        results.remove_partial(out_dir)
+        console.print(
+            f"{out_dir} is finished already: the process that wrote it ended before it could "
+            f"remove {results.partial_dir(out_dir)}, which is removed now",
+            soft_wrap=True,
+        )
+        return 0
+    exp, grid = _experiment(
+        progress["experiment"], progress["overrides"], progress.get("sweep", [])
+    )
+    resume = results.load_partial(out_dir, exp, progress)
+    _checked(lambda: results.check_writable(out_dir, resuming=True))
+    n_seeds, seed, overrides = progress["n_seeds"], progress["seed"], progress["overrides"]
+    return _train(exp, n_seeds, seed, out_dir, overrides, stop, resume, grid)
+
+
 def cmd_run(args: argparse.Namespace, stop: StopFlag) -> int:
     overrides = list(args.overrides)
     if args.resume is not None:
@@ -285,54 +386,49 @@ def cmd_run(args: argparse.Namespace, stop: StopFlag) -> int:
             raise UsageError(
                 "--resume takes no experiment, --seeds, --epochs, --set or --sweep: it reuses them"
             )
-        progress = _checked(lambda: results.read_progress(args.resume))
-        exp, grid = _experiment(
-            progress["experiment"], progress["overrides"], progress.get("sweep", [])
-        )
-        resume = results.load_partial(args.resume, exp, progress)
-        out_dir, n_seeds, seed = args.resume, progress["n_seeds"], progress["seed"]
-        overrides = progress["overrides"]
+        _checked(lambda: results.read_progress(args.resume))  # before the lock creates anything
+        with _writing(args.resume, "--resume"):
+            return _resume(args.resume, stop)
+    if args.name is None:
+        raise UsageError("run needs an experiment name (see `jaxae list`) or --resume DIR")
+    _positive("--seeds", args.seeds)
+    _positive("--epochs", args.epochs)
+    if args.epochs is not None:
+        overrides.append(f"train.epochs={args.epochs}")
+    exp, grid = _experiment(args.name, overrides, args.sweeps)
+    n_seeds = args.seeds or exp.default_seeds
+    out_dir = args.out or Path("runs") / exp.name
+    with _writing(out_dir, "--out"):
         _checked(lambda: results.check_writable(out_dir))
-    else:
-        if args.name is None:
-            raise UsageError("run needs an experiment name (see `jaxae list`) or --resume DIR")
-        _positive("--seeds", args.seeds)
-        _positive("--epochs", args.epochs)
-        if args.epochs is not None:
-            overrides.append(f"train.epochs={args.epochs}")
-        exp, grid = _experiment(args.name, overrides, args.sweeps)
-        n_seeds = args.seeds or exp.default_seeds
-        seed = args.seed
-        out_dir = args.out or Path("runs") / exp.name
-        _checked(lambda: results.check_writable(out_dir))
-        resume = None
-    if grid is not None:
-        print("\n".join(grid.plan()), flush=True)
-    data = run_experiment(exp, n_seeds, seed, out_dir, overrides, stop, resume, grid)
-    if data is None:
-        return 128 + (stop.signal or signal.SIGINT)
-    if data:
-        _print_summary(data, out_dir)
-    return 0
+        return _train(exp, n_seeds, args.seed, out_dir, overrides, stop, None, grid)
 
 
 def cmd_reproduce(args: argparse.Namespace, stop: StopFlag) -> int:
     _positive("--seeds", args.seeds)
     out_root = args.out or Path("runs") / "reproduce"
+    if args.resume and not out_root.exists():  # before the lock creates anything
+        raise UsageError(f"--out={str(out_root)!r} is invalid with --resume: it does not exist")
+    with _writing(out_root, "--out"):
+        return _reproduce(args, out_root, stop)
+
+
+def _reproduce(args: argparse.Namespace, out_root: Path, stop: StopFlag) -> int:
+    """`reproduce`, holding the lock of its directory (which covers every run inside)."""
     if not args.resume:
         _checked(lambda: results.check_writable(out_root))
-    elif not out_root.exists():
-        raise UsageError(f"--out={str(out_root)!r} is invalid with --resume: it does not exist")
     for exp in experiments.EXPERIMENTS.values():
         n_seeds = args.seeds or exp.default_seeds
         out_dir = out_root / exp.name
-        if out_dir.exists():
-            continue  # finished in an earlier, stopped reproduce
+        results.recover(out_dir)
+        if out_dir.exists():  # finished in an earlier, stopped reproduce
+            results.remove_partial(out_dir)  # left if it was killed just after writing it
+            continue
         resume = None
         if results.partial_dir(out_dir).exists():
             progress = _checked(lambda out_dir=out_dir: results.read_progress(out_dir))
             resume = results.load_partial(out_dir, exp, progress)
-        data = run_experiment(exp, n_seeds, args.seed, out_dir, [], stop, resume)
+        with processes.watching_peers(lambda out_dir=out_dir: _resume_hint(out_dir)):
+            data = run_experiment(exp, n_seeds, args.seed, out_dir, [], stop, resume)
         if data is None:
             return 128 + (stop.signal or signal.SIGINT)
         if data:
@@ -370,8 +466,18 @@ def main(argv: list[str] | None = None) -> int:
         stop.install()
         return commands[args.command](args)
     except UsageError as err:
-        print(f"jaxae: error: {err}", file=sys.stderr)
-        return 2
+        return _error_exit(err, 2)
+    except (results.WriteError, processes.PeerLost) as err:
+        return _error_exit(err, 1)
+
+
+def _error_exit(err: Exception, code: int) -> int:
+    """One line on stderr and the exit status; a process of a multi-process run ends at once (the
+    others may be gone: jax.distributed's shutdown would wait for them)."""
+    if processes.joined():
+        processes.exit_now(code, f"jaxae: error: {err}")
+    print(f"jaxae: error: {err}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -19,10 +19,10 @@ from typing import Any, Literal
 DataKind = Literal["multiples", "offset", "gaussian", "sparse", "digits", "patches", "array"]
 Magnitude = Literal["halfnormal", "uniform", "exponential", "one"]
 Firing = Literal["exact", "bernoulli"]
-Activation = Literal["relu", "sigmoid", "identity", "topk"]
+Activation = Literal["relu", "sigmoid", "identity", "topk", "batchtopk", "jumprelu"]
 Init = Literal["torch", "flax", "ng"]
 Output = Literal["linear", "sigmoid"]
-Sparsity = Literal["none", "kl", "l1"]
+Sparsity = Literal["none", "kl", "l1", "l0"]
 Shuffle = Literal["feistel", "sort"]
 Schedule = Literal["constant", "cosine"]
 Optimizer = Literal["adam", "lbfgs"]
@@ -58,6 +58,10 @@ OPTIMIZERS: tuple[str, ...] = typing.get_args(Optimizer)
 WHITENINGS: tuple[str, ...] = typing.get_args(Whiten)
 # Activations whose every output lies in (0, 1): the only ones a KL penalty on mean activation fits.
 UNIT_INTERVAL_ACTIVATIONS: tuple[str, ...] = ("sigmoid",)
+# Activations with a k (`model.k`): per row ("topk") or on average over the batch ("batchtopk").
+K_ACTIVATIONS: tuple[str, ...] = ("topk", "batchtopk")
+# The model fields only JumpReLU reads, and their defaults (the paper's: Rajamanoharan et al. 2024).
+JUMP_DEFAULTS: dict[str, float] = {"jump_bandwidth": 0.001, "jump_init": 0.001}
 
 
 def _fail(field: str, value: Any, allowed: str) -> typing.NoReturn:
@@ -129,7 +133,13 @@ class DataConfig:
     # "olshausen": the low-pass cut-off f0 as a share of each image's Nyquist frequency (0.8:
     # their 0.4 N cycles per picture on N-pixel images; 200 cycles on 512 pixels in IMAGES.mat)
     whiten_f0: float = 0.8
-    path: str = ""  # array: a .npy file of shape N x D (read without unpickling)
+    # array: a .npy file of shape N x D (read without unpickling). Its width and row count set
+    # n_features and n_samples (every row not held out) when `override` (`--set`) makes or changes
+    # an array data set, unless those are set in the same call.
+    path: str = ""
+    # array: optionally a .npy file of the data's true atoms, M x D (read without unpickling); with
+    # it every arm is scored against them (GT-MCC) as on jaxae's own sparse data
+    atoms: str = ""
 
     def images(self) -> tuple[str, ...]:
         """The photographs `image` names, in `IMAGES` order for "all"."""
@@ -203,6 +213,15 @@ class DataConfig:
             _fail("data.path", self.path, "a path to a .npy file")
         if self.kind == "array" and not self.path:
             _fail("data.path", self.path, "a .npy file of shape N x D for data.kind='array'")
+        if not isinstance(self.atoms, str):
+            _fail("data.atoms", self.atoms, "a path to a .npy file of atoms M x D")
+        if self.atoms and self.kind != "array":
+            _fail(
+                "data.atoms",
+                self.atoms,
+                f"'' unless data.kind='array' (data.kind={self.kind!r} has its own ground truth "
+                "or none)",
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,9 +229,13 @@ class ModelConfig:
     """The autoencoder D -> H -> D: its width, hidden activation and initialisation."""
 
     n_hidden: int = 1  # H, hidden units
-    activation: Activation = "relu"  # hidden nonlinearity; "topk" keeps the k largest (after ReLU)
-    # active units per sample for "topk" (None otherwise). It is the program's largest k: a seed's
-    # own k (`train.Hyper.k`) may be smaller, so one program sweeps k without recompiling.
+    # hidden nonlinearity; "topk" keeps the k largest of each row (after ReLU); "batchtopk" the
+    # k x B largest of a batch of B rows in training, and at inference the units above one global
+    # threshold (jaxae/model.py); "jumprelu" is `z H(z - theta)` with a learned threshold per unit
+    activation: Activation = "relu"
+    # active units per sample for "topk", on average for "batchtopk" (None otherwise). It is the
+    # program's largest k: a seed's own k (`train.Hyper.k`) may be smaller, so one program sweeps k
+    # without recompiling.
     k: int | None = None
     # "torch": nn.Linear's default, kernel and bias uniform(+-1/sqrt(fan_in)); "flax": Dense's
     # (LeCun normal, zero bias); "ng": Ng's CS294A `initializeParameters.m`, both kernels
@@ -226,6 +249,11 @@ class ModelConfig:
     unit_norm_decoder: bool = False
     pre_bias: bool = False  # encode x - b_d (the decoder bias) instead of x
     tied_init: bool = False  # the encoder starts as the (unit-normed, if so) decoder transposed
+    # "jumprelu" only: the width epsilon of the rectangle kernel of its straight-through gradients,
+    # and every unit's starting threshold (both 0.001 in the paper and in SAELens; on data whose
+    # activations are of order 1 a threshold that small learns slowly, see jaxae/model.py)
+    jump_bandwidth: float = JUMP_DEFAULTS["jump_bandwidth"]
+    jump_init: float = JUMP_DEFAULTS["jump_init"]
 
     def __post_init__(self) -> None:
         _positive_int("model.n_hidden", self.n_hidden)
@@ -235,24 +263,40 @@ class ModelConfig:
         for name in ("unit_norm_decoder", "pre_bias", "tied_init"):
             if not isinstance(getattr(self, name), bool):
                 _fail(f"model.{name}", getattr(self, name), "true or false")
-        if self.activation == "topk":
+        if self.activation in K_ACTIVATIONS:
             if isinstance(self.k, bool) or not isinstance(self.k, int):
-                _fail("model.k", self.k, f"an integer in 1..{self.n_hidden} for activation 'topk'")
+                _fail(
+                    "model.k",
+                    self.k,
+                    f"an integer in 1..{self.n_hidden} for activation {self.activation!r}",
+                )
             if not 1 <= self.k <= self.n_hidden:
                 _fail("model.k", self.k, f"an integer in 1..{self.n_hidden} (model.n_hidden)")
         elif self.k is not None:
-            _fail("model.k", self.k, "None unless model.activation is 'topk'")
+            _fail("model.k", self.k, "None unless model.activation is 'topk' or 'batchtopk'")
+        for name, default in JUMP_DEFAULTS.items():
+            _positive_float(f"model.{name}", getattr(self, name))
+            if self.activation != "jumprelu" and getattr(self, name) != default:
+                _fail(
+                    f"model.{name}",
+                    getattr(self, name),
+                    f"{default:g} (the default) unless model.activation is 'jumprelu'",
+                )
 
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
     """Reconstruction (MSE) plus an optional sparsity penalty on the hidden code."""
 
-    sparsity: Sparsity = "none"  # "kl": beta * sum_j KL(rho || rho_hat_j); "l1": beta * mean |h|_1
+    # "kl": beta * sum_j KL(rho || rho_hat_j); "l1": beta * mean |h|_1; "l0" (JumpReLU only): beta *
+    # mean sum_j H(z_j - theta_j), the count of firing units, trained through the step's
+    # straight-through gradient to the thresholds
+    sparsity: Sparsity = "none"
     weight: float = 0.0  # beta, the penalty's weight
     rho: float = 0.05  # KL target mean activation, in (0, 1)
     # Auxiliary top-k loss for dead units (Gao et al. 2024): the aux_k largest pre-activations of
-    # dead units reconstruct the main model's residual. 0 turns it off; only with "topk".
+    # dead units reconstruct the main model's residual. 0 turns it off; only with "topk" and
+    # "batchtopk".
     aux_k: int = 0
     aux_weight: float = 1.0 / 32.0  # its coefficient (the paper's 1/32)
     dead_steps: int = 100  # a unit is dead after this many training steps without firing
@@ -354,12 +398,23 @@ class TrainConfig:
     # fast for tiny models; its uniformity is tested, jaxae/shuffle.py), or "sort", an exactly
     # uniform one. Different orders from the same key, so results differ between the two.
     shuffle: Shuffle = "feistel"
+    # Minutes between checkpoints: at the first chunk boundary this long after the last one (or
+    # the start), `jaxae run` saves every program's state to DIR.partial/, so a crash (even
+    # SIGKILL) loses at most about this much training; 0 saves only on a stop (Ctrl-C, SIGTERM).
+    # It changes no result.
+    checkpoint_minutes: float = 10.0
 
     def __post_init__(self) -> None:
         _positive_int("train.epochs", self.epochs)
         _positive_int("train.batch_size", self.batch_size)
         _positive_int("train.chunk_epochs", self.chunk_epochs)
         _one_of("train.shuffle", self.shuffle, SHUFFLES)
+        if not _is_number(self.checkpoint_minutes) or not self.checkpoint_minutes >= 0:
+            _fail(
+                "train.checkpoint_minutes",
+                self.checkpoint_minutes,
+                "a finite number of minutes >= 0 (0: no periodic checkpoint)",
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -401,11 +456,20 @@ class Config:
                 + ", ".join(repr(a) for a in UNIT_INTERVAL_ACTIVATIONS)
                 + f" (model.activation is {self.model.activation!r})",
             )
-        if self.loss.aux_k > 0 and self.model.activation != "topk":
+        if self.loss.sparsity == "l0" and self.model.activation != "jumprelu":
+            _fail(
+                "loss.sparsity",
+                self.loss.sparsity,
+                "'l0' only with model.activation='jumprelu' (the count of firing units has a "
+                "gradient only through its thresholds; model.activation is "
+                f"{self.model.activation!r})",
+            )
+        if self.loss.aux_k > 0 and self.model.activation not in K_ACTIVATIONS:
             _fail(
                 "loss.aux_k",
                 self.loss.aux_k,
-                f"0 unless model.activation is 'topk' (it is {self.model.activation!r})",
+                "0 unless model.activation is 'topk' or 'batchtopk' (it is "
+                f"{self.model.activation!r})",
             )
         if self.loss.aux_k > 0 and self.model.output != "linear":
             _fail(
@@ -473,7 +537,9 @@ def override(cfg: Config, assignments: Iterable[str]) -> Config:
     """Apply `section.field=value` assignments (the CLI's `--set`); returns a new, valid config.
 
     All assignments are applied together and validated once, so fields that must change together
-    (`model.activation=topk` with `model.k=2`) can be set in any order.
+    (`model.activation=topk` with `model.k=2`) can be set in any order. Assignments to the data of
+    `data.kind="array"` read the file's shape: its width becomes `data.n_features` and its rows
+    not held out `data.n_samples`, unless the assignments set those too (`_fit_array`).
     """
     sections = {f.name for f in dataclasses.fields(Config)}
     changes: dict[str, dict[str, Any]] = {}
@@ -493,4 +559,18 @@ def override(cfg: Config, assignments: Iterable[str]) -> Config:
         section: dataclasses.replace(getattr(cfg, section), **fields)
         for section, fields in changes.items()
     }
+    if "data" in parts and parts["data"].kind == "array":
+        parts["data"] = _fit_array(parts["data"], set(changes["data"]))
     return dataclasses.replace(cfg, **parts)
+
+
+def _fit_array(data: DataConfig, assigned: set[str]) -> DataConfig:
+    """`data` (of kind "array") with the width and sample count of its file (`data.fit_to_data`:
+    every row not held out), each unless it is among the `assigned` fields, so a user's array
+    trains without restating its shape and an explicit size still wins (and is checked against
+    the file). A missing or bad file is the loader's `ValueError` naming `data.path`."""
+    from jaxae.data import fit_to_data  # here: jaxae.data imports this module
+
+    fitted = fit_to_data(data)
+    sizes = {f: getattr(fitted, f) for f in ("n_features", "n_samples") if f not in assigned}
+    return dataclasses.replace(data, **sizes)

@@ -9,9 +9,11 @@ with its own (uniform or Zipfian) probability (`sparse_codes`, `firing_probabili
 
 Host loaders (`HOST_KINDS`: `digits`, `patches`, `array`) read files that ship inside installed
 packages (scikit-learn's 8x8 digits, scikit-image's photographs; never a download) or the user's
-own `.npy` file. They run outside `jit` (so never per seed), are deterministic in the data key, and
-are cached in memory for the run. Each returns a training split (`make_data`) and a held-out split
-(`heldout`) chosen by the same key; a bad file or setting raises `ValueError` naming the field.
+own `.npy` file, with, optionally, a `.npy` file of its true atoms (`data.atoms`, the array's
+ground truth, so it is scored as the sparse data are). They run outside `jit` (so never per
+seed), are deterministic in the data key, and are cached in memory for the run. Each returns a
+training split (`make_data`) and a held-out split (`heldout`) chosen by the same key; a bad file
+or setting raises `ValueError` naming the field.
 Patches are cut from the photographs as they are or from each photograph whitened whole
 (`olshausen_whiten`, Olshausen & Field's filter), optionally ZCA-whitened as patches (`zca`), and
 always end with Ng's per-patch normalisation (`ng_normalise`).
@@ -30,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxae.config import HOST_KINDS, DataConfig
+from jaxae.config import HOST_KINDS, Config, DataConfig
 
 
 def multiples(key: jax.Array, n: int, n_features: int = 10, max_value: int = 200) -> jax.Array:
@@ -155,7 +157,11 @@ def sparse(
 
 
 def ground_truth(key: jax.Array, cfg: DataConfig) -> jax.Array | None:
-    """The true dictionary `atoms_MxD` of the data set `make_data(key, cfg)`; None without one."""
+    """The true dictionary `atoms_MxD` of the data set `make_data(key, cfg)`: the generated atoms
+    of sparse data, the user's file `data.atoms` of an array (read on the host, like the array);
+    None without one."""
+    if cfg.kind == "array" and cfg.atoms:
+        return jnp.asarray(load_atoms(cfg.atoms, cfg.n_features))
     if cfg.kind != "sparse":
         return None
     return sparse_dictionary(jax.random.split(key, 3)[0], cfg.n_atoms, cfg.n_features)
@@ -190,7 +196,7 @@ RESCALE_LOW, RESCALE_HIGH = 0.1, 0.9
 ZCA_RANK_TOL = 1e-9
 
 
-def _fail(field: str, value: object, allowed: str) -> ValueError:
+def _invalid(field: str, value: object, allowed: str) -> ValueError:
     return ValueError(f"{field}={value!r} is invalid: allowed is {allowed}")
 
 
@@ -257,33 +263,63 @@ def _one_line(err: BaseException) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _read_array(path: str, mtime_ns: int, size: int) -> np.ndarray:
-    allowed = "a readable .npy file of a 2-D array N x D of finite numbers"
+def _read_array(field: str, rows: str, path: str, mtime_ns: int, size: int) -> np.ndarray:
+    allowed = f"a readable .npy file of a 2-D array {rows} x D of finite numbers"
     try:
         x = np.load(path, allow_pickle=False)  # never unpickle a user's file
     except Exception as err:  # any failure to parse the file is the same user error
-        raise _fail("data.path", path, f"{allowed} (reading it failed: {_one_line(err)})") from err
+        raise _invalid(field, path, f"{allowed} (reading it failed: {_one_line(err)})") from err
     if not isinstance(x, np.ndarray):
         if hasattr(x, "close"):
             x.close()
-        raise _fail("data.path", path, f"{allowed} (it is an .npz archive, not one array)")
+        raise _invalid(field, path, f"{allowed} (it is an .npz archive, not one array)")
     if x.dtype.kind not in "biuf":
-        raise _fail("data.path", path, f"{allowed} (its dtype is {x.dtype})")
+        raise _invalid(field, path, f"{allowed} (its dtype is {x.dtype})")
     if x.ndim != 2 or min(x.shape) == 0:
-        raise _fail("data.path", path, f"{allowed} (its shape is {x.shape})")
+        raise _invalid(field, path, f"{allowed} (its shape is {x.shape})")
     bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
     if bad:
-        raise _fail("data.path", path, f"{allowed} ({bad} of its values are not finite)")
-    return np.asarray(x, np.float32)
+        raise _invalid(field, path, f"{allowed} ({bad} of its values are not finite)")
+    out = np.asarray(x, np.float32)
+    out.flags.writeable = False  # shared by every caller of the cache
+    return out
+
+
+def _load_npy(field: str, rows: str, path: str) -> np.ndarray:
+    if not os.path.isfile(path):
+        raise _invalid(field, path, f"an existing .npy file of shape {rows} x D (no such file)")
+    stat = os.stat(path)
+    return _read_array(field, rows, os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
 
 
 def load_array(path: str) -> np.ndarray:
-    """The user's `.npy` file as float32 `x_NxD`; `ValueError` naming `data.path` when it is
-    missing, unreadable, pickled, not 2-D or not finite. Cached while the file is unchanged."""
-    if not os.path.isfile(path):
-        raise _fail("data.path", path, "an existing .npy file of shape N x D (no such file)")
-    stat = os.stat(path)
-    return _read_array(os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
+    """The user's `.npy` file as float32 `x_NxD` (read-only); `ValueError` naming `data.path`
+    when it is missing, unreadable, pickled, not 2-D or not finite. Cached while the file is
+    unchanged."""
+    return _load_npy("data.path", "N", path)
+
+
+def load_atoms(path: str, n_features: int) -> np.ndarray:
+    """The user's true atoms (`data.atoms`) as float32 `atoms_MxD` (read-only); `ValueError`
+    naming `data.atoms` when the file is missing, unreadable, pickled, not 2-D, not finite, not
+    `n_features` wide (the data's width) or has an all-zero row (an atom without a direction)."""
+    atoms_MxD = _load_npy("data.atoms", "M", path)
+    if atoms_MxD.shape[1] != n_features:
+        raise _invalid(
+            "data.atoms",
+            path,
+            f"a .npy file of atoms M x {n_features}, as wide as the data (its shape is "
+            f"{atoms_MxD.shape})",
+        )
+    zero = np.flatnonzero(~np.any(atoms_MxD != 0, axis=1))
+    if zero.size:
+        raise _invalid(
+            "data.atoms",
+            path,
+            f"atoms with a direction (its rows {', '.join(map(str, zero[:5].tolist()))}"
+            f"{' ...' if zero.size > 5 else ''} are zero)",
+        )
+    return atoms_MxD
 
 
 def _key_data(key: jax.Array) -> tuple[int, ...]:
@@ -362,12 +398,12 @@ def zca(train_NxD: np.ndarray, *others: np.ndarray, eps: float = 0.0) -> list[np
 
 def _check_width(cfg: DataConfig, width: int, what: str) -> None:
     if cfg.n_features != width:
-        raise _fail("data.n_features", cfg.n_features, f"{width}, the width of {what}")
+        raise _invalid("data.n_features", cfg.n_features, f"{width}, the width of {what}")
 
 
 def _check_rows(cfg: DataConfig, pool: int, what: str) -> None:
     if cfg.n_samples > pool:
-        raise _fail(
+        raise _invalid(
             "data.n_samples",
             cfg.n_samples,
             f"at most {pool}, the {what} left after holding out data.heldout={cfg.heldout:g}",
@@ -381,7 +417,7 @@ def _patches(key: jax.Array, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
         images = [load_image(name) for name in cfg.images()]
     smallest = min(min(img.shape) for img in images)
     if cfg.patch_size > smallest:
-        raise _fail(
+        raise _invalid(
             "data.patch_size",
             cfg.patch_size,
             f"at most {smallest}, the shortest side among data.image={cfg.image!r}",
@@ -395,7 +431,10 @@ def _patches(key: jax.Array, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
     return tuple(ng_normalise(train, held))
 
 
-def _rows(key: jax.Array, cfg: DataConfig, x_NxD: np.ndarray, what: str) -> tuple:
+def _training_and_heldout(
+    key: jax.Array, cfg: DataConfig, x_NxD: np.ndarray, what: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first `n_samples` rows of the training split and the held-out rows, checked."""
     pool, held = split_rows(key, len(x_NxD), cfg.heldout)
     _check_width(cfg, x_NxD.shape[1], what)
     _check_rows(cfg, len(pool), what)
@@ -406,11 +445,13 @@ def _rows(key: jax.Array, cfg: DataConfig, x_NxD: np.ndarray, what: str) -> tupl
 def _host_split(key_data: tuple[int, ...], cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
     key = jax.random.wrap_key_data(jnp.asarray(key_data, jnp.uint32))
     if cfg.kind == "digits":
-        train, held = _rows(key, cfg, load_digits(), "the digits (8x8 pixels)")
+        train, held = _training_and_heldout(key, cfg, load_digits(), "the digits (8x8 pixels)")
     elif cfg.kind == "patches":
         train, held = _patches(key, cfg)
     else:
-        train, held = _rows(key, cfg, load_array(cfg.path), f"rows of data.path={cfg.path!r}")
+        train, held = _training_and_heldout(
+            key, cfg, load_array(cfg.path), f"rows of data.path={cfg.path!r}"
+        )
     out = (np.array(train, np.float32), np.array(held, np.float32))
     for x in out:
         x.flags.writeable = False  # shared by every caller of the cache
@@ -445,10 +486,12 @@ def fit_to_data(cfg: DataConfig) -> DataConfig:
 
 
 def check(cfg: DataConfig) -> None:
-    """Load a host data set once (it stays cached), so a bad file or setting is a `ValueError`
-    before anything compiles; generated data need no check."""
+    """Load a host data set once (it stays cached), and its atoms file if it has one, so a bad file
+    or setting is a `ValueError` before anything compiles; generated data need no check."""
     if cfg.kind in HOST_KINDS:
         host_split(jax.random.key(cfg.seed), cfg)
+    if cfg.kind == "array" and cfg.atoms:
+        load_atoms(cfg.atoms, cfg.n_features)
 
 
 def side(n_features: int) -> int | None:
@@ -482,3 +525,30 @@ def make_data(key: jax.Array, cfg: DataConfig) -> jax.Array:
         )
         return x_NxD
     raise ValueError(f"data.kind={cfg.kind!r} is invalid")  # unreachable: DataConfig validates
+
+
+# ----------------------------------------------------------------------------------------------
+# The data a run trains on
+
+
+def shared_data(cfg: Config) -> jax.Array:
+    """The data set all seeds share (unless `data.per_seed`): drawn from `key(data.seed)`."""
+    return make_data(jax.random.key(cfg.data.seed), cfg.data)
+
+
+def _seed_data_key(key: jax.Array, cfg: Config) -> jax.Array:
+    return jax.random.fold_in(jax.random.key(cfg.data.seed), jax.random.key_data(key)[-1])
+
+
+def seed_data(key: jax.Array, cfg: Config) -> jax.Array:
+    """A per-seed data set (`data.per_seed`): from `fold_in(key(data.seed), seed's key data)`."""
+    return make_data(_seed_data_key(key, cfg), cfg.data)
+
+
+def trained_atoms(cfg: Config, keys: jax.Array | None = None) -> jax.Array | None:
+    """The true dictionary of the data set(s) trained on: `atoms_MxD` for shared data, one per
+    seed (`atoms_SxMxD`, for `keys`) with `data.per_seed`; None for data without one."""
+    shared = ground_truth(jax.random.key(cfg.data.seed), cfg.data)
+    if shared is None or not cfg.data.per_seed or keys is None:
+        return shared
+    return jax.vmap(lambda k: ground_truth(_seed_data_key(k, cfg), cfg.data))(keys)

@@ -24,6 +24,7 @@ Definitions used everywhere in jaxae:
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -31,10 +32,12 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
 import scipy.stats
+from jax import lax
 
-from jaxae.config import LossConfig
-from jaxae.losses import total_loss
-from jaxae.model import Autoencoder
+from jaxae.config import Config, LossConfig
+from jaxae.losses import forward, loss_terms
+from jaxae.model import Autoencoder, hidden_mask
+from jaxae.train import ARM_AXES, TrainState, n_arms, over_arms
 
 # `converged`: within this fraction of the weakest needed component's variance share of the floor.
 CONVERGENCE_FRACTION = 0.1
@@ -89,25 +92,23 @@ def evaluate(
     A unit is active on a sample when `model.is_active` says so (its pre-activation is positive and,
     for top-k, it is among the k largest).
     """
-    loss, aux = total_loss(
+    fwd = forward(params, x_NxD, model=model, cfg=loss_cfg, mask_H=mask_H, k=k)
+    loss, aux = loss_terms(
         params,
         x_NxD,
+        fwd,
         model=model,
         cfg=loss_cfg,
         sparsity_weight=sparsity_weight,
         mask_H=mask_H,
-        k=k,
         rho=rho,
     )
-    x_hat_NxD, h_NxH = model.apply(params, x_NxD, mask_H, k)
-    active_NxH = model.is_active(h_NxH) & (mask_H[None, :] > 0)
+    active_NxH = model.is_active(fwd.h_BxH) & (mask_H[None, :] > 0)
     return {
         "final_loss": loss,
         "final_mse": aux["mse"],
-        "fvu": fvu(x_hat_NxD, x_NxD),
-        "unit_active_fraction": jnp.mean(
-            active_NxH, axis=0
-        ),  # H: share of samples where unit fires
+        "fvu": fvu(fwd.x_hat_BxD, x_NxD),
+        "unit_active_fraction": jnp.mean(active_NxH, axis=0),  # share of samples a unit fires on
         "l0": jnp.mean(jnp.sum(active_NxH, axis=-1)),
     }
 
@@ -300,3 +301,51 @@ def spatial_concentration(f_NxPxP: np.ndarray) -> np.ndarray:
     mean_x = np.sum(p * r_x, axis=(-2, -1))[..., None, None]
     spread = np.sqrt(np.sum(p * (np.square(r_y - mean_y) + np.square(r_x - mean_x)), axis=(-2, -1)))
     return 1.0 - spread / np.sqrt((side * side - 1) / 6.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Trained states: every arm of a seed, every seed
+
+
+def evaluate_state(
+    state: TrainState, x_NxD: jax.Array, *, model: Autoencoder, cfg: Config
+) -> dict[str, jax.Array]:
+    """`metrics.evaluate` of every arm of a seed on its whole data set, each with its own mask and
+    sparsity weight: figures with a leading arm axis."""
+
+    def one(state: TrainState) -> dict[str, jax.Array]:
+        return _evaluate_arm(state, x_NxD, model=model, cfg=cfg)
+
+    return over_arms(one, n_arms(state), in_axes=ARM_AXES)(state)
+
+
+def _evaluate_arm(
+    state: TrainState, x_NxD: jax.Array, *, model: Autoencoder, cfg: Config
+) -> dict[str, jax.Array]:
+    return evaluate(
+        state.params,
+        x_NxD,
+        model=model,
+        loss_cfg=cfg.loss,
+        sparsity_weight=state.hyper.sparsity_weight,
+        mask_H=hidden_mask(state.hyper.n_active, model.n_hidden),
+        k=state.hyper.k,
+        rho=state.hyper.rho,
+    )
+
+
+def evaluate_each(
+    states: TrainState, x: jax.Array, *, model: Autoencoder, cfg: Config
+) -> dict[str, jax.Array]:
+    """`evaluate_state` of every seed of `states` (leading axis S) on `x_NxD`, or with
+    `data.per_seed` on its own `x_SxNxD`.
+
+    A loop over seeds, not a vmap: XLA picks vectorised kernels by shape, so a vmapped seed's
+    figures would change in the last bit with the number of seeds evaluated together; in a loop
+    each seed runs the same program whatever their number, and only one seed's N x D
+    intermediates exist at a time.
+    """
+    evaluate = functools.partial(evaluate_state, model=model, cfg=cfg)
+    if cfg.data.per_seed:
+        return lax.map(lambda pair: evaluate(*pair), (states, x))
+    return lax.map(lambda state: evaluate(state, x), states)

@@ -1,14 +1,40 @@
 """The autoencoder: a Flax Linen module D -> H -> D with a choice of activation and initialiser.
 
-Shape legend: B batch, D features, H hidden units.
+Shape legend: B batch, N samples, K batches, D features, H hidden units.
 
-Parameters are a plain pytree `{"params": {"encoder": {...}, "decoder": {...}}}`, so `init` and
-every function of the parameters vmap over seeds. An optional `mask_H` switches hidden units off,
-which lets one compiled program train several hidden sizes (units past the size are masked to zero).
+Parameters are a plain pytree `{"params": {"encoder": {...}, "decoder": {...}}}` (JumpReLU adds
+`"jump": {"log_threshold": [H]}`), so `init` and every function of the parameters vmap over seeds.
+An optional `mask_H` switches hidden units off, which lets one compiled program train several
+hidden sizes (units past the size are masked to zero).
+
+Two activations of the SAE literature are more than a function of each pre-activation:
+
+- BatchTopK (Bussmann et al. 2024, "BatchTopK Sparse Autoencoders"): in training, the k x B largest
+  (ReLU'd) pre-activations of the whole batch of B rows are kept, so k is an average over the batch
+  rather than a count per row. A call without `threshold` does exactly that to the rows it is given
+  (so an evaluation on the whole data set is BatchTopK with B = N). For inference the field uses one
+  global threshold theta instead, each unit firing where its pre-activation exceeds it:
+  `batch_top_k_threshold` estimates theta from the trained parameters and the training data, as
+  the mean over training-size batches of the smallest activation each batch keeps (the paper's
+  estimate), and `activate(..., threshold=theta)` applies it. It is estimated after training,
+  not as a running average during it (SAELens's `topk_threshold`): so the training state holds
+  nothing but what the optimizer trains (no extra variable collection to carry through the scan,
+  vmap, checkpoints and resumes), and theta describes the final parameters, not an average over
+  parameters that were still moving.
+- JumpReLU (Rajamanoharan et al. 2024, "Jumping Ahead"): `h = z H(z - theta)` with a learned
+  per-unit threshold `theta = exp(log_threshold)`. The step has no useful derivative, so training
+  uses the paper's straight-through estimators (`jump_relu`, `heaviside_step`): a rectangle kernel
+  of width `bandwidth` around the threshold gives theta its pseudo-derivative. Only
+  pre-activations inside that window move theta, so with the paper's bandwidth and starting
+  threshold (both 0.001) on data whose activations are of order 1 the thresholds barely learn
+  (measured: median theta 0.002-0.003 after 39,000 steps on 32 atoms of magnitude one in 16
+  dimensions); a start near the other atoms' interference (`model.jump_init`) and a wider window
+  (`model.jump_bandwidth`) let them.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -17,7 +43,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxae.config import ModelConfig
+from jaxae.config import K_ACTIVATIONS, ModelConfig
 
 
 def torch_linear_init(
@@ -133,6 +159,154 @@ def top_k_relu(pre_BxH: jax.Array, k: jax.Array | int, k_max: int | None = None)
     return jnp.where(keep_BxH, jax.nn.relu(pre_BxH), 0.0)
 
 
+# +inf as int32 bits: the largest bit pattern of a non-negative, non-NaN float32. The bit patterns
+# of non-negative floats are ordered as the floats are, so `_kth_largest_bits` bisects on integers.
+_INF_BITS = 0x7F800000
+# Bisection steps that narrow [0, _INF_BITS] (fewer than 2^31 patterns) to one.
+_BISECTION_STEPS = 31
+
+
+def _kth_largest_bits(bits_C: jax.Array, target: jax.Array) -> jax.Array:
+    """The largest t with at least `target` entries `>= t` among the non-negative `bits_C`: the
+    `target`-th largest entry (exactly), by bisection. 31 passes of compare-and-count over the
+    batch cost less on CPU than `lax.top_k` of the flattened batch, and `target` may be traced."""
+    lo, hi = jnp.int32(0), jnp.int32(_INF_BITS)
+    for _ in range(_BISECTION_STEPS):
+        mid = lo + (hi - lo + 1) // 2
+        enough = jnp.sum(bits_C >= mid, dtype=jnp.int32) >= target
+        lo, hi = jnp.where(enough, mid, lo), jnp.where(enough, hi, mid - 1)
+    return lo
+
+
+def batch_top_k_mask(
+    pre_BxH: jax.Array, k: jax.Array | int, rows_B: jax.Array | None = None
+) -> jax.Array:
+    """Boolean `keep_BxH`: the k x B largest positive entries of the whole batch (BatchTopK), B the
+    rows in use (`rows_B`: the real rows of a padded last batch; their padding is never kept),
+    every entry tied with the (k x B)-th too. With fewer than k x B positive entries, every
+    positive one. `k` may be traced (a per-seed value under `vmap`)."""
+    chex.assert_rank(pre_BxH, 2)
+    h_BxH = jax.nn.relu(pre_BxH)
+    n_rows = pre_BxH.shape[0]
+    if rows_B is not None:
+        h_BxH = jnp.where(jnp.broadcast_to(rows_B[:, None], h_BxH.shape), h_BxH, 0.0)
+        n_rows = jnp.sum(rows_B, dtype=jnp.int32)
+    bits_BxH = jax.lax.bitcast_convert_type(jax.lax.stop_gradient(h_BxH), jnp.int32)
+    kth = _kth_largest_bits(bits_BxH.reshape(-1), jnp.asarray(k, jnp.int32) * n_rows)
+    return (bits_BxH >= kth) & (h_BxH > 0)
+
+
+def batch_top_k_relu(
+    pre_BxH: jax.Array, k: jax.Array | int, rows_B: jax.Array | None = None
+) -> jax.Array:
+    """BatchTopK: keep the k x B largest pre-activations of the batch (then ReLU), zero the rest.
+
+    With at least k x B positive entries exactly k x B stay non-zero (ties aside, which continuous
+    inputs do not have); a row may keep more than k units and another fewer.
+    """
+    return jnp.where(batch_top_k_mask(pre_BxH, k, rows_B), pre_BxH, 0.0)
+
+
+def threshold_relu(pre_BxH: jax.Array, threshold: jax.Array | float) -> jax.Array:
+    """BatchTopK at inference: `relu(pre) * (pre > threshold)`, the threshold one global value or
+    one per unit (SAELens's JumpReLU SAE at inference, which BatchTopK SAEs are saved as)."""
+    theta = jnp.broadcast_to(threshold, pre_BxH.shape)
+    return jnp.where(pre_BxH > theta, jax.nn.relu(pre_BxH), 0.0)
+
+
+def batch_top_k_threshold(pre_NxH: jax.Array, k: jax.Array | int, batch_size: int) -> jax.Array:
+    """BatchTopK's inference threshold theta: the mean, over the batches of `batch_size` rows of
+    `pre_NxH` in order (the last one partial, as training keeps it), of the smallest activation
+    BatchTopK keeps in each batch (Bussmann et al.: the average minimum positive activation).
+
+    The rows are the training data's, whose order is already random (drawn i.i.d., or a random
+    split of a file), so consecutive rows make batches like the training ones. A batch that keeps
+    no positive activation has no minimum and is left out; with none at all theta is 0.
+    """
+    n, h = pre_NxH.shape
+    batch_size = min(batch_size, n)
+    n_batches = -(-n // batch_size)
+    pad = n_batches * batch_size - n
+    pre_KxBxH = jnp.pad(pre_NxH, ((0, pad), (0, 0))).reshape(n_batches, batch_size, h)
+    rows_KxB = (jnp.arange(n_batches * batch_size) < n).reshape(n_batches, batch_size)
+
+    def smallest_kept(pre_and_rows: tuple[jax.Array, jax.Array]) -> jax.Array:
+        pre_BxH, rows_B = pre_and_rows
+        h_BxH = batch_top_k_relu(pre_BxH, k, rows_B)
+        return jnp.min(jnp.where(h_BxH > 0, h_BxH, jnp.inf))
+
+    smallest_K = jax.lax.map(smallest_kept, (pre_KxBxH, rows_KxB))
+    found_K = jnp.isfinite(smallest_K)
+    total = jnp.sum(jnp.where(found_K, smallest_K, 0.0))
+    return jnp.where(jnp.any(found_K), total / jnp.maximum(jnp.sum(found_K), 1), 0.0)
+
+
+def _rectangle(u: jax.Array) -> jax.Array:
+    """The rectangle kernel `1{|u| < 1/2}` of the JumpReLU paper's pseudo-derivatives."""
+    return ((u > -0.5) & (u < 0.5)).astype(u.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def jump_relu(z: jax.Array, theta: jax.Array, bandwidth: float) -> jax.Array:
+    """JumpReLU `z H(z - theta)` (same shapes), with the paper's straight-through gradients:
+    d/dz = H(z - theta) and d/dtheta = -(theta / bandwidth) K((z - theta) / bandwidth), K the
+    rectangle kernel (Rajamanoharan et al. 2024, eqs. 11-12)."""
+    return jnp.where(z > theta, z, 0.0)
+
+
+def _jump_relu_fwd(z: jax.Array, theta: jax.Array, bandwidth: float) -> tuple[jax.Array, Any]:
+    return jump_relu(z, theta, bandwidth), (z, theta)
+
+
+def _jump_relu_bwd(bandwidth: float, res: Any, g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    z, theta = res
+    window = _rectangle((z - theta) / bandwidth)
+    return jnp.where(z > theta, g, 0.0), -(theta / bandwidth) * window * g
+
+
+jump_relu.defvjp(_jump_relu_fwd, _jump_relu_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def heaviside_step(z: jax.Array, theta: jax.Array, bandwidth: float) -> jax.Array:
+    """The step `H(z - theta)` (1.0 where z > theta, same shapes), with the paper's
+    straight-through gradients: d/dz = 0 and d/dtheta = -(1 / bandwidth) K((z - theta) /
+    bandwidth), so an L0 penalty `sum_j H(z_j - theta_j)` trains the thresholds."""
+    return (z > theta).astype(z.dtype)
+
+
+def _step_fwd(z: jax.Array, theta: jax.Array, bandwidth: float) -> tuple[jax.Array, Any]:
+    return heaviside_step(z, theta, bandwidth), (z, theta)
+
+
+def _step_bwd(bandwidth: float, res: Any, g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    z, theta = res
+    return jnp.zeros_like(z), -(1.0 / bandwidth) * _rectangle((z - theta) / bandwidth) * g
+
+
+heaviside_step.defvjp(_step_fwd, _step_bwd)
+
+
+class JumpThreshold(nn.Module):
+    """JumpReLU's per-unit threshold `theta_H = exp(log_threshold)`, a parameter (log-scale keeps it
+    positive). Its own submodule, so the other methods of the autoencoder never look it up."""
+
+    n_hidden: int
+    init: float = 0.001  # `model.jump_init`, the starting threshold of every unit
+
+    def setup(self) -> None:
+        start = nn.initializers.constant(math.log(self.init))
+        self.log_threshold = self.param("log_threshold", start, (self.n_hidden,))
+
+    def __call__(self) -> jax.Array:
+        return jnp.exp(self.log_threshold)
+
+
+def hidden_mask(n_active: jax.Array, n_hidden: int) -> jax.Array:
+    """`mask_H`: 1 for the first `n_active` units, 0 after."""
+    return (jnp.arange(n_hidden) < n_active).astype(jnp.float32)
+
+
 def unit_rows(w_HxD: jax.Array) -> jax.Array:
     """Rows scaled to unit length (a zero row stays zero)."""
     norm_Hx1 = jnp.linalg.norm(w_HxD, axis=-1, keepdims=True)
@@ -180,8 +354,10 @@ class Autoencoder(nn.Module):
     """`x -> h = act(W_e (x - b_pre) + b_e) -> x_hat = out(W_d h + b_d)`, `out` the identity or a
     sigmoid (`output`).
 
-    `b_pre` is the decoder bias with `pre_bias`, else 0. For "topk", `k` (the module field) is the
-    largest k the program supports and every call may pass a smaller, possibly traced, `k`.
+    `b_pre` is the decoder bias with `pre_bias`, else 0. For "topk" and "batchtopk", `k` (the
+    module field) is the largest k the program supports and every call may pass a smaller, possibly
+    traced, `k`; "batchtopk" applies to the rows of a call together unless the call passes its
+    inference `threshold` (see the module docstring). "jumprelu" learns a threshold per unit.
     """
 
     n_features: int
@@ -193,6 +369,8 @@ class Autoencoder(nn.Module):
     pre_bias: bool = False
     tied_init: bool = False
     output: str = "linear"  # `model.output`: "linear" or "sigmoid"
+    jump_bandwidth: float = 0.001  # `model.jump_bandwidth`: JumpReLU's kernel width epsilon
+    jump_init: float = 0.001  # `model.jump_init`: JumpReLU's starting threshold
 
     def setup(self) -> None:
         self.encoder = _dense(self.n_hidden, self.n_features, self.initializer)
@@ -203,10 +381,12 @@ class Autoencoder(nn.Module):
             self.unit_norm_decoder,
             sigmoid=self.output == "sigmoid",
         )
+        if self.activation == "jumprelu":
+            self.jump = JumpThreshold(self.n_hidden, self.jump_init)
 
     def pre_activations(self, x_BxD: jax.Array, mask_H: jax.Array | None = None) -> jax.Array:
-        """`pre_BxH`, the encoder's output; masked units read -inf for top-k (they never win a
-        slot) and 0 otherwise."""
+        """`pre_BxH`, the encoder's output; masked units read -inf for top-k and BatchTopK (they
+        never win a slot) and 0 otherwise."""
         chex.assert_shape(x_BxD, (..., self.n_features))
         if self.pre_bias:
             x_BxD = x_BxD - jnp.broadcast_to(self.decoder.bias, x_BxD.shape)
@@ -214,27 +394,74 @@ class Autoencoder(nn.Module):
         if mask_H is None:
             return pre_BxH
         mask_H = jnp.broadcast_to(mask_H, pre_BxH.shape)
-        return jnp.where(mask_H > 0, pre_BxH, -jnp.inf if self.activation == "topk" else 0.0)
+        masked = -jnp.inf if self.activation in K_ACTIVATIONS else 0.0
+        return jnp.where(mask_H > 0, pre_BxH, masked)
 
     def activate(
-        self, pre_BxH: jax.Array, mask_H: jax.Array | None = None, k: jax.Array | None = None
+        self,
+        pre_BxH: jax.Array,
+        mask_H: jax.Array | None = None,
+        k: jax.Array | None = None,
+        threshold: jax.Array | None = None,
+        rows_B: jax.Array | None = None,
     ) -> jax.Array:
-        """The hidden code `h_BxH` from pre-activations; units where `mask_H` is 0 are held at 0."""
+        """The hidden code `h_BxH` from pre-activations; units where `mask_H` is 0 are held at 0.
+
+        BatchTopK only: `threshold` (theta, `batch_threshold`) is inference, each unit firing where
+        its pre-activation exceeds it; without it the rows are one batch, of which `rows_B` (bool)
+        marks the real rows (a padded last batch's padding is never kept).
+        """
+        k = self.k if k is None else k
         if self.activation == "relu":
             h_BxH = jax.nn.relu(pre_BxH)
         elif self.activation == "sigmoid":
             h_BxH = jax.nn.sigmoid(pre_BxH)
         elif self.activation == "identity":
             h_BxH = pre_BxH
+        elif self.activation == "jumprelu":
+            theta_BxH = jnp.broadcast_to(self.jump(), pre_BxH.shape)
+            h_BxH = jump_relu(pre_BxH, theta_BxH, self.jump_bandwidth)
+        elif self.activation == "batchtopk" and threshold is not None:
+            h_BxH = threshold_relu(pre_BxH, threshold)
+        elif self.activation == "batchtopk":
+            h_BxH = batch_top_k_relu(pre_BxH, k, rows_B)
         else:
-            h_BxH = top_k_relu(pre_BxH, self.k if k is None else k, self.k)
+            h_BxH = top_k_relu(pre_BxH, k, self.k)
         return h_BxH if mask_H is None else h_BxH * jnp.broadcast_to(mask_H, h_BxH.shape)
 
-    def encode(
-        self, x_BxD: jax.Array, mask_H: jax.Array | None = None, k: jax.Array | None = None
+    def gates(self, pre_BxH: jax.Array, mask_H: jax.Array | None = None) -> jax.Array:
+        """JumpReLU only: `H(pre - theta)` per unit (1.0 where it fires), with the straight-through
+        gradient to theta (`heaviside_step`): what an L0 penalty counts."""
+        theta_BxH = jnp.broadcast_to(self.jump(), pre_BxH.shape)
+        gate_BxH = heaviside_step(pre_BxH, theta_BxH, self.jump_bandwidth)
+        return gate_BxH if mask_H is None else gate_BxH * jnp.broadcast_to(mask_H, pre_BxH.shape)
+
+    def thresholds(self) -> jax.Array:
+        """JumpReLU only: the learned thresholds `theta_H`."""
+        return self.jump()
+
+    def batch_threshold(
+        self,
+        x_NxD: jax.Array,
+        batch_size: int,
+        mask_H: jax.Array | None = None,
+        k: jax.Array | None = None,
     ) -> jax.Array:
-        """The hidden code `h_BxH`; units where `mask_H` is 0 are held at 0."""
-        return self.activate(self.pre_activations(x_BxD, mask_H), mask_H, k)
+        """BatchTopK only: the inference threshold theta from training data `x_NxD` in batches of
+        `batch_size` (the training batch size; `batch_top_k_threshold`)."""
+        pre_NxH = self.pre_activations(x_NxD, mask_H)
+        return batch_top_k_threshold(pre_NxH, self.k if k is None else k, batch_size)
+
+    def encode(
+        self,
+        x_BxD: jax.Array,
+        mask_H: jax.Array | None = None,
+        k: jax.Array | None = None,
+        threshold: jax.Array | None = None,
+    ) -> jax.Array:
+        """The hidden code `h_BxH`; units where `mask_H` is 0 are held at 0. `threshold`:
+        BatchTopK's inference threshold (without it, BatchTopK over the rows given)."""
+        return self.activate(self.pre_activations(x_BxD, mask_H), mask_H, k, threshold)
 
     def is_active(self, h_BxH: jax.Array) -> jax.Array:
         """Whether each unit fires: its pre-activation is positive (h > 0.5 for sigmoid, h != 0
@@ -257,10 +484,14 @@ class Autoencoder(nn.Module):
         return self.decoder.weights()
 
     def __call__(
-        self, x_BxD: jax.Array, mask_H: jax.Array | None = None, k: jax.Array | None = None
+        self,
+        x_BxD: jax.Array,
+        mask_H: jax.Array | None = None,
+        k: jax.Array | None = None,
+        threshold: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array]:
         """Returns `(x_hat_BxD, h_BxH)`."""
-        h_BxH = self.encode(x_BxD, mask_H, k)
+        h_BxH = self.encode(x_BxD, mask_H, k, threshold)
         return self.decode(h_BxH), h_BxH
 
 
@@ -287,4 +518,6 @@ def make_model(cfg: ModelConfig, n_features: int) -> Autoencoder:
         pre_bias=cfg.pre_bias,
         tied_init=cfg.tied_init,
         output=cfg.output,
+        jump_bandwidth=cfg.jump_bandwidth,
+        jump_init=cfg.jump_init,
     )

@@ -36,18 +36,10 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxae import memory
 from jaxae.config import Config
+from jaxae.data import seed_data, shared_data
+from jaxae.metrics import evaluate_each
 from jaxae.model import Autoencoder, make_model
-from jaxae.train import (
-    Hyper,
-    TrainState,
-    evaluate_each,
-    init_arms,
-    run_epochs,
-    seed_data,
-    seed_keys,
-    shared_data,
-    steps_per_epoch,
-)
+from jaxae.train import Hyper, TrainState, init_arms, run_epochs, seed_keys, steps_per_epoch
 
 
 class Programs(NamedTuple):
@@ -118,7 +110,7 @@ def _from_host(host: TrainState, impl: Any, sharding: NamedSharding | None = Non
     return placed.replace(key=jax.random.wrap_key_data(placed.key, impl=impl))
 
 
-def _rows(tree: Any, lo: int, n: int) -> Any:
+def _seed_slice(tree: Any, lo: int, n: int) -> Any:
     """Rows `lo .. lo + n - 1` of every leaf, padded by repeating the last (copies to drop)."""
 
     def rows(v: np.ndarray) -> np.ndarray:
@@ -145,6 +137,10 @@ class Progress(NamedTuple):
     # leading axis = the run's seeds (padding removed); host arrays when trained in batches
     state: TrainState
     history_SxAxE: np.ndarray  # loss per seed, arm and epoch; NaN for epochs not yet run
+    # Training time (the callbacks' own excluded) and seed-steps of this call so far: what a
+    # checkpoint taken now records beside the state.
+    train_s: float = 0.0
+    seed_steps: float = 0.0
 
 
 @dataclasses.dataclass
@@ -229,7 +225,7 @@ class SeedData:
 
     def rows(self, lo: int, n: int, mesh: SeedMesh) -> Any:
         """What seeds `lo..lo+n-1` train on, placed (the shared set is the same for all)."""
-        return _place(_rows(self.x, lo, n), mesh.by_seed) if self.per_seed else self.shared
+        return _place(_seed_slice(self.x, lo, n), mesh.by_seed) if self.per_seed else self.shared
 
 
 def _start(
@@ -303,7 +299,8 @@ def train_seeds(
     values, `[S, 1]`. The state and history carry the arm axis after the seed axis.
     `keys`, if given, replaces `seed_keys(seed, n_seeds)` (e.g. to train a chosen subset of seeds).
     `callback(progress)` runs after every chunk; returning True stops the run at that chunk boundary
-    (the result then has `finished == False` and can be resumed). `resume=(state, history, epochs)`
+    (the result then has `finished == False` and can be resumed). Its own time (e.g. writing a
+    checkpoint) is left out of the training time. `resume=(state, history, epochs)`
     continues such a run and ends with the same parameters as an uninterrupted one.
     `compiler_options` are XLA options for compiling the training program (e.g.
     `{"xla_cpu_prefer_vector_width": 512}`; scripts/benchmark.py compares some). Fewer seeds than
@@ -328,21 +325,29 @@ def train_seeds(
     compile_s = time.perf_counter() - t0
 
     t1 = time.perf_counter()
+    first_epoch = epochs_done
+    callback_s = 0.0  # time in the callback (e.g. writing a checkpoint) is not training
     total, chunk = cfg.train.epochs, min(cfg.train.chunk_epochs, cfg.train.epochs)
+    runs_per_epoch = history[..., 0].size * steps_per_epoch(cfg)  # seed-steps: every arm is a run
+
+    def progress(done: int, paused_at: float) -> Progress:
+        trained = paused_at - t1 - callback_s
+        steps = runs_per_epoch * (done - first_epoch)
+        return Progress(done, total, chunks.state(), history, trained, float(steps))
+
     while epochs_done < total:
         n_new = min(chunk, total - epochs_done)
         chunks.run(np.int32(epochs_done), history, epochs_done, n_new)
         epochs_done += n_new
-        stop = _stop_requested(
-            callback, lambda done=epochs_done: Progress(done, total, chunks.state(), history)
-        )
+        paused_at = time.perf_counter()
+        stop = _stop_requested(callback, lambda done=epochs_done, at=paused_at: progress(done, at))
+        callback_s += time.perf_counter() - paused_at
         if stop and epochs_done < total:
             break
     state = chunks.state()
     jax.block_until_ready(state)
-    train_s = time.perf_counter() - t1
-    done_now = epochs_done - (0 if resume is None else resume[2])
-    seed_steps = history[..., 0].size * done_now * steps_per_epoch(cfg)  # every arm is a run
+    train_s = time.perf_counter() - t1 - callback_s
+    seed_steps = runs_per_epoch * (epochs_done - first_epoch)
     return TrainResult(
         cfg=cfg,
         seed=seed,
@@ -409,7 +414,9 @@ class _HostChunks(_Chunks):
     def run(self, epoch: np.int32, history: np.ndarray, first: int, n_new: int) -> None:
         for lo in range(0, self.n_seeds, self.batch):
             x_arg = self.data.rows(lo, self.batch, self.mesh)
-            placed = _from_host(_rows(self.host, lo, self.batch), self.impl, self.mesh.by_seed)
+            placed = _from_host(
+                _seed_slice(self.host, lo, self.batch), self.impl, self.mesh.by_seed
+            )
             out, loss = self.run_chunk(placed, x_arg, epoch)
             out, loss = _gather((out.replace(key=jax.random.key_data(out.key)), loss))
             hi = min(lo + self.batch, self.n_seeds)
@@ -564,8 +571,14 @@ def evaluate_seeds(
     x_dev = None if cfg.data.per_seed else jax.device_put(x, replicated)
     parts = []
     for lo in range(0, n_seeds, plan.batch_seeds):
-        x_arg = jax.device_put(_rows(x, lo, plan.batch_seeds), by_seed) if x_dev is None else x_dev
-        figures = evaluate(_from_host(_rows(host, lo, plan.batch_seeds), impl, by_seed), x_arg)
+        x_arg = (
+            jax.device_put(_seed_slice(x, lo, plan.batch_seeds), by_seed)
+            if x_dev is None
+            else x_dev
+        )
+        figures = evaluate(
+            _from_host(_seed_slice(host, lo, plan.batch_seeds), impl, by_seed), x_arg
+        )
         parts.append(jax.tree.map(lambda v, lo=lo: np.asarray(v)[: n_seeds - lo], figures))
     return jax.tree.map(lambda *v: np.concatenate(v), *parts), plan
 

@@ -18,6 +18,15 @@ Hidden units an arm masks (the hidden-size sweeps train every size inside the wi
 masked units are always the last ones, held at zero) are dropped: an arm's autoencoder has exactly
 the units it uses, which computes the same codes and reconstructions as the masked model.
 
+Activations that are more than a function of each pre-activation (jaxae/model.py) come back as
+they are used after training: a JumpReLU arm with its learned per-unit thresholds
+(`jump.log_threshold`, the units in use), a BatchTopK arm with BatchTopK's inference rule, each unit
+firing where its pre-activation exceeds one global threshold theta (`TrainedAutoencoder.threshold`),
+estimated once per seed from the data the arm trained on (`Run.data`), its own k and
+`train.batch_size` (`Autoencoder.batch_threshold`, as `jaxae export` writes it), rather than
+training's rule (the k x B largest pre-activations of a batch, which makes a row's code depend on
+the other rows it is encoded with).
+
 A swept run (`jaxae run --sweep`) keeps one complete run per grid point under `grid/`; `load` takes
 a grid point's directory, not the sweep's.
 """
@@ -36,28 +45,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxae import data, experiments, results
-from jaxae.config import Config
+from jaxae import data, experiments, results, schema
+from jaxae.config import K_ACTIVATIONS, Config
 from jaxae.model import Autoencoder
 
 
-def _fail(what: str, value: Any, allowed: str) -> ValueError:
+def _invalid(what: str, value: Any, allowed: str) -> ValueError:
     return ValueError(f"{what}={value!r} is invalid: allowed is {allowed}")
 
 
 @functools.cache
 def _functions(model: Autoencoder, batched: bool) -> tuple[Callable[..., Any], ...]:
     """Jitted `(encode, decode, call, decoder rows)` of `model`'s params, vmapped over seeds when
-    `batched` (one compilation per model and shape, whichever seed or arm it serves)."""
+    `batched` (one compilation per model and shape, whichever seed or arm it serves). `encode` and
+    `call` take BatchTopK's inference `threshold` (one per seed when batched; None otherwise)."""
 
-    def encode(params: Any, x: jax.Array) -> jax.Array:
-        return model.apply(params, x, method="encode")
+    def encode(params: Any, x: jax.Array, threshold: jax.Array | None) -> jax.Array:
+        return model.apply(params, x, None, None, threshold, method="encode")
 
     def decode(params: Any, h: jax.Array) -> jax.Array:
         return model.apply(params, h, method="decode")
 
-    def both(params: Any, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        return model.apply(params, x)
+    def both(params: Any, x: jax.Array, threshold: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+        return model.apply(params, x, None, None, threshold)
 
     def rows(params: Any) -> jax.Array:
         return model.apply(params, method="decoder_weights")
@@ -69,11 +79,22 @@ def _functions(model: Autoencoder, batched: bool) -> tuple[Callable[..., Any], .
         return jax.vmap(decode, in_axes=(0, 0 if h.ndim == 3 else None))(params, h)
 
     return (
-        jax.jit(jax.vmap(encode, in_axes=(0, None))),
+        jax.jit(jax.vmap(encode, in_axes=(0, None, 0))),
         jax.jit(decode_each),
-        jax.jit(jax.vmap(both, in_axes=(0, None))),
+        jax.jit(jax.vmap(both, in_axes=(0, None, 0))),
         jax.jit(jax.vmap(rows)),
     )
+
+
+@functools.cache
+def _threshold_function(model: Autoencoder, batched: bool, batch_size: int) -> Callable[..., Any]:
+    """Jitted `(params, x_NxD, k) -> theta` of a BatchTopK model (`Autoencoder.batch_threshold` in
+    batches of `batch_size`), vmapped over the seeds' params (theta_S) when `batched`."""
+
+    def theta(params: Any, x: jax.Array, k: jax.Array) -> jax.Array:
+        return model.apply(params, x, batch_size, None, k, method="batch_threshold")
+
+    return jax.jit(jax.vmap(theta, in_axes=(0, None, None)) if batched else theta)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -84,6 +105,13 @@ class TrainedAutoencoder:
     `encode(x_NxD) -> h_NxH`, `decode(h_NxH) -> x_hat_NxD` and `__call__(x_NxD) -> (x_hat, h)` are
     jitted. For every seed at once the inputs `x_NxD` are shared and every output gains a leading
     seed axis; `decode` takes the seeds' own codes `h_SxNxH` or codes `h_NxH` shared by all.
+
+    BatchTopK (`model.activation="batchtopk"`) encodes with its inference rule, not its training
+    rule: a unit fires where its pre-activation exceeds the one global threshold `threshold`
+    (theta, estimated after training from the training data: `Run.autoencoder`), so each row's
+    code is its own, whatever rows it is encoded with. (Training kept the k x B largest
+    pre-activations of each batch of B rows; `model.apply(params, x)` without a threshold still
+    does that to the rows it is given.) JumpReLU encodes with its learned per-unit thresholds.
     """
 
     arm: str
@@ -91,6 +119,8 @@ class TrainedAutoencoder:
     model: Autoencoder  # the Flax module, `n_hidden` = the units in use
     params: Any = dataclasses.field(repr=False)  # Flax params (leading axis S when seed is None)
     config: Config = dataclasses.field(repr=False)  # the arm's config, as trained
+    # BatchTopK's inference threshold theta: a float32 scalar (theta_S for every seed); else None
+    threshold: jax.Array | None = None
 
     @property
     def n_hidden(self) -> int:
@@ -103,8 +133,8 @@ class TrainedAutoencoder:
 
     @property
     def k(self) -> int | None:
-        """Top-k's k (None for other activations)."""
-        return self.model.k if self.model.activation == "topk" else None
+        """Top-k's k, or BatchTopK's (on average per row); None for other activations."""
+        return self.model.k if self.model.activation in K_ACTIVATIONS else None
 
     @property
     def n_seeds(self) -> int | None:
@@ -121,7 +151,7 @@ class TrainedAutoencoder:
             if x.ndim == 3 and x.shape[0] == self.n_seeds and x.shape[-1] == width:
                 return x
         if x.ndim != 2 or x.shape[-1] != width:
-            raise _fail(f"{name}.shape", tuple(x.shape), " or ".join(shapes))
+            raise _invalid(f"{name}.shape", tuple(x.shape), " or ".join(shapes))
         return x
 
     def _fn(self, i: int) -> Callable[..., Any]:
@@ -129,7 +159,7 @@ class TrainedAutoencoder:
 
     def encode(self, x_NxD: Any) -> jax.Array:
         """The hidden code `h_NxH` (`h_SxNxH` for every seed)."""
-        return self._fn(0)(self.params, self._input(x_NxD, self.n_features, "x"))
+        return self._fn(0)(self.params, self._input(x_NxD, self.n_features, "x"), self.threshold)
 
     def decode(self, h_NxH: Any) -> jax.Array:
         """The reconstruction `x_hat_NxD` (`x_hat_SxNxD` for every seed)."""
@@ -138,7 +168,7 @@ class TrainedAutoencoder:
 
     def __call__(self, x_NxD: Any) -> tuple[jax.Array, jax.Array]:
         """`(x_hat, h)` of `x_NxD`."""
-        return self._fn(2)(self.params, self._input(x_NxD, self.n_features, "x"))
+        return self._fn(2)(self.params, self._input(x_NxD, self.n_features, "x"), self.threshold)
 
     @property
     def atoms(self) -> np.ndarray:
@@ -156,7 +186,7 @@ class Run:
     config: Config  # metrics.json's config: the first arm's
     arms: tuple[str, ...]  # the arm labels, in metrics.json's order
     configs: dict[str, Config] = dataclasses.field(repr=False)  # each arm's own config
-    metrics: dict[str, Any] = dataclasses.field(repr=False)  # metrics.json, parsed
+    metrics: schema.Run = dataclasses.field(repr=False)  # metrics.json, as its types
     params: dict[str, Any] = dataclasses.field(repr=False)  # arm -> Flax params, leading axis S
     n_seeds: int = 0
     seed: int = 0  # the base seed: seed i trained from fold_in(key(seed), i)
@@ -164,7 +194,7 @@ class Run:
     def check_arm(self, arm: str) -> str:
         """`arm` if it is one of the run's arm labels, else `ValueError` listing them."""
         if arm not in self.configs:
-            raise _fail("arm", arm, "one of " + ", ".join(repr(a) for a in self.arms))
+            raise _invalid("arm", arm, "one of " + ", ".join(repr(a) for a in self.arms))
         return arm
 
     def check_seed(self, seed: Any) -> int:
@@ -176,7 +206,7 @@ class Run:
         except TypeError:
             i = None
         if i is None or not 0 <= i < self.n_seeds:
-            raise _fail(
+            raise _invalid(
                 "seed",
                 seed,
                 f"an integer in 0..{self.n_seeds - 1} (the run's {self.n_seeds} seeds)",
@@ -185,15 +215,15 @@ class Run:
 
     def n_hidden(self, arm: str) -> int:
         """Hidden units the arm uses (metrics.json `arms.<label>.n_hidden`)."""
-        return int(self.metrics["arms"][self.check_arm(arm)]["n_hidden"])
+        return self.metrics.arms[self.check_arm(arm)].n_hidden
 
     def k(self, arm: str) -> int | None:
-        """Top-k's k of the arm: its own (`arms.<label>.hyper.k`), else its config's; None for
-        other activations."""
+        """Top-k's or BatchTopK's k of the arm: its own (`arms.<label>.hyper.k`), else its
+        config's; None for other activations."""
         cfg = self.configs[self.check_arm(arm)]
-        if cfg.model.activation != "topk":
+        if cfg.model.activation not in K_ACTIVATIONS:
             return None
-        own = self.metrics["arms"][arm].get("hyper", {}).get("k")
+        own = self.metrics.arms[arm].hyper.get("k")
         return int(own) if own is not None else int(cfg.model.k)
 
     def _model(self, arm: str) -> Autoencoder:
@@ -205,46 +235,69 @@ class Run:
             n_hidden=h,
             activation=cfg.model.activation,
             # a top-k arm with more k than units in use keeps them all, as its masked model did
+            # (BatchTopK too: k x B of B x h entries keeps them all either way)
             k=None if k is None else min(k, h),
             initializer=cfg.model.init,
             unit_norm_decoder=cfg.model.unit_norm_decoder,
             pre_bias=cfg.model.pre_bias,
             tied_init=cfg.model.tied_init,
             output=cfg.model.output,
+            jump_bandwidth=cfg.model.jump_bandwidth,
+            jump_init=cfg.model.jump_init,
         )
 
     def _params(self, arm: str, seed: int | None) -> Any:
-        """The arm's parameters (one seed's, or all), masked units dropped."""
+        """The arm's parameters (one seed's, or all), masked units dropped (JumpReLU's
+        thresholds `jump.log_threshold` too)."""
         h = self.n_hidden(arm)
         p = self.params[arm]["params"]
         pick = (lambda v: v) if seed is None else (lambda v: v[seed])
         enc, dec = p["encoder"], p["decoder"]
-        return {
-            "params": {
-                "encoder": {
-                    "kernel": jnp.asarray(pick(enc["kernel"])[..., :h]),
-                    "bias": jnp.asarray(pick(enc["bias"])[..., :h]),
-                },
-                "decoder": {
-                    "kernel": jnp.asarray(pick(dec["kernel"])[..., :h, :]),
-                    "bias": jnp.asarray(pick(dec["bias"])),
-                },
-            }
+        out = {
+            "encoder": {
+                "kernel": jnp.asarray(pick(enc["kernel"])[..., :h]),
+                "bias": jnp.asarray(pick(enc["bias"])[..., :h]),
+            },
+            "decoder": {
+                "kernel": jnp.asarray(pick(dec["kernel"])[..., :h, :]),
+                "bias": jnp.asarray(pick(dec["bias"])),
+            },
         }
+        if "jump" in p:
+            out["jump"] = {"log_threshold": jnp.asarray(pick(p["jump"]["log_threshold"])[..., :h])}
+        return {"params": out}
+
+    def _threshold(self, arm: str, model: Autoencoder, params: Any, batched: bool) -> Any:
+        """BatchTopK's inference threshold theta of the arm's params (theta_S when `batched`),
+        from the data it trained on (`data`) with its own k and `train.batch_size`; None for
+        other activations."""
+        if model.activation != "batchtopk":
+            return None
+        cfg = self.configs[arm]
+        x_NxD = jnp.asarray(self.data(arm), jnp.float32)
+        k = jnp.asarray(self.k(arm), jnp.int32)
+        return _threshold_function(model, batched, cfg.train.batch_size)(params, x_NxD, k)
+
+    def _trained(self, arm: str, seed: int | None) -> TrainedAutoencoder:
+        model, params = self._model(arm), self._params(arm, seed)
+        threshold = self._threshold(arm, model, params, seed is None)
+        return TrainedAutoencoder(arm, seed, model, params, self.configs[arm], threshold)
 
     def autoencoder(self, arm: str, seed: int = 0) -> TrainedAutoencoder:
-        """Seed `seed`'s trained autoencoder of `arm` (jitted encode, decode and call)."""
+        """Seed `seed`'s trained autoencoder of `arm` (jitted encode, decode and call).
+
+        For a BatchTopK arm this computes its inference threshold theta (`threshold`) once, from
+        the data the arm trained on (`data`: drawn again, so `data.kind="array"` needs its file
+        and `data.per_seed` is refused), and encodes with BatchTopK's inference rule (units above
+        theta), not its training rule (the k x B largest of a batch)."""
         arm, seed = self.check_arm(arm), self.check_seed(seed)
-        return TrainedAutoencoder(
-            arm, seed, self._model(arm), self._params(arm, seed), self.configs[arm]
-        )
+        return self._trained(arm, seed)
 
     def autoencoders(self, arm: str) -> TrainedAutoencoder:
-        """Every seed's trained autoencoder of `arm` at once (vmapped over the seed axis)."""
+        """Every seed's trained autoencoder of `arm` at once (vmapped over the seed axis); a
+        BatchTopK arm's thresholds `threshold` (theta_S) are each seed's, as `autoencoder`'s."""
         arm = self.check_arm(arm)
-        return TrainedAutoencoder(
-            arm, None, self._model(arm), self._params(arm, None), self.configs[arm]
-        )
+        return self._trained(arm, None)
 
     def data(self, arm: str | None = None) -> np.ndarray:
         """The data set `arm` (default the first) trained and was evaluated on: `x_NxD` (for real
@@ -252,7 +305,7 @@ class Run:
         `data.kind="array"` its file must still be there."""
         cfg = self.configs[self.check_arm(self.arms[0] if arm is None else arm)]
         if cfg.data.per_seed:
-            raise _fail(
+            raise _invalid(
                 "data.per_seed",
                 True,
                 "false for Run.data (every seed drew its own data set; nothing to share)",
@@ -276,30 +329,32 @@ def _read_metrics(path: Path) -> dict[str, Any]:
     if not path.is_dir():
         stopped = results.partial_dir(path)
         if stopped.is_dir():
-            raise _fail(
+            raise _invalid(
                 what,
                 str(path),
                 f"a finished run directory: this run was stopped and is saved in {stopped}; "
                 f"finish it with `jaxae run --resume {path}`",
             )
-        raise _fail(what, str(path), "a run directory written by `jaxae run` (it does not exist)")
+        raise _invalid(
+            what, str(path), "a run directory written by `jaxae run` (it does not exist)"
+        )
     metrics_path = path / results.METRICS
     if not metrics_path.is_file():
         hint = ""
         if (path / results.PROGRESS).is_file():
             resume = path.with_suffix("")
             hint = f" (this is a stopped run's: finish it with `jaxae run --resume {resume}`)"
-        raise _fail(what, str(path), f"a run directory with {results.METRICS}{hint}")
+        raise _invalid(what, str(path), f"a run directory with {results.METRICS}{hint}")
     try:
         metrics = json.loads(metrics_path.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise _fail(
+        raise _invalid(
             what, str(path), f"a run directory with a readable {results.METRICS} ({err})"
         ) from err
     if "grid" in metrics:
         points = metrics["grid"].get("points", {})
         first = next(iter(points.values()), {}).get("dir", "grid/p0")
-        raise _fail(
+        raise _invalid(
             what,
             str(path),
             f"one grid point's run directory, e.g. {path / first} (a sweep of "
@@ -307,9 +362,9 @@ def _read_metrics(path: Path) -> dict[str, Any]:
         )
     for key in ("experiment", "config", "overrides", "arms", "n_seeds"):
         if key not in metrics:
-            raise _fail(what, str(path), f"a run directory whose {results.METRICS} has {key!r}")
+            raise _invalid(what, str(path), f"a run directory whose {results.METRICS} has {key!r}")
     if not (path / results.PARAMS).is_dir():
-        raise _fail(what, str(path), f"a run directory with {results.PARAMS}/ (the checkpoint)")
+        raise _invalid(what, str(path), f"a run directory with {results.PARAMS}/ (the checkpoint)")
     return metrics
 
 
@@ -377,7 +432,7 @@ def load(run_dir: str | Path) -> Run:
     metrics = _read_metrics(path)
     params = results.load_checkpoint(path / results.PARAMS)
     if set(params) != set(metrics["arms"]):
-        raise _fail(
+        raise _invalid(
             "run_dir",
             str(path),
             f"a run directory whose {results.PARAMS}/ holds the arms of its {results.METRICS} "
@@ -391,7 +446,7 @@ def load(run_dir: str | Path) -> Run:
         config=Config.from_dict(metrics["config"]),
         arms=labels,
         configs=configs,
-        metrics=metrics,
+        metrics=results.read_run(path),
         params={label: params[label] for label in labels},
         n_seeds=int(metrics["n_seeds"]),
         seed=int(metrics.get("seed", 0)),

@@ -26,6 +26,7 @@ params, figures and report.md as a run of that point alone would write them).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 import typing
@@ -332,20 +333,43 @@ def expand(exp: Experiment, overrides: list[str], specs: list[str]) -> Grid:
             for j in range(len(fields))
         ),
         points=tuple(points),
-        experiment=dataclasses.replace(points[0].experiment, arms=tuple(arms), build=None),
+        experiment=dataclasses.replace(
+            points[0].experiment,
+            arms=tuple(arms),
+            build=None,
+            analyse=functools.partial(_analyse_points, points=tuple(points)),
+            analysis_type=dict[str, Any],
+        ),
         shape_free=tuple(f for f in moved if f not in kept),
     )
 
 
 def point_results(grid: Grid, res: dict[str, ArmResult]) -> list[dict[str, ArmResult]]:
     """Per point, its arms' results under their own labels, evaluated as the point's arms."""
+    return _point_results(grid.points, res)
+
+
+def _point_results(
+    points: tuple[Point, ...], res: dict[str, ArmResult]
+) -> list[dict[str, ArmResult]]:
     return [
         {
             arm.label: dataclasses.replace(res[label], arm=arm)
             for label, arm in zip(p.labels, p.experiment.arms, strict=True)
         }
-        for p in grid.points
+        for p in points
     ]
+
+
+def _analyse_points(
+    exp: Experiment, res: dict[str, ArmResult], *, points: tuple[Point, ...]
+) -> dict[str, Any]:
+    """The swept experiment's analysis: every point's own (`point.key -> analysis`), as a run of
+    that point alone would have it."""
+    return {
+        p.key: p.experiment.analyse(p.experiment, r)
+        for p, r in zip(points, _point_results(points, res), strict=True)
+    }
 
 
 def _arm_figures(summary: dict[str, Any]) -> dict[str, Any]:
@@ -373,6 +397,7 @@ def metrics_dict(
     }
 
 
+@processes.on_writer(lambda *args, **kwargs: {})
 def write_run(
     out_dir: Path,
     out: RunOutput,
@@ -380,21 +405,25 @@ def write_run(
     overrides: list[str],
     render: Any | None = None,
 ) -> dict[str, Any]:
-    """Write a finished swept run to `out_dir` atomically: every point's run directory (analysed
-    as a run of that point alone), then metrics.json keyed by point; `render(staging_dir)` adds
-    figures and report.md. Only process 0 of a multi-process run writes; the others return `{}`."""
-    if not processes.is_writer():
-        return {}
+    """Write a finished swept run to `out_dir` atomically: every point's run directory (with the
+    point's own analysis, `out.analysis[point.key]`), then metrics.json keyed by point;
+    `render(staging_dir)` adds figures and report.md. Writers only (`processes.on_writer`)."""
     assert out.results is not None
     with results.staged(out_dir) as staging:
         points: dict[str, dict[str, Any]] = {}
         for point, res in zip(grid.points, point_results(grid, out.results), strict=True):
-            analysis = point.experiment.analyse(point.experiment, res)
             point_out = RunOutput(
-                point.experiment, out.n_seeds, out.seed, [], res, out.timing, out.memory
+                point.experiment,
+                out.n_seeds,
+                out.seed,
+                [],
+                res,
+                out.timing,
+                out.memory,
+                out.analysis[point.key],
             )
             data = results.write_run(
-                staging / point.dir, point_out, analysis, [*overrides, *point.assignments]
+                staging / point.dir, point_out, [*overrides, *point.assignments]
             )
             points[point.key] = {
                 "index": point.index,

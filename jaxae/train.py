@@ -9,7 +9,8 @@ The pieces, from the inside out:
   full-batch L-BFGS (one epoch is one iteration; its line search runs inside the step); a seed
   whose loss or parameters turn non-finite stops updating and keeps its last finite parameters
   (`diverged`).
-- `resample_dead`: dead and rarely firing units re-aimed at what the model misses.
+- `resample_dead` (jaxae/resample.py): dead and rarely firing units re-aimed at what the model
+  misses, at an epoch's end.
 - `run_epochs`: a scan over epochs, each a fresh permutation of the data (jaxae/shuffle.py) and a
   scan over its minibatches; it returns the per-epoch mean loss as history.
 - `make_train(cfg) -> train(key)`: init plus all epochs for one seed, pure;
@@ -17,9 +18,9 @@ The pieces, from the inside out:
 - Arms, always: a seed carries A >= 1 arms (a `Hyper` with `[A]` leaves; one arm of the config's
   own values by default), a sweep inside the seed: the arms share the seed's initial key and its
   shuffle (computed once), and differ only in their hyperparameters. `init_state`, `train_step`,
-  `resample_dead` and `evaluate_state`'s figures are written for one (seed, arm); `over_arms` is
-  the one place they are mapped over a seed's arms (`ARM_AXES`: every leaf but the shuffle key).
-- `evaluate_state` / `evaluate_each`: the figures of a trained seed on its data.
+  `resample_dead` and `metrics.evaluate_state`'s figures are written for one (seed, arm);
+  `over_arms` is the one place they are mapped over a seed's arms (`ARM_AXES`: every leaf but the
+  shuffle key).
 
 Seed i's key is `seed_keys(seed, n)[i] = fold_in(key(seed), i)`, whatever the number of seeds.
 The host side (devices, sharding, chunks, batches of seeds, resume) is jaxae/runner.py.
@@ -38,13 +39,13 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from jaxae import metrics, shuffle
+from jaxae import shuffle
 from jaxae.config import Config
-from jaxae.data import ground_truth as data_ground_truth
-from jaxae.data import make_data
+from jaxae.data import seed_data, shared_data
 from jaxae.losses import total_loss
-from jaxae.model import Autoencoder, init_params, make_model, unit_rows
+from jaxae.model import Autoencoder, hidden_mask, init_params, make_model
 from jaxae.optim import line_search_args, make_optimizer
+from jaxae.resample import resample_dead
 
 
 @flax.struct.dataclass
@@ -122,11 +123,6 @@ def steps_per_epoch(cfg: Config) -> int:
 def total_steps(cfg: Config) -> int:
     """Optimizer steps of a whole run (what a learning-rate schedule spans)."""
     return cfg.train.epochs * steps_per_epoch(cfg)
-
-
-def hidden_mask(n_active: jax.Array, n_hidden: int) -> jax.Array:
-    """`mask_H`: 1 for the first `n_active` units, 0 after."""
-    return (jnp.arange(n_hidden) < n_active).astype(jnp.float32)
 
 
 # `in_axes`/`out_axes` of a seed's state over its arms: everything but the seed's shuffle key.
@@ -274,67 +270,6 @@ def train_step(
     return state, (loss, terms["fired_H"])
 
 
-def _column_norms(w_DxH: jax.Array, weight_H: jax.Array) -> jax.Array:
-    """The mean norm of the columns with weight 1 (1 if there are none)."""
-    norms_H = jnp.linalg.norm(w_DxH, axis=0)
-    total = jnp.sum(weight_H)
-    return jnp.where(total > 0, jnp.sum(norms_H * weight_H) / jnp.maximum(total, 1), 1.0)
-
-
-def resample_dead(
-    state: TrainState,
-    pool_PxD: jax.Array,
-    rate_H: jax.Array,
-    w_P: jax.Array | None = None,
-    *,
-    model: Autoencoder,
-    cfg: Config,
-) -> TrainState:
-    """Re-aim every dead unit (no firing for `loss.dead_steps` steps) at a missing direction; with
-    `loss.resample_rare`, also every unit whose firing rate `rate_H` (the share of the epoch's
-    samples it fired on) is below that share of the median unit's.
-
-    The n dead units take, in order, the residuals `x - x_hat` of the n worst-reconstructed samples
-    of the pool `pool_PxD` (samples with weight `w_P` 0 are padding and never chosen), normalised:
-    the decoder row becomes that direction (at the mean norm of the live rows), the encoder column
-    the same direction at the live columns' mean norm, the encoder bias 0, and the unit's dead count
-    restarts. Adam's moments of a dead unit's weights have already decayed (it had no gradient for
-    `dead_steps` steps), so they are left as they are. With more dead units than pool samples the
-    last ones share the last sample's direction.
-    """
-    mask_H = hidden_mask(state.hyper.n_active, model.n_hidden)
-    median_rate = jnp.nanmedian(jnp.where(mask_H > 0, rate_H, jnp.nan))
-    rare_H = rate_H < cfg.loss.resample_rare * median_rate
-    dead_H = ((state.since_fired >= cfg.loss.dead_steps) | rare_H) & (mask_H > 0)
-    live_H = ((~dead_H) & (mask_H > 0)).astype(jnp.float32)
-    x_hat_PxD, _ = model.apply(state.params, pool_PxD, mask_H, state.hyper.k)
-    residual_PxD = pool_PxD - x_hat_PxD
-    error_P = jnp.sum(jnp.square(residual_PxD), axis=-1)
-    if w_P is not None:
-        error_P = jnp.where(w_P > 0, error_P, -jnp.inf)
-    n_worst = min(model.n_hidden, pool_PxD.shape[0])
-    worst_W = lax.top_k(error_P, n_worst)[1]
-    rank_H = jnp.clip(jnp.cumsum(dead_H) - 1, 0, n_worst - 1)  # the i-th dead unit, i-th worst
-    direction_HxD = unit_rows(residual_PxD[worst_W[rank_H]])
-    p = state.params["params"]
-    encoder_DxH, decoder_HxD = p["encoder"]["kernel"], p["decoder"]["kernel"]
-    dead_1xH, dead_Hx1 = dead_H[None, :], dead_H[:, None]
-    encoder = {
-        "kernel": jnp.where(
-            dead_1xH, direction_HxD.T * _column_norms(encoder_DxH, live_H), encoder_DxH
-        ),
-        "bias": jnp.where(dead_H, 0.0, p["encoder"]["bias"]),
-    }
-    decoder = {
-        **p["decoder"],
-        "kernel": jnp.where(
-            dead_Hx1, direction_HxD * _column_norms(decoder_HxD.T, live_H), decoder_HxD
-        ),
-    }
-    params = {"params": {**p, "encoder": encoder, "decoder": decoder}}
-    return state.replace(params=params, since_fired=jnp.where(dead_H, 0, state.since_fired))
-
-
 def _mean_in_order(loss_K: jax.Array) -> jax.Array:
     """The mean over the leading axis, summed first to last. `jnp.mean` lets XLA pick the order of
     the sum by the shape of the whole batch of seeds, so a seed's recorded loss would change in the
@@ -462,70 +397,3 @@ def make_train(cfg: Config) -> Callable[..., tuple[TrainState, jax.Array]]:
         )
 
     return train
-
-
-def shared_data(cfg: Config) -> jax.Array:
-    """The data set all seeds share (unless `data.per_seed`): drawn from `key(data.seed)`."""
-    return make_data(jax.random.key(cfg.data.seed), cfg.data)
-
-
-def _seed_data_key(key: jax.Array, cfg: Config) -> jax.Array:
-    return jax.random.fold_in(jax.random.key(cfg.data.seed), jax.random.key_data(key)[-1])
-
-
-def seed_data(key: jax.Array, cfg: Config) -> jax.Array:
-    """A per-seed data set (`data.per_seed`): from `fold_in(key(data.seed), seed's key data)`."""
-    return make_data(_seed_data_key(key, cfg), cfg.data)
-
-
-def ground_truth(cfg: Config, keys: jax.Array | None = None) -> jax.Array | None:
-    """The true dictionary of the data set(s) trained on: `atoms_MxD` for shared data, one per
-    seed (`atoms_SxMxD`, for `keys`) with `data.per_seed`; None for data without one."""
-    shared = data_ground_truth(jax.random.key(cfg.data.seed), cfg.data)
-    if shared is None or not cfg.data.per_seed or keys is None:
-        return shared
-    return jax.vmap(lambda k: data_ground_truth(_seed_data_key(k, cfg), cfg.data))(keys)
-
-
-def evaluate_state(
-    state: TrainState, x_NxD: jax.Array, *, model: Autoencoder, cfg: Config
-) -> dict[str, jax.Array]:
-    """`metrics.evaluate` of every arm of a seed on its whole data set, each with its own mask and
-    sparsity weight: figures with a leading arm axis."""
-
-    def one(state: TrainState) -> dict[str, jax.Array]:
-        return _evaluate_arm(state, x_NxD, model=model, cfg=cfg)
-
-    return over_arms(one, n_arms(state), in_axes=ARM_AXES)(state)
-
-
-def _evaluate_arm(
-    state: TrainState, x_NxD: jax.Array, *, model: Autoencoder, cfg: Config
-) -> dict[str, jax.Array]:
-    return metrics.evaluate(
-        state.params,
-        x_NxD,
-        model=model,
-        loss_cfg=cfg.loss,
-        sparsity_weight=state.hyper.sparsity_weight,
-        mask_H=hidden_mask(state.hyper.n_active, model.n_hidden),
-        k=state.hyper.k,
-        rho=state.hyper.rho,
-    )
-
-
-def evaluate_each(
-    states: TrainState, x: jax.Array, *, model: Autoencoder, cfg: Config
-) -> dict[str, jax.Array]:
-    """`evaluate_state` of every seed of `states` (leading axis S) on `x_NxD`, or with
-    `data.per_seed` on its own `x_SxNxD`.
-
-    A loop over seeds, not a vmap: XLA picks vectorised kernels by shape, so a vmapped seed's
-    figures would change in the last bit with the number of seeds evaluated together; in a loop
-    each seed runs the same program whatever their number, and only one seed's N x D
-    intermediates exist at a time.
-    """
-    evaluate = functools.partial(evaluate_state, model=model, cfg=cfg)
-    if cfg.data.per_seed:
-        return lax.map(lambda pair: evaluate(*pair), (states, x))
-    return lax.map(lambda state: evaluate(state, x), states)

@@ -12,6 +12,7 @@ import dataclasses
 import re
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import chex
 import jax
@@ -20,7 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from jaxae import cli, experiments, memory, runner, train
+from jaxae import cli, experiments, memory, runner, schema, train
 from jaxae.report import base as report_base
 from jaxae.report import tutorial as report_tutorial
 from tests.test_train import TINY
@@ -215,18 +216,23 @@ def test_seed_spread_draws_dots_up_to_a_limit_then_a_histogram():
 def test_fvu_figure_at_a_hundred_thousand_seeds(tmp_path):
     n = 100_000
     fvu = np.random.default_rng(1).lognormal(-3, 2, n).tolist()
-    quantiles = {f"q{q}": float(np.quantile(fvu, q / 100)) for q in (10, 25, 50, 75, 90)}
-    arm = {"fvu": fvu, "pca_floor_fvu": 0.01, "fvu_quantiles": quantiles}
-    m = {"section": "§", "experiment": "x", "n_seeds": n, "reconstruction_tol": 0.1}
-    m["arms"] = {"1": arm, "2": arm}
+    arm = SimpleNamespace(fvu=fvu, pca_floor_fvu=0.01, fvu_quantiles=schema.Quantiles.of(fvu))
+    m = SimpleNamespace(
+        section="§",
+        experiment="x",
+        n_seeds=n,
+        primary=SimpleNamespace(reconstruction_tol=0.1),
+        arms={"1": arm, "2": arm},
+    )
     report_tutorial.plot_fvu_vs_hidden(m, tmp_path / "fvu.png")
     assert (tmp_path / "fvu.png").stat().st_size > 0
 
 
 def test_the_report_says_which_pairs_of_seeds_it_compares():
-    m = {"n_seeds": 100_000, "arms": {"seeds": {"pw_seeds": experiments.SIMILARITY_SEEDS}}}
+    seeds = SimpleNamespace(pw_seeds=experiments.SIMILARITY_SEEDS)
+    m = SimpleNamespace(n_seeds=100_000, arms={"seeds": seeds})
     assert "every pair among seeds 0-99 of the 100,000" in report_tutorial._pair_sample(m)
-    m = {"n_seeds": 50, "arms": {"seeds": {"pw_seeds": 50}}}
+    m = SimpleNamespace(n_seeds=50, arms={"seeds": SimpleNamespace(pw_seeds=50)})
     assert report_tutorial._pair_sample(m) == ""
 
 

@@ -76,7 +76,8 @@ def test_bad_input_is_one_line_and_exit_2(capsys, argv, names):
     [
         (
             ["--set", "model.k=3"],
-            "model.k=3 is invalid: allowed is None unless model.activation is 'topk'",
+            "model.k=3 is invalid: allowed is None unless model.activation is 'topk' or "
+            "'batchtopk'",
         ),
         (
             ["--sweep", "optim.eps="],
@@ -142,7 +143,8 @@ def test_run_writes_the_contract_and_never_overwrites(capsys, tmp_path):
     assert data["experiment"] == "multiples" and data["n_seeds"] == 3
     assert len(data["final_loss"]) == len(data["diverged"]) == 3
     assert data["config"]["train"]["epochs"] == 3
-    assert set(data["timing"]) == {"compile_s", "train_s", "seed_steps_per_s"}
+    timing = {"compile_s", "train_s", "seed_steps_per_s"}
+    assert set(data["timing"]) == timing | {"checkpoints", "checkpoint_s", "checkpoint_share"}
     history = np.load(out_dir / "history.npz")
     assert history["loss_torch"].shape == (3, 3)
     params = results.load_checkpoint(out_dir / "params")

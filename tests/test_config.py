@@ -195,6 +195,80 @@ INVALID = [
         "atom 0's probability data.active / sum_i (i+1)^-s is at most 1 (here 3 / 1.596 = 1.88",
         data={"firing": "bernoulli", "zipf": 2.0},
     ),
+    # BatchTopK and JumpReLU
+    invalid(
+        "model.k",
+        None,
+        "an integer in 1..4 for activation 'batchtopk'",
+        model={"n_hidden": 4, "activation": "batchtopk"},
+    ),
+    invalid(
+        "model.k",
+        5,
+        "an integer in 1..4 (model.n_hidden)",
+        "batchtopk",
+        model={"n_hidden": 4, "activation": "batchtopk", "k": 5},
+    ),
+    invalid(
+        "model.k",
+        2,
+        "None unless model.activation is 'topk' or 'batchtopk'",
+        "jumprelu",
+        model={"n_hidden": 4, "activation": "jumprelu", "k": 2},
+    ),
+    *(
+        invalid(
+            f"model.{name}",
+            v,
+            "a finite positive number",
+            model={"activation": "jumprelu", name: v},
+        )
+        for name in ("jump_bandwidth", "jump_init")
+        for v in (0.0, -0.001, float("nan"), True)
+    ),
+    *(
+        invalid(
+            f"model.{name}",
+            0.1,
+            "0.001 (the default) unless model.activation is 'jumprelu'",
+            model={name: 0.1},
+        )
+        for name in ("jump_bandwidth", "jump_init")
+    ),
+    *(
+        invalid(
+            "loss.sparsity",
+            "l0",
+            f"'l0' only with model.activation='jumprelu' (the count of firing units has a gradient "
+            f"only through its thresholds; model.activation is {model['activation']!r})",
+            model["activation"],
+            model=model,
+            loss={"sparsity": "l0"},
+        )
+        for model in ({"activation": "relu"}, {"n_hidden": 2, "activation": "batchtopk", "k": 1})
+    ),
+    *(
+        invalid(
+            "loss.sparsity",
+            "kl",
+            f"'sigmoid' (model.activation is {model['activation']!r})",
+            model["activation"],
+            model=model,
+            loss={"sparsity": "kl"},
+        )
+        for model in (
+            {"activation": "jumprelu"},
+            {"n_hidden": 2, "activation": "batchtopk", "k": 1},
+        )
+    ),
+    invalid(
+        "loss.aux_k",
+        2,
+        "0 unless model.activation is 'topk' or 'batchtopk' (it is 'jumprelu')",
+        model={"n_hidden": 4, "activation": "jumprelu"},
+        loss={"aux_k": 2},
+    ),
+    invalid("data.atoms", "a.npy", "'' unless data.kind='array'", data={"atoms": "a.npy"}),
 ]
 
 
@@ -224,6 +298,13 @@ def test_invalid_config_names_field_value_and_allowed(
         {"data": {"firing": "bernoulli", "firing_p": 0.3, "active": 20}},  # active is ignored
         {"data": {"firing": "bernoulli", "zipf": 1.0}},  # p_0 = 3 / 3.598 = 0.83
         {"data": {"firing": "bernoulli", "zipf": 2.0, "active": 1}},  # p_0 = 0.63
+        {"model": {"n_hidden": 4, "activation": "batchtopk", "k": 2}, "loss": {"aux_k": 2}},
+        {
+            "model": {"activation": "jumprelu", "jump_bandwidth": 0.05, "jump_init": 0.3},
+            "loss": {"sparsity": "l0", "weight": 0.01},
+        },
+        {"model": {"activation": "jumprelu"}, "loss": {"sparsity": "l1", "weight": 0.1}},
+        {"data": {"kind": "array", "path": "x.npy", "atoms": "a.npy"}},
     ],
     ids=lambda s: json.dumps(s, sort_keys=True),
 )

@@ -84,9 +84,9 @@ def test_run_gives_every_arm_its_seeds(offset_run):
         # units past the arm's size are masked: they never fire
         assert np.all(r.figures["unit_active_fraction"][:, int(label) :] == 0)
         summary = r.summary()
-        assert summary["n_hidden"] == int(label)
-        assert len(summary["final_loss"]) == 4
-        assert 0.0 <= summary["convergence_ci95"][0] <= summary["convergence_rate"]
+        assert summary.n_hidden == int(label)
+        assert len(summary.final_loss) == 4
+        assert 0.0 <= summary.convergence_ci95[0] <= summary.convergence_rate
 
 
 def test_arm_in_a_sweep_equals_the_arm_alone(offset_run):
@@ -107,7 +107,7 @@ def test_sweep_analysis_reports_every_size(offset_run):
     exp = experiments.get("offset")
     analysis = exp.analyse(exp, offset_run.results)
     assert list(analysis) == ["1", "2", "3", "4"]
-    floors = [analysis[h]["pca_floor_fvu"] for h in analysis]
+    floors = [analysis[h].pca_floor_fvu for h in analysis]
     assert floors[0] > 1e-4 and max(floors[1:]) < 1e-12  # the data have rank 2
 
 
@@ -115,18 +115,18 @@ def test_overcomplete_control_is_identical_and_agreement_has_its_chance_level():
     exp = experiments.with_overrides(experiments.get("overcomplete"), ["train.epochs=2"])
     out = experiments.run(exp, 3)
     analysis = exp.analyse(exp, out.results)
-    assert analysis["pairs"] == 3
+    assert analysis.pairs == 3
     for part in ("encoder", "decoder"):
-        np.testing.assert_allclose(analysis["control_similarity"][part], 1.0, atol=1e-6)
-    assert set(analysis["agreement"]) == {"seeds", "topk", "kl"}
+        np.testing.assert_allclose(analysis.control_similarity[part], 1.0, atol=1e-6)
+    assert set(analysis.agreement) == {"seeds", "topk", "kl"}
     for label, r in out.results.items():
         for key in ("pw_mcc", "pw_mcc_null", "pw_mcc_encoder", "shared", "shared_null"):
-            assert len(r.measures[key]) == 3, (label, key)
-        assert "gt_mcc" not in r.measures  # Gaussian data: no ground truth
+            assert len(getattr(r.measures, key)) == 3, (label, key)
+        assert r.measures.gt_mcc is None  # Gaussian data: no ground truth
     # the chance level is the untrained weights' agreement: the same for every arm of these seeds
     # whose models start alike (relu and top-k share the initialiser)
     np.testing.assert_allclose(
-        out.results["seeds"].measures["pw_mcc_null"], out.results["topk"].measures["pw_mcc_null"]
+        out.results["seeds"].measures.pw_mcc_null, out.results["topk"].measures.pw_mcc_null
     )
 
 
@@ -193,16 +193,16 @@ def test_sparse_run_measures_every_arm(sparse_run):
     for r in sparse_run.results.values():
         assert r.ground_truth.shape == (8, 4)
         for key in ("gt_mcc", "gt_mcc_null", "recovered"):
-            chex.assert_shape(np.asarray(r.measures[key]), (3,))
+            chex.assert_shape(np.asarray(getattr(r.measures, key)), (3,))
         for key in ("pw_mcc", "pw_mcc_null", "shared"):
-            chex.assert_shape(np.asarray(r.measures[key]), (3,))
+            chex.assert_shape(np.asarray(getattr(r.measures, key)), (3,))
         summary = r.summary()
-        assert len(summary["l0"]) == 3 and "gt_mcc" in summary
+        assert len(summary.l0) == 3 and summary.gt_mcc is not None
     for label in ("topk k=3", "topk k=4"):  # top-k then ReLU: at most k units fire
         assert np.all(sparse_run.results[label].figures["l0"] <= int(label[-1]))
     analysis = exp.analyse(exp, sparse_run.results)
-    assert set(analysis["chosen"]) == {"relu", "topk", "topk_revive", "kl", "l1"}
-    assert analysis["best"] in analysis["chosen"].values()
+    assert set(analysis.chosen) == {"relu", "topk", "topk_revive", "kl", "l1"}
+    assert analysis.best in analysis.chosen.values()
 
 
 @pytest.mark.parametrize("label", ["topk k=3", "topk_revive k=3"])

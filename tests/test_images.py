@@ -19,6 +19,7 @@ import pytest
 from jaxae import cli, data, experiments, metrics, report, results, runner
 from jaxae.experiments import images
 from jaxae.model import make_model
+from tests.test_schema import assert_round_trip
 
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -239,7 +240,7 @@ def test_digits_end_to_end(digits_run: Path):
     for label, a in m["arms"].items():
         assert len(a["heldout_fvu"]) == 3 and a["heldout_samples"] == 359, label
         assert len(a["pw_mcc"]) == len(a["pw_mcc_null"]) == 3 and a["pairs"] == 3
-        assert len(a["orientation_encoder"]) == 3
+        assert len(a["filters"]["encoder"]["orientation"]) == 3
     dl = m["analysis"]["dictionary_learning"]
     assert dl["fits"] == 2 and len(dl["pw_mcc"]) == 1 and dl["k"] == images.DIGITS_K
     assert m["analysis"]["pca"]["components"] == images.DIGITS_K
@@ -316,6 +317,11 @@ def test_digits_verdict_follows_the_numbers(digits_run: Path, tmp_path: Path):
     assert "less well than dictionary learning" in text and ", within 0.02 of" in text
 
 
+def test_images_metrics_round_trip_through_their_types(digits_run: Path, patches_run: Path):
+    for run_dir in (digits_run, patches_run):
+        assert_round_trip(run_dir)
+
+
 def test_patches_end_to_end(patches_run: Path):
     m = json.loads((patches_run / results.METRICS).read_text())
     cfg = m["config"]
@@ -323,9 +329,9 @@ def test_patches_end_to_end(patches_run: Path):
     assert m["arms"]["topk"]["n_hidden"] == 24 and m["arms"]["ng"]["n_hidden"] == 25
     analysis = m["analysis"]
     assert analysis["image_side"] == 6
-    assert analysis["random"]["filters"] == images.RANDOM_FILTERS
+    assert analysis["random_filters"]["filters"] == images.RANDOM_FILTERS
     # the patches are mean-free: the constant component is dropped from PCA's filters
-    assert analysis["pca"]["filters"] == 35
+    assert analysis["pca_filters"]["filters"] == 35
     text = _assert_report(
         patches_run,
         {
@@ -339,16 +345,17 @@ def test_patches_end_to_end(patches_run: Path):
         },
     )
     for label, a in m["arms"].items():
-        row = f"| {label}, encoder, trained | {a['orientation_encoder_mean']:.3f} |"
+        encoder = a["filters"]["encoder"]
+        row = f"| {label}, encoder, trained | {encoder['mean']['orientation']:.3f} |"
         assert row in text
-        shares = [a[f"{n}_share_encoder"] for n in ("oriented", "noise")]
+        shares = [encoder[f"{n}_share"] for n in ("oriented", "noise")]
         assert all(len(v) == 3 and all(0 <= x <= 1 for x in v) for v in shares)
         assert f"`{label}`: " in text
-    for baseline in ("random", "pca"):
+    for baseline in ("random_filters", "pca_filters"):
         assert 0 <= analysis[baseline]["noise_share"] <= 1
     # random filters are noise-like by construction: below both 90% quantiles for most of them
-    assert analysis["random"]["noise_share"] > 0.7
-    assert f"| PCA components, 35 filters | {analysis['pca']['orientation']:.3f} |" in text
+    assert analysis["random_filters"]["noise_share"] > 0.7
+    assert f"| PCA components, 35 filters | {analysis['pca_filters']['orientation']:.3f} |" in text
 
 
 def test_an_array_of_any_width_runs_without_image_figures(tmp_path, fast_baselines):
@@ -373,5 +380,5 @@ def test_an_array_of_any_width_runs_without_image_figures(tmp_path, fast_baselin
     )
     assert m["config"]["data"]["n_features"] == 10 and m["analysis"]["image_side"] is None
     assert m["arms"]["topk"]["heldout_samples"] == 30
-    assert "orientation_encoder" not in m["arms"]["topk"]
+    assert "filters" not in m["arms"]["topk"]
     _assert_report(out, {"loss.png", "fvu_l0.png"})

@@ -19,7 +19,8 @@ import pytest
 import safetensors.numpy
 
 import jaxae
-from jaxae import cli, export, metrics, results
+from jaxae import cli, export, metrics, results, schema
+from jaxae import model as model_lib
 from jaxae.config import Config
 
 # Tiny `sparse` (every mechanism, 6 atoms in 3 dimensions; the revived top-k arms without their
@@ -36,6 +37,21 @@ SPARSE_SETS = [
     "loss.dead_steps=100",
 ]
 OFFSET_SETS = ["model.activation=topk", "model.k=2"]
+# Tiny `noise` (Gaussian data in 10 dimensions; hidden-size arms "1".."10" inside a width-10 model,
+# so every arm but "10" masks units) made BatchTopK or JumpReLU. 512 samples in batches of 100: a
+# partial last batch of 12 rows. BatchTopK k=3: arms "1" and "2" have k above their units. JumpReLU
+# starts every threshold at 0.3, within the pre-activations (order 1), with a kernel wide enough
+# (0.1) for the L0 penalty to move each unit's threshold on its own in two epochs.
+NOISE_SETS = ["data.n_samples=512", "optim.learning_rate=0.01"]
+BATCHTOPK_SETS = [*NOISE_SETS, "model.activation=batchtopk", "model.k=3"]
+JUMPRELU_SETS = [
+    *NOISE_SETS,
+    "model.activation=jumprelu",
+    "loss.sparsity=l0",
+    "loss.weight=0.01",
+    "model.jump_init=0.3",
+    "model.jump_bandwidth=0.1",
+]
 
 
 def _sets(assignments: list[str]) -> list[str]:
@@ -65,6 +81,23 @@ def offset_point(offset_sweep: Path) -> Path:
     return offset_sweep / "grid" / "p1"
 
 
+def _noise_run(tmp_path_factory, name: str, sets: list[str]) -> Path:
+    out = tmp_path_factory.mktemp("load") / name
+    argv = ["run", "noise", "--seeds", "2", "--epochs", "2", "--out", str(out)]
+    assert cli.main([*argv, *_sets(sets)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def batchtopk_run(tmp_path_factory) -> Path:
+    return _noise_run(tmp_path_factory, "batchtopk", BATCHTOPK_SETS)
+
+
+@pytest.fixture(scope="module")
+def jumprelu_run(tmp_path_factory) -> Path:
+    return _noise_run(tmp_path_factory, "jumprelu", JUMPRELU_SETS)
+
+
 def _code_figures(run: Any, arm: str, seed: int, x: np.ndarray) -> tuple[float, float]:
     x_hat, h = run.autoencoder(arm, seed)(x)
     sigmoid = run.configs[arm].model.activation == "sigmoid"
@@ -72,17 +105,19 @@ def _code_figures(run: Any, arm: str, seed: int, x: np.ndarray) -> tuple[float, 
     return float(metrics.fvu(x_hat, x)), float(np.mean(np.sum(active, axis=-1)))
 
 
-@pytest.mark.parametrize("which", ["sparse_run", "offset_point"])
+# (not BatchTopK: its recorded figures are its training rule's over the whole data set; see
+# test_batchtopk_encodes_with_its_inference_threshold)
+@pytest.mark.parametrize("which", ["sparse_run", "offset_point", "jumprelu_run"])
 def test_every_seed_reproduces_its_recorded_fvu_and_l0(request, which):
     run = jaxae.load(request.getfixturevalue(which))
     x = run.data()
     for arm in run.arms:
-        recorded = run.metrics["arms"][arm]
+        recorded = run.metrics.arms[arm]
         for seed in range(run.n_seeds):
             fvu, l0 = _code_figures(run, arm, seed, x)
             # the recorded figures come from the full-width masked model: float rounding only
-            assert fvu == pytest.approx(recorded["fvu"][seed], rel=1e-5, abs=1e-7), (arm, seed)
-            assert l0 == pytest.approx(recorded["l0"][seed], abs=1e-6), (arm, seed)
+            assert fvu == pytest.approx(recorded.fvu[seed], rel=1e-5, abs=1e-7), (arm, seed)
+            assert l0 == pytest.approx(recorded.l0[seed], abs=1e-6), (arm, seed)
 
 
 def test_the_run_knows_its_experiment_arms_and_configs(sparse_run: Path, offset_point: Path):
@@ -93,7 +128,8 @@ def test_the_run_knows_its_experiment_arms_and_configs(sparse_run: Path, offset_
     assert run.configs["topk k=3"].model.activation == "topk"
     assert run.configs["kl w=0.03"].loss.sparsity == "kl"
     assert (run.k("topk k=3"), run.k("topk k=4"), run.k("relu")) == (3, 4, None)
-    assert run.metrics == m
+    assert run.metrics.arms["relu"].gt_mcc == m["arms"]["relu"]["gt_mcc"]  # metrics.json, typed
+    assert results._jsonable(schema.write(run.metrics)) == results._jsonable(m)
     assert np.shape(run.params["l1 w=0.01"]["params"]["decoder"]["kernel"]) == (2, 6, 3)
     np.testing.assert_array_equal(run.ground_truth, np.load(sparse_run / results.GROUND_TRUTH))
     ae = run.autoencoder("topk k=3", 1)
@@ -108,7 +144,15 @@ def test_the_run_knows_its_experiment_arms_and_configs(sparse_run: Path, offset_
     assert point.autoencoder("2").atoms.shape == (2, 10)  # the masked units are dropped
 
 
-@pytest.mark.parametrize(("which", "arm"), [("sparse_run", "topk k=3"), ("offset_point", "3")])
+@pytest.mark.parametrize(
+    ("which", "arm"),
+    [
+        ("sparse_run", "topk k=3"),
+        ("offset_point", "3"),
+        ("batchtopk_run", "7"),  # three masked units
+        ("jumprelu_run", "7"),
+    ],
+)
 def test_autoencoders_are_every_seed_at_once(request, which, arm):
     run = jaxae.load(request.getfixturevalue(which))
     x = run.data()[:64]
@@ -154,6 +198,101 @@ def test_bad_requests_are_clear_value_errors(sparse_run: Path, offset_sweep: Pat
         ae.encode(np.zeros((4, 5)))
     with pytest.raises(ValueError, match=r"h\.shape=\(4,\) is invalid: allowed is \[N, 6\] or \[2"):
         run.autoencoders("relu").decode(np.zeros(4))
+
+
+# ------------------------------------------------------------------------------------------------
+# BatchTopK and JumpReLU arms
+
+
+def _full_model(run: Any, arm: str, seed: int) -> tuple[Any, Any, np.ndarray]:
+    """The arm's full-width model as it trained (`make_model`), seed `seed`'s params from the
+    checkpoint and the arm's mask: what `load` must agree with, independent of its slicing."""
+    cfg = run.configs[arm]
+    params = jax.tree.map(lambda v: np.asarray(v)[seed], run.params[arm])
+    mask_H = (np.arange(cfg.model.n_hidden) < run.n_hidden(arm)).astype(np.float32)
+    return model_lib.make_model(cfg.model, cfg.data.n_features), params, mask_H
+
+
+@pytest.mark.parametrize("arm", ["10", "7", "2"])  # no masked unit; three; eight, k above its two
+def test_batchtopk_encodes_with_its_inference_threshold(batchtopk_run: Path, arm: str):
+    run = jaxae.load(batchtopk_run)
+    cfg = run.configs[arm]
+    assert cfg.model.activation == "batchtopk" and run.k(arm) == 3
+    assert run.autoencoder(arm).k == min(3, run.n_hidden(arm))
+    x = run.data(arm)
+    every = run.autoencoders(arm)
+    assert np.shape(every.threshold) == (run.n_seeds,)
+    for seed in range(run.n_seeds):
+        ae = run.autoencoder(arm, seed)
+        model, params, mask_H = _full_model(run, arm, seed)
+        # theta from the trained (masked, full-width) model on the run's data, its k and batch size
+        theta = model.apply(
+            params, x, cfg.train.batch_size, mask_H, run.k(arm), method="batch_threshold"
+        )
+        np.testing.assert_allclose(ae.threshold, theta, rtol=1e-6)
+        assert float(ae.threshold) > 0
+        np.testing.assert_allclose(every.threshold[seed], ae.threshold, rtol=1e-6)
+        # the model's own encode with that threshold: the units in use, the masked ones zero
+        h = model.apply(params, x, mask_H, None, ae.threshold, method="encode")
+        h_NxH = np.asarray(ae.encode(x))
+        np.testing.assert_allclose(h_NxH, h[:, : ae.n_hidden], rtol=1e-6, atol=1e-6)
+        assert not np.any(h[:, ae.n_hidden :])
+        x_hat, codes = ae(x)
+        np.testing.assert_allclose(codes, h_NxH, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(x_hat, ae.decode(h_NxH), rtol=1e-6, atol=1e-6)
+        # the inference rule: a row's code is its own, whatever rows it is encoded with (training's
+        # rule, the k x B largest of the rows given, is not)
+        np.testing.assert_allclose(ae.encode(x[:1]), h_NxH[:1], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(ae.encode(x[7:19]), h_NxH[7:19], rtol=1e-6, atol=1e-6)
+
+
+def test_batchtopk_fires_about_k_units_on_its_training_data(batchtopk_run: Path):
+    """Where the training rule keeps exactly k units per row on average (the arm had at least
+    k x N positive pre-activations on the data: its recorded l0, over the whole data set, is k),
+    the inference threshold fires about k too: within 10% of k.
+
+    Why 10%: each batch's own threshold keeps exactly k x B of its entries; theta is the mean of 6
+    of them (5 batches of 100 rows, one of 12), each the (kB)-th largest of B x H entries, whose
+    count at a fixed threshold varies by about sqrt(kB (1 - k/H)): 5% of kB for the full batches,
+    14% for the 12-row one (which weighs 1/6 in the mean), so theta fires about 3% of k off (one
+    standard deviation); 10% is three of them. Measured: at most 3.1% off (3.09 units of 3)."""
+    run = jaxae.load(batchtopk_run)
+    x = run.data()
+    checked = 0
+    for arm in run.arms:
+        k, recorded = run.k(arm), run.metrics.arms[arm]
+        for seed in range(run.n_seeds):
+            if recorded.l0[seed] != k:  # fewer than k x N positive pre-activations
+                continue
+            h_NxH = np.asarray(run.autoencoder(arm, seed).encode(x))
+            l0 = float(np.mean(np.sum(h_NxH != 0, axis=-1)))
+            assert l0 == pytest.approx(k, rel=0.1), (arm, seed, l0)
+            checked += 1
+    assert checked >= 4  # measured: 7 (arms "7" to "10"; seed 1 of "7" has fewer positives)
+
+
+@pytest.mark.parametrize("arm", ["10", "7", "2"])
+def test_jumprelu_encodes_with_its_learned_thresholds(jumprelu_run: Path, arm: str):
+    run = jaxae.load(jumprelu_run)
+    cfg = run.configs[arm]
+    assert cfg.model.activation == "jumprelu" and run.k(arm) is None
+    x = run.data(arm).astype(np.float32)
+    h = run.n_hidden(arm)
+    for seed in range(run.n_seeds):
+        ae = run.autoencoder(arm, seed)
+        assert ae.k is None and ae.threshold is None and ae.n_hidden == h
+        p = jax.tree.map(lambda v, i=seed: np.asarray(v, np.float64)[i], run.params[arm]["params"])
+        theta_H = np.exp(p["jump"]["log_threshold"][:h])
+        assert h == 1 or np.ptp(theta_H) > 1e-3  # each unit learned its own threshold
+        pre = x @ p["encoder"]["kernel"][:, :h] + p["encoder"]["bias"][:h]
+        expected = np.maximum(pre, 0.0) * (pre > theta_H)
+        # not vacuous: some positive pre-activations are below their unit's threshold
+        assert np.any((pre > 0) & (pre <= theta_H))
+        np.testing.assert_allclose(ae.encode(x), expected, rtol=1e-5, atol=1e-5)
+        model, params, mask_H = _full_model(run, arm, seed)
+        np.testing.assert_allclose(
+            ae.encode(x), model.apply(params, x, mask_H, method="encode")[:, :h], atol=1e-6
+        )
 
 
 # ------------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from jaxae import experiments, metrics, report, results
 from jaxae.experiments import ArmResult, RunOutput
 from jaxae.report import tutorial
 from tests.imports import ROOT, outside_base
+from tests.test_schema import assert_round_trip
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 N_SEEDS = 12
@@ -102,12 +103,13 @@ def fake_run(out_dir: Path, name: str, n_seeds: int = N_SEEDS) -> dict[str, Any]
         seeds, control = arm_results["seeds"], arm_results["control"]
         control.params = jax.tree.map(lambda v: v[: len(control.diverged)].copy(), seeds.params)
     for r in arm_results.values():
-        r.measures = {} if exp.measure is None else exp.measure(r)
+        if exp.measure is not None:
+            r.measures, r.arm_type = exp.measure(r), exp.arm_type
     timing = {"compile_s": 1.234, "train_s": 0.5678, "seed_steps_per_s": 123456.7}
-    out = RunOutput(exp, n_seeds, 7, [], arm_results, timing)
-    return results.write_run(
-        out_dir, out, exp.analyse(exp, arm_results), [], render=report.render_run
+    out = RunOutput(
+        exp, n_seeds, 7, [], arm_results, timing, analysis=exp.analyse(exp, arm_results)
     )
+    return results.write_run(out_dir, out, [], render=report.render_run)
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +133,11 @@ def assert_png(path: Path) -> None:
     data = path.read_bytes()
     assert data[:8] == PNG_MAGIC, path
     assert len(data) > 1000, path
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_metrics_round_trip_through_their_types(root: Path, name: str) -> None:
+    assert_round_trip(root / name)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -318,7 +325,8 @@ def test_render_reproduction_links_resolve_from_root(root: Path, tmp_path: Path)
         m = read_metrics(repro / name)
         row = next(line for line in overview.splitlines() if line.startswith(f"| [{name}]("))
         assert f"| {m['n_seeds']} |" in row
-        assert f"| {report.page_of(m).headline(m)} |" in row
+        typed = results.read_run(repro / name)
+        assert f"| {report.page_of(typed).headline(typed)} |" in row
         if name in ("offset", "noise"):  # the claim is which sizes reconstruct
             for label, a in m["arms"].items():
                 assert f"{label}: {sum(a['reconstructs'])}/{len(a['reconstructs'])}" in row
@@ -389,8 +397,7 @@ def test_real_run_renders(tmp_path: Path) -> None:
     """A few epochs of the real overcomplete experiment, written and rendered by `write_run`."""
     exp = experiments.with_overrides(experiments.get("overcomplete"), ["train.epochs=3"])
     out = experiments.run(exp, 4)
-    analysis = exp.analyse(exp, out.results)
-    data = results.write_run(tmp_path / "r", out, analysis, [], render=report.render_run)
+    data = results.write_run(tmp_path / "r", out, [], render=report.render_run)
     run_dir = tmp_path / "r"
     assert {p.name for p in (run_dir / report.FIGURES).iterdir()} == EXPECTED_FIGURES[
         "overcomplete"

@@ -10,6 +10,7 @@ import json
 import re
 import shutil
 import signal
+import types
 from pathlib import Path
 
 import chex
@@ -156,7 +157,7 @@ def test_swept_arms_equal_their_points_run_alone():
         chex.assert_trees_all_close(
             res["torch"].params, alone.results["torch"].params, rtol=1e-5, atol=1e-6
         )
-        assert res["torch"].summary()["hyper"] == alone.results["torch"].summary()["hyper"] == {}
+        assert res["torch"].summary().hyper == alone.results["torch"].summary().hyper == {}
 
 
 def test_cli_point_equals_the_run_with_set(swept, tmp_path):
@@ -260,8 +261,8 @@ def test_main_metric_per_family():
     assert report.main_metric({"family": "images"}).higher_is_better is False
     fallback = report.main_metric({"family": "elsewhere"})
     assert fallback is report_grid.FINAL_LOSS
-    m = {"arms": {"a": {"final_loss": [3.0, None, 1.0, 2.0]}}}
-    assert fallback.value(m, "a") == 2.0
+    arm = types.SimpleNamespace(final_loss=[3.0, None, 1.0, 2.0])
+    assert fallback.value(types.SimpleNamespace(arms={"a": arm}), "a") == 2.0
 
 
 # ------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import pytest
 import scipy.optimize
 from jax.flatten_util import ravel_pytree
 
-from jaxae import runner, train
+from jaxae import data, resample, runner, train
 from jaxae.config import Config, DataConfig, LossConfig, ModelConfig, OptimConfig, TrainConfig
 from jaxae.losses import total_loss
 from jaxae.model import make_model
@@ -170,7 +170,7 @@ def test_per_seed_data_differs_between_seeds():
     res = runner.train_seeds(cfg, 3)
     chex.assert_shape(res.x, (3, 200, 10))
     assert not np.array_equal(res.x[0], res.x[1])
-    np.testing.assert_array_equal(res.x[2], train.seed_data(train.seed_keys(0, 3)[2], cfg))
+    np.testing.assert_array_equal(res.x[2], data.seed_data(train.seed_keys(0, 3)[2], cfg))
 
 
 def test_tiny_run_learns():
@@ -242,7 +242,7 @@ def _state_with_biases(cfg: Config, bias_H: np.ndarray) -> tuple[train.TrainStat
     state = train.init_state(jax.random.key(0), train.Hyper.from_config(cfg), model=model, cfg=cfg)
     params = jax.tree.map(np.array, state.params)
     params["params"]["encoder"]["bias"][:] = bias_H
-    return state.replace(params=params), train.shared_data(cfg)
+    return state.replace(params=params), data.shared_data(cfg)
 
 
 def test_since_fired_counts_steps_without_firing():
@@ -283,7 +283,7 @@ def test_resample_re_aims_only_dead_units_at_the_worst_residuals(padded: bool):
         w = np.ones(len(x), np.float32)
         w[np.argmax(error)] = 0.0
         error = np.where(w > 0, error, -np.inf)
-    new = train.resample_dead(state, x, _rates(model, state, x), w, model=model, cfg=cfg)
+    new = resample.resample_dead(state, x, _rates(model, state, x), w, model=model, cfg=cfg)
     worst = np.argsort(-error)[:2]
     direction = residual[worst] / np.linalg.norm(residual[worst], axis=1, keepdims=True)
     p, q = state.params["params"], new.params["params"]
@@ -318,10 +318,10 @@ def test_resample_rare_re_aims_a_unit_that_fires_on_one_sample():
     assert rates[0] == 1 / len(pre_N) and np.median(rates) > 0.2
     kernel = model.apply(state.params, method="decoder_weights")
 
-    plain = train.resample_dead(state, x, rates, model=model, cfg=cfg)
+    plain = resample.resample_dead(state, x, rates, model=model, cfg=cfg)
     np.testing.assert_array_equal(model.apply(plain.params, method="decoder_weights"), kernel)
     rare_cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, resample_rare=0.3))
-    rare = train.resample_dead(state, x, rates, model=model, cfg=rare_cfg)
+    rare = resample.resample_dead(state, x, rates, model=model, cfg=rare_cfg)
     new_kernel = np.asarray(model.apply(rare.params, method="decoder_weights"))
     np.testing.assert_array_equal(new_kernel[1:], kernel[1:])
     residual = np.asarray(x - model.apply(state.params, x)[0])
@@ -357,7 +357,9 @@ def test_an_epoch_resamples_from_its_own_firing_counts_and_last_minibatches(n_sa
         fired = fired + fired_now
     pool = idx_KxB[-2:].reshape(-1)  # 20 samples: two minibatches of 16
     w_pool = None if w_KxB is None else w_KxB[-2:].reshape(-1)
-    expected = train.resample_dead(state, x[pool], fired / n_samples, w_pool, model=model, cfg=cfg)
+    expected = resample.resample_dead(
+        state, x[pool], fired / n_samples, w_pool, model=model, cfg=cfg
+    )
     assert not np.array_equal(
         model.apply(expected.params, method="decoder_weights"),
         model.apply(state.params, method="decoder_weights"),
@@ -385,16 +387,16 @@ def test_resampling_in_the_loop_changes_a_run_with_dead_units():
 
 
 def test_ground_truth_of_shared_and_per_seed_data():
-    shared = train.ground_truth(SPARSE)
+    shared = data.trained_atoms(SPARSE)
     chex.assert_shape(shared, (8, 5))
     np.testing.assert_allclose(np.linalg.norm(shared, axis=1), 1.0, rtol=1e-5)
     # fewer atoms than features, so a data set lies in the span of its own dictionary only
     few = DataConfig(kind="sparse", n_samples=64, n_features=8, n_atoms=4, active=2, per_seed=True)
     per_seed = dataclasses.replace(SPARSE, data=few)
     keys = train.seed_keys(0, 3)
-    atoms = np.asarray(train.ground_truth(per_seed, keys))
+    atoms = np.asarray(data.trained_atoms(per_seed, keys))
     chex.assert_shape(atoms, (3, 4, 8))
-    x = np.asarray(jax.vmap(lambda k: train.seed_data(k, per_seed))(keys))
+    x = np.asarray(jax.vmap(lambda k: data.seed_data(k, per_seed))(keys))
 
     def off_span(x_NxD: np.ndarray, a_MxD: np.ndarray) -> float:
         coef = np.linalg.lstsq(a_MxD.T, x_NxD.T, rcond=None)[0]
@@ -403,7 +405,7 @@ def test_ground_truth_of_shared_and_per_seed_data():
     for s in range(3):
         assert off_span(x[s], atoms[s]) < 1e-4
         assert off_span(x[s], atoms[(s + 1) % 3]) > 0.1
-    assert train.ground_truth(TINY) is None
+    assert data.trained_atoms(TINY) is None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -442,7 +444,7 @@ def test_lbfgs_reaches_scipys_minimum_of_the_same_objective():
     init = train.init_state(key, train.Hyper.from_config(cfg), model=model, cfg=cfg).params
     state, loss_E = jax.jit(train.make_train(cfg))(key)
     assert not bool(state.diverged) and np.all(np.isfinite(loss_E))
-    x_NxD = train.shared_data(cfg)
+    x_NxD = data.shared_data(cfg)
     with jax.enable_x64(True):
         x64 = jnp.asarray(x_NxD, jnp.float64)
         objective = objective_with_decay(

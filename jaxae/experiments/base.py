@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -27,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxae import data, memory, metrics, processes, runner, train
+from jaxae import data, memory, metrics, processes, runner, schema, train
 from jaxae.config import Config, override
 
 
@@ -64,10 +65,13 @@ class Experiment:
     summary: str
     claim: str
     arms: tuple[Arm, ...]
-    analyse: Callable[[Experiment, dict[str, ArmResult]], dict[str, Any]]
+    analyse: Callable[[Experiment, dict[str, ArmResult]], Any]  # an `analysis_type`
+    analysis_type: Any  # what `analyse` returns (a dataclass, or a dict of them)
     arm_axis: str  # what distinguishes the arms, for metrics.json: "init", "n_hidden", "run", ...
-    # Figures of one arm beyond `ArmResult.summary` (they join it in metrics.json's `arms.<label>`).
-    measure: Callable[[ArmResult], dict[str, Any]] | None = None
+    # Figures of one arm beyond `ArmResult.summary` (they join it in metrics.json's `arms.<label>`):
+    # a dataclass whose fields `arm_type` adds to `schema.ArmSummary`'s.
+    measure: Callable[[ArmResult], Any] | None = None
+    arm_type: type[schema.ArmSummary] = schema.ArmSummary
     # Arms built from a base config, so that `--set` on the data or width reaches every arm.
     build: Callable[[Config], tuple[Arm, ...]] | None = None
     base: Config | None = None
@@ -100,7 +104,8 @@ class ArmResult:
     x: np.ndarray
     init_params: Any = None  # the same seeds' untrained weights: the chance level of agreement
     ground_truth: np.ndarray | None = None  # the data's true dictionary `atoms_MxD`, if it has one
-    measures: dict[str, Any] = dataclasses.field(default_factory=dict)  # `Experiment.measure`
+    measures: Any = None  # `Experiment.measure`'s dataclass
+    arm_type: type[schema.ArmSummary] = schema.ArmSummary  # `Experiment.arm_type`
 
     @property
     def converged(self) -> np.ndarray:
@@ -111,39 +116,41 @@ class ArmResult:
     def reconstructs(self) -> np.ndarray:
         return (self.figures["fvu"] <= self.reconstruction_tol) & ~self.diverged
 
-    def summary(self) -> dict[str, Any]:
-        """Per-seed lists and the summary figures every arm reports (JSON-ready)."""
+    def summary(self) -> schema.ArmSummary:
+        """Per-seed lists and the summary figures every arm reports, with the arm's measures."""
         n = len(self.diverged)
         converged = self.converged
-        rate = float(np.mean(converged))
         dead = metrics.dead_units(
             self.figures["unit_active_fraction"], np.full(n, self.arm.n_hidden)
         )
         l0 = self.figures.get("l0", np.full(n, np.nan))
-        return {
-            "n_hidden": self.arm.n_hidden,
-            "hyper": dict(self.arm.hyper),
-            "final_loss": self.figures["final_loss"].tolist(),
-            "final_mse": self.figures["final_mse"].tolist(),
-            "fvu": self.figures["fvu"].tolist(),
-            "converged": converged.tolist(),
-            "reconstructs": self.reconstructs.tolist(),
-            "diverged": self.diverged.tolist(),
-            "dead_units": dead.tolist(),
-            "convergence_rate": rate,
-            "convergence_ci95": list(metrics.wilson_interval(int(converged.sum()), n)),
-            "reconstruction_rate": float(np.mean(self.reconstructs)),
-            "pca_floor_fvu": self.pca_floor_fvu,
-            "convergence_tol": self.convergence_tol,
-            "reconstruction_tol": self.reconstruction_tol,
-            "fvu_quantiles": metrics.quantiles(self.figures["fvu"]),
-            "final_loss_quantiles_converged": metrics.quantiles(
+        common = schema.ArmSummary(
+            n_hidden=self.arm.n_hidden,
+            hyper=dict(self.arm.hyper),
+            final_loss=self.figures["final_loss"].tolist(),
+            final_mse=self.figures["final_mse"].tolist(),
+            fvu=self.figures["fvu"].tolist(),
+            converged=converged.tolist(),
+            reconstructs=self.reconstructs.tolist(),
+            diverged=self.diverged.tolist(),
+            dead_units=dead.tolist(),
+            convergence_rate=float(np.mean(converged)),
+            convergence_ci95=metrics.wilson_interval(int(converged.sum()), n),
+            reconstruction_rate=float(np.mean(self.reconstructs)),
+            reconstruction_ci95=metrics.wilson_interval(int(self.reconstructs.sum()), n),
+            pca_floor_fvu=self.pca_floor_fvu,
+            convergence_tol=self.convergence_tol,
+            reconstruction_tol=self.reconstruction_tol,
+            fvu_quantiles=schema.Quantiles.of(self.figures["fvu"]),
+            final_loss_quantiles_converged=schema.Quantiles.of(
                 self.figures["final_loss"][converged]
             ),
-            "l0": np.asarray(l0).tolist(),
-            "l0_quantiles": metrics.quantiles(l0),
-            **self.measures,
-        }
+            l0=np.asarray(l0).tolist(),
+            l0_quantiles=schema.Quantiles.of(l0),
+        )
+        if self.measures is None:
+            return common
+        return self.arm_type(**schema.fields_of(common), **schema.fields_of(self.measures))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -178,7 +185,7 @@ def decoder_rows(params: Any) -> np.ndarray:
     return np.asarray(params["params"]["decoder"]["kernel"])
 
 
-def agreement(r: ArmResult) -> dict[str, Any]:
+def agreement(r: ArmResult) -> schema.Agreement:
     """Does this arm find the same units from every seed, and the true atoms if the data has them?
 
     Per pair of the first `SIMILARITY_SEEDS` seeds (`metrics.seed_pairs` order): `pw_mcc`
@@ -201,7 +208,7 @@ def agreement(r: ArmResult) -> dict[str, Any]:
             out["gt_mcc" + suffix] = g["gt_mcc"].tolist()
             if not suffix:
                 out["recovered"] = g["recovered"].tolist()
-    return out
+    return schema.Agreement(**out)
 
 
 def with_overrides(exp: Experiment, assignments: list[str]) -> Experiment:
@@ -254,6 +261,10 @@ class GroupCheckpoint:
     # Training time and seed-steps spent on it so far, over every session of a resumed run.
     train_s: float = 0.0
     seed_steps: float = 0.0
+    # Periodic checkpoints (`train.checkpoint_minutes`) written while it trained, over every
+    # session, and the seconds they took.
+    checkpoints: int = 0
+    checkpoint_s: float = 0.0
 
 
 @dataclasses.dataclass
@@ -270,6 +281,8 @@ class RunOutput:
     # Bytes per device: the budget, the largest group's plans for training and for evaluation
     # (`memory.MemoryPlan.to_dict()`), and the measured peaks (`memory.peak_memory`).
     memory: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # `experiment.analyse` of the results (its `analysis_type`); None where `results` is None
+    analysis: Any = None
 
     @property
     def finished(self) -> bool:
@@ -311,11 +324,18 @@ def run(
     resume: list[GroupCheckpoint] | None = None,
     devices: list[jax.Device] | None = None,
     memory_budget: int | None = None,
+    checkpoint: Callable[[RunOutput], Any] | None = None,
 ) -> RunOutput:
-    """Train every arm of `exp` on seeds `0..n_seeds-1`; evaluate and analyse when finished.
+    """Train every arm of `exp` on seeds `0..n_seeds-1`; evaluate and analyse when finished
+    (`RunOutput.results` and `.analysis`, which is `exp.analyse`'s: of a swept experiment, one per
+    grid point).
 
     `callback(group_index, progress)` runs after each chunk; returning True stops at that chunk
     boundary and returns a `RunOutput` with `results=None` whose `groups` can be passed as `resume`.
+    `checkpoint(output)`, if given, is handed such an unfinished `RunOutput` of every group so far
+    at the first chunk boundary `train.checkpoint_minutes` after the start or its last call (the
+    CLI saves it as `DIR.partial/`); `timing` counts the calls (`checkpoints`) and their seconds
+    (`checkpoint_s`, and `checkpoint_share` of the training time), which training time excludes.
     `devices` (default: all) carry the seed axis; the same seeds on other devices agree to float
     rounding, not bit for bit. `memory_budget` (bytes per device; default
     `memory.device_memory_budget`) splits training and evaluation into batches of seeds that fit
@@ -334,21 +354,27 @@ def run(
     if resume is not None:
         timing["resumed"] = True
     usage: dict[str, Any] = {}  # RunOutput.memory
+    saves = _Checkpoints(RunOutput(exp, n_seeds, seed, done, None, timing, usage), checkpoint)
     trained = []
     for g, arms in enumerate(groups):
         previous = resume[g] if resume is not None and g < len(resume) else None
-        on_chunk = None if callback is None else (lambda p, g=g: callback(g, p))
-        checkpoint, x = _train_group(
+        on_chunk = saves.hook(g, arms[0].config, previous, callback)
+        group_done, x = _train_group(
             arms, n_seeds, seed, previous, on_chunk, timing, usage, devices, memory_budget
         )
-        done.append(checkpoint)
-        if checkpoint.epochs_done < arms[0].config.train.epochs:
+        done.append(saves.counted(g, group_done))
+        if group_done.epochs_done < arms[0].config.train.epochs:
             return RunOutput(exp, n_seeds, seed, done, None, timing, usage)
-        trained.append((checkpoint.state, checkpoint.history_SxAxE, x))
+        trained.append((group_done.state, group_done.history_SxAxE, x))
     timing["seed_steps_per_s"] = (
         timing["seed_steps"] / timing["train_s"] if timing["train_s"] > 0 else float("nan")
     )
     del timing["seed_steps"]
+    timing["checkpoints"] = sum(g.checkpoints for g in done)
+    timing["checkpoint_s"] = sum(g.checkpoint_s for g in done)
+    timing["checkpoint_share"] = (
+        timing["checkpoint_s"] / timing["train_s"] if timing["train_s"] > 0 else float("nan")
+    )
     if not processes.is_writer():
         return RunOutput(exp, n_seeds, seed, done, None, timing, usage)
     results: dict[str, ArmResult] = {}
@@ -361,10 +387,66 @@ def run(
         )
         _largest_plan(usage, "evaluate", plan.to_dict())
         for r in group.values():
-            r.measures = {} if exp.measure is None else exp.measure(r)
+            if exp.measure is not None:
+                r.measures, r.arm_type = exp.measure(r), exp.arm_type
         results.update(group)
     usage.update(memory.peak_memory())
-    return RunOutput(exp, n_seeds, seed, done, results, timing, usage)
+    analysis = exp.analyse(exp, results)
+    return RunOutput(exp, n_seeds, seed, done, results, timing, usage, analysis)
+
+
+class _Checkpoints:
+    """The periodic checkpoints of one `run`: when the next is due, what each group's cost."""
+
+    def __init__(self, out: RunOutput, save: Callable[[RunOutput], Any] | None) -> None:
+        self.out, self.save = out, save  # `out.groups` grows as the groups finish
+        self.last = time.monotonic()  # the start, then the end of the latest checkpoint
+        self.count: dict[int, int] = {}
+        self.seconds: dict[int, float] = {}
+
+    def hook(
+        self,
+        g: int,
+        cfg: Config,
+        previous: GroupCheckpoint | None,
+        callback: Callable[[int, runner.Progress], bool | None] | None,
+    ) -> Callable[[runner.Progress], bool] | None:
+        """Group g's chunk callback for `runner.train_seeds`: `callback`'s answer, and a
+        checkpoint when one is due (never on a stop: the caller saves the stopped run itself)."""
+        self.count[g] = 0 if previous is None else previous.checkpoints
+        self.seconds[g] = 0.0 if previous is None else previous.checkpoint_s
+        minutes = cfg.train.checkpoint_minutes
+        if callback is None and (self.save is None or minutes == 0):
+            return None
+        spent_s, spent_steps = (
+            (0.0, 0.0) if previous is None else (previous.train_s, previous.seed_steps)
+        )
+
+        def on_chunk(p: runner.Progress) -> bool:
+            stop = callback is not None and bool(callback(g, p))
+            due = minutes > 0 and time.monotonic() - self.last >= 60 * minutes
+            if self.save is not None and due and not stop:
+                now = GroupCheckpoint(
+                    p.state,
+                    p.history_SxAxE,
+                    p.epochs_done,
+                    spent_s + p.train_s,
+                    spent_steps + p.seed_steps,
+                    self.count[g],
+                    self.seconds[g],
+                )
+                t0 = time.perf_counter()
+                self.save(dataclasses.replace(self.out, groups=[*self.out.groups, now]))
+                self.count[g] += 1
+                self.seconds[g] += time.perf_counter() - t0
+                self.last = time.monotonic()
+            return stop
+
+        return on_chunk
+
+    def counted(self, g: int, group: GroupCheckpoint) -> GroupCheckpoint:
+        """`group` with the checkpoints written while it trained."""
+        return dataclasses.replace(group, checkpoints=self.count[g], checkpoint_s=self.seconds[g])
 
 
 def _train_group(
@@ -457,7 +539,7 @@ def _evaluate_group(
         x = (
             runner.seed_data_batches(cfg, keys, memory.PROBE_SEEDS)
             if cfg.data.per_seed
-            else train.shared_data(cfg)
+            else data.shared_data(cfg)
         )
     evaluate = functools.partial(
         runner.evaluate_seeds, cfg, x=x, devices=devices, memory_budget=memory_budget
@@ -465,7 +547,7 @@ def _evaluate_group(
     figures, plan = evaluate(state)
     init_state = progs.init(keys, hyper)
     figures["dead_at_init"] = evaluate(init_state)[0]["unit_active_fraction"][..., 0] == 0
-    atoms = train.ground_truth(cfg, keys)
+    atoms = data.trained_atoms(cfg, keys)
     x_np = np.asarray(x)
     floor_x = x_np[0] if cfg.data.per_seed else x_np
     out: dict[str, ArmResult] = {}

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxae import data, metrics, train
+from jaxae import data, metrics, schema
 from jaxae.config import Config, DataConfig, LossConfig, ModelConfig, OptimConfig, TrainConfig
 from jaxae.experiments.base import (
     Arm,
@@ -47,7 +47,7 @@ from jaxae.experiments.base import (
     with_,
 )
 from jaxae.experiments.sparse import DEAD_STEPS, RESAMPLE_RARE
-from jaxae.model import make_model
+from jaxae.model import hidden_mask, make_model
 
 FAMILY = "images"
 
@@ -202,8 +202,8 @@ def _digits_arms(base: Config) -> tuple[Arm, ...]:
     l1 = _plain(base, sparsity="l1", weight=DIGITS_L1_WEIGHT)
     l1 = with_(l1, model={"unit_norm_decoder": True})
     kl = _plain(base, "sigmoid", sparsity="kl", weight=DIGITS_KL_WEIGHT)
-    # Sigmoid units under a KL penalty learn slowly at Adam's 1e-3 (FVU ~0.36 after 300 epochs);
-    # ten times that reaches ~0.05.
+    # Sigmoid units under a KL penalty learn slowly at Adam's 1e-3; ten times that step trains them
+    # within the epochs the other arms get.
     kl = with_(kl, optim={"learning_rate": 10 * base.optim.learning_rate})
     return (
         Arm("plain", l1, hyper=(("sparsity_weight", 0.0),)),
@@ -279,6 +279,205 @@ def _patches_arms(base: Config) -> tuple[Arm, ...]:
 # Measures: what every arm reports, on the held-out split
 
 
+# ----------------------------------------------------------------------------------------------
+# What the family writes (`schema`)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FilterMeans:
+    """Means over units (and seeds) of how oriented and how local filters are, and the shares of
+    units that are oriented and that look like noise (`filter_figures`)."""
+
+    orientation: float
+    locality: float
+    oriented_share: float
+    noise_share: float
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FilterStats:
+    """`FilterMeans`' figures per seed, and their means."""
+
+    orientation: list[float]
+    locality: list[float]
+    oriented_share: list[float]
+    noise_share: list[float]
+    mean: FilterMeans
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PairAgreement:
+    """Agreement between pairs of seeds (`pair_agreement`): pw_mcc (decoder), pw_mcc_encoder and
+    shared units per pair with their mean and median, each beside its chance level `*_null`."""
+
+    pw_mcc: list[float]
+    pw_mcc_mean: float
+    pw_mcc_median: float
+    pw_mcc_encoder: list[float]
+    pw_mcc_encoder_mean: float
+    pw_mcc_encoder_median: float
+    shared: list[float]
+    shared_mean: float
+    shared_median: float
+    pw_mcc_null: list[float]
+    pw_mcc_null_mean: float
+    pw_mcc_null_median: float
+    pw_mcc_encoder_null: list[float]
+    pw_mcc_encoder_null_mean: float
+    pw_mcc_encoder_null_median: float
+    shared_null: list[float]
+    shared_null_mean: float
+    shared_null_median: float
+    pairs: int
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Measures(PairAgreement):
+    """The family's `measure` of one arm: held-out figures, agreement, and for square inputs its
+    filters (`filters["encoder" | "decoder" | "init"]`, init being the untrained encoder)."""
+
+    config: dict[str, Any]  # the arm's own (the arms differ in more than hyperparameters)
+    heldout_samples: int
+    heldout_fvu: list[float]
+    heldout_fvu_quantiles: schema.Quantiles
+    heldout_l0: list[float]
+    heldout_l0_mean: float
+    heldout_code_l1_mean: float
+    heldout_dead_units_mean: float
+    dead_units_mean: float
+    # seeds 0 and 1, for the report's filter grids (ordered by how often a unit fires)
+    heldout_unit_firing: list[list[float]]
+    heldout_unit_mean: list[list[float]]
+    filters: dict[str, FilterStats] | None = schema.optional()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ImageArm(schema.ArmSummary, Measures):
+    """`arms.<label>` of an images run."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ArmRow:
+    """The figures an analysis reports of one arm."""
+
+    heldout_l0_mean: float
+    heldout_code_l1_mean: float
+    dead_units_mean: float
+    heldout_dead_units_mean: float
+    pw_mcc_mean: float
+    pw_mcc_median: float
+    pw_mcc_null_mean: float
+    pw_mcc_encoder_mean: float
+    pw_mcc_encoder_null_mean: float
+    shared_mean: float
+    pairs: int
+    heldout_fvu_median: float
+    activation: str
+    sparsity: str
+    k: int | None
+    filters: dict[str, FilterMeans] | None = schema.optional()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Pca:
+    """scikit-learn's PCA on the training split: held-out FVU per number of components."""
+
+    components: int
+    heldout_fvu_by_components: list[float]
+    heldout_fvu: float | None = schema.optional()  # at `components` (digits: the code size)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DictionaryLearning:
+    """`MiniBatchDictionaryLearning` fitted from one kind of start (`dictionary_baseline`)."""
+
+    start: str
+    fits: int
+    width: int
+    k: int
+    heldout_fvu: list[float]
+    heldout_fvu_median: float
+    heldout_l0: list[float]
+    dead_atoms: list[int]
+    pw_mcc: list[float]
+    pw_mcc_mean: float
+    pw_mcc_median: float
+    # two chance levels: its own start (the analogue of an autoencoder's untrained weights) and
+    # random directions
+    pw_mcc_start: list[float]
+    pw_mcc_start_mean: float
+    pw_mcc_null_mean: float
+    fit_s: list[float]
+    # for the report: the atoms `[R, H, D]`, their firing `[R, H]`, fit 0's example reconstructions
+    atoms: np.ndarray | None = schema.host()
+    firing: np.ndarray | None = schema.host()
+    examples: np.ndarray | None = schema.host()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Verdict:
+    """`digits`' floor (`against_dictionary_learning`): the best arm at dictionary learning's L0
+    against dictionary learning from random starts."""
+
+    code_size: int
+    fvu_margin: float  # `FVU_MARGIN`
+    arms: list[str]  # the arms whose held-out L0 is at most `code_size`
+    best: str | None = schema.optional()
+    pw_mcc_median: float | None = schema.optional()
+    heldout_fvu_median: float | None = schema.optional()
+    dl_pw_mcc_median: float | None = schema.optional()
+    dl_heldout_fvu_median: float | None = schema.optional()
+    agrees_as_well: bool | None = schema.optional()
+    fvu_within_margin: bool | None = schema.optional()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Digits:
+    """`digits`' analysis: every arm beside PCA and dictionary learning from both starts."""
+
+    code_size: int
+    width: int
+    arms: dict[str, ArmRow]
+    pca: Pca
+    dictionary_learning: DictionaryLearning
+    dictionary_learning_random: DictionaryLearning
+    against_dictionary_learning: Verdict
+    baseline_s: float
+    image_side: int | None
+    arrays: dict[str, np.ndarray] = schema.arrays()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FilterBaseline(FilterMeans):
+    filters: int  # how many
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class NoiseLimits:
+    """`NOISE_QUANTILE` of random filters' orientation and locality (`noise_limits`)."""
+
+    orientation: float
+    locality: float
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Patches:
+    """`patches`' analysis: every arm's filters beside PCA components and random filters (those
+    only for square patches, with the thresholds that define oriented and noise-like)."""
+
+    arms: dict[str, ArmRow]
+    image_side: int | None
+    pca: Pca
+    revived_choice: str | None
+    baseline_s: float
+    pca_filters: FilterBaseline | None = schema.optional()
+    random_filters: FilterBaseline | None = schema.optional()
+    noise_limits: NoiseLimits | None = schema.optional()
+    oriented_at: float | None = schema.optional()  # `ORIENTED`
+    noise_quantile: float | None = schema.optional()  # `NOISE_QUANTILE`
+    arrays: dict[str, np.ndarray] = schema.arrays()
+
+
 def heldout_x(cfg: Config) -> np.ndarray:
     """The held-out split of the arm's data (every reconstruction figure is measured on it)."""
     x = data.heldout(jax.random.key(cfg.data.seed), cfg.data)
@@ -292,7 +491,7 @@ def heldout_x(cfg: Config) -> np.ndarray:
 def _apply_args(r: ArmResult) -> dict[str, Any]:
     cfg = r.arm.config
     return {
-        "mask_H": train.hidden_mask(jnp.int32(r.arm.n_hidden), cfg.model.n_hidden),
+        "mask_H": hidden_mask(jnp.int32(r.arm.n_hidden), cfg.model.n_hidden),
         "k": jnp.int32(r.arm.value("k")),
     }
 
@@ -328,7 +527,7 @@ def reconstruct(r: ArmResult, x_NxD: np.ndarray, seed: int = 0) -> np.ndarray:
     return np.asarray(x_hat)
 
 
-def _rows(r: ArmResult, params: Any) -> tuple[np.ndarray, np.ndarray]:
+def _units(r: ArmResult, params: Any) -> tuple[np.ndarray, np.ndarray]:
     """`(encoder, decoder)` rows `w_SxHxD` of the arm's units in use."""
     h = r.arm.n_hidden
     return encoder_rows(params)[:, :h], decoder_rows(params)[:, :h]
@@ -346,13 +545,14 @@ def _median(values: Any) -> float:
     return float(np.median(v)) if v.size else float("nan")
 
 
-def agreement(r: ArmResult) -> dict[str, Any]:
-    """pw_mcc (decoder), pw_mcc_encoder and shared units between seeds, and the same between the
-    same seeds' untrained weights (`_null`, the chance level); per pair and their means."""
+def pair_agreement(r: ArmResult) -> dict[str, Any]:
+    """`PairAgreement`'s fields: pw_mcc (decoder), pw_mcc_encoder and shared units between pairs
+    of the first `PAIR_SEEDS` seeds (at most `MAX_PAIRS` pairs), and the same between the same
+    seeds' untrained weights (`_null`, the chance level); per pair, their mean and median."""
     m = min(PAIR_SEEDS, len(r.diverged))
     out: dict[str, Any] = {}
     for suffix, params in (("", r.params), ("_null", r.init_params)):
-        encoder, decoder = _rows(r, params)
+        encoder, decoder = _units(r, params)
         pairs = metrics.pairwise_mcc(decoder[:m], encoder[:m], max_pairs=MAX_PAIRS)
         for name in ("pw_mcc", "pw_mcc_encoder", "shared"):
             values = pairs.get(name, np.zeros(0))
@@ -368,7 +568,7 @@ def filter_shape(r: ArmResult) -> tuple[np.ndarray, np.ndarray] | None:
     side = data.side(r.arm.config.data.n_features)
     if side is None:
         return None
-    encoder, decoder = _rows(r, r.params)
+    encoder, decoder = _units(r, r.params)
     shape = (*encoder.shape[:2], side, side)
     return encoder.reshape(shape), decoder.reshape(shape)
 
@@ -422,7 +622,16 @@ def filter_figures(f_SxHxPxP: np.ndarray, limits: tuple[float, float]) -> dict[s
     }
 
 
-def measure(r: ArmResult) -> dict[str, Any]:
+def filter_stats(f_SxHxPxP: np.ndarray, limits: tuple[float, float]) -> FilterStats:
+    """`filter_figures` per seed, with their means."""
+    figures = filter_figures(f_SxHxPxP, limits)
+    return FilterStats(
+        **{name: v.tolist() for name, v in figures.items()},
+        mean=FilterMeans(**{name: _mean(v) for name, v in figures.items()}),
+    )
+
+
+def measure(r: ArmResult) -> Measures:
     """Held-out FVU, L0, code L1 and dead units; agreement across seeds with its chance level; for
     square inputs, how oriented and local the encoder and decoder filters are (and at init)."""
     cfg = r.arm.config
@@ -431,46 +640,42 @@ def measure(r: ArmResult) -> dict[str, Any]:
     dead = metrics.dead_units(
         held["unit_active_fraction"], np.full(len(r.diverged), r.arm.n_hidden)
     )
-    out: dict[str, Any] = {
-        "config": cfg.to_dict(),  # the arm's own (the arms differ in more than hyperparameters)
-        "heldout_samples": len(x),
-        "heldout_fvu": held["fvu"].tolist(),
-        "heldout_fvu_quantiles": metrics.quantiles(held["fvu"]),
-        "heldout_l0": held["l0"].tolist(),
-        "heldout_l0_mean": _mean(held["l0"]),
-        "heldout_code_l1_mean": _mean(held["code_l1"]),
-        "heldout_dead_units_mean": _mean(dead),
-        "dead_units_mean": _mean(
+    filters = None
+    shaped = filter_shape(r)
+    if shaped is not None:
+        limits = noise_limits(cfg.data.seed, shaped[0].shape[-1])
+        init_encoder, _ = _units(r, r.init_params)
+        init = init_encoder.reshape(*init_encoder.shape[:2], *shaped[0].shape[-2:])
+        filters = {
+            name: filter_stats(f, limits)
+            for name, f in (("encoder", shaped[0]), ("decoder", shaped[1]), ("init", init))
+        }
+    return Measures(
+        config=cfg.to_dict(),
+        heldout_samples=len(x),
+        heldout_fvu=held["fvu"].tolist(),
+        heldout_fvu_quantiles=schema.Quantiles.of(held["fvu"]),
+        heldout_l0=held["l0"].tolist(),
+        heldout_l0_mean=_mean(held["l0"]),
+        heldout_code_l1_mean=_mean(held["code_l1"]),
+        heldout_dead_units_mean=_mean(dead),
+        dead_units_mean=_mean(
             metrics.dead_units(
                 r.figures["unit_active_fraction"], np.full(len(dead), r.arm.n_hidden)
             )
         ),
-        # seeds 0 and 1, for the report's filter grids (ordered by how often a unit fires)
-        "heldout_unit_firing": held["unit_active_fraction"][:GRID_SEEDS, : r.arm.n_hidden].tolist(),
-        "heldout_unit_mean": held["unit_mean_activation"][:GRID_SEEDS, : r.arm.n_hidden].tolist(),
-        **agreement(r),
-    }
-    shaped = filter_shape(r)
-    if shaped is not None:
-        limits = noise_limits(cfg.data.seed, shaped[0].shape[-1])
-        init_encoder, _ = _rows(r, r.init_params)
-        init_shape = (*init_encoder.shape[:2], *shaped[0].shape[-2:])
-        for name, f in (
-            ("encoder", shaped[0]),
-            ("decoder", shaped[1]),
-            ("init", init_encoder.reshape(init_shape)),
-        ):
-            for figure, values in filter_figures(f, limits).items():
-                out[f"{figure}_{name}"] = values.tolist()
-                out[f"{figure}_{name}_mean"] = _mean(values)
-    return out
+        heldout_unit_firing=held["unit_active_fraction"][:GRID_SEEDS, : r.arm.n_hidden].tolist(),
+        heldout_unit_mean=held["unit_mean_activation"][:GRID_SEEDS, : r.arm.n_hidden].tolist(),
+        filters=filters,
+        **pair_agreement(r),
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # Baselines: scikit-learn's PCA and dictionary learning, random filters
 
 
-def fvu(x_hat_NxD: np.ndarray, x_NxD: np.ndarray) -> float:
+def _host_fvu(x_hat_NxD: np.ndarray, x_NxD: np.ndarray) -> float:
     """`metrics.fvu` on host arrays."""
     return float(metrics.fvu(jnp.asarray(x_hat_NxD), jnp.asarray(x_NxD)))
 
@@ -485,7 +690,7 @@ def pca_baseline(train_NxD: np.ndarray, held_MxD: np.ndarray) -> dict[str, Any]:
     curve = []
     for m in range(1, len(pca.components_) + 1):
         c = pca.components_[:m]
-        curve.append(fvu(pca.mean_ + centred @ c.T @ c, held_MxD))
+        curve.append(_host_fvu(pca.mean_ + centred @ c.T @ c, held_MxD))
     return {
         "heldout_fvu_by_components": curve,
         "explained_variance_ratio": pca.explained_variance_ratio_.tolist(),
@@ -531,7 +736,7 @@ def dictionary_baseline(
     fits: int,
     start: str = "svd",
     key: jax.Array | None = None,
-) -> dict[str, Any]:
+) -> DictionaryLearning:
     """scikit-learn's `MiniBatchDictionaryLearning` (its defaults; `width` atoms) fitted on the
     mean-removed training split with `random_state` 0..fits-1, each from `dictionary_start`
     (`start` "svd", scikit-learn's own, or "random" from `key`); held-out codes by OMP with `k`
@@ -562,35 +767,33 @@ def dictionary_baseline(
         seconds.append(time.perf_counter() - began)
         x_hat = mean_D + code_MxH @ dl.components_
         atoms.append(dl.components_)
-        held_fvu.append(fvu(x_hat, held_MxD))
+        held_fvu.append(_host_fvu(x_hat, held_MxD))
         l0.append(float(np.mean(np.sum(code_MxH != 0, axis=-1))))
         firing.append(np.mean(code_MxH != 0, axis=0))
         examples.append(x_hat[:N_EXAMPLES])
     atoms_RxHxD = np.stack(atoms)
     pairs = metrics.pairwise_mcc(atoms_RxHxD)["pw_mcc"]
     start_pairs = metrics.pairwise_mcc(np.stack(starts))["pw_mcc"]
-    return {
-        "start": start,
-        "fits": fits,
-        "width": width,
-        "k": k,
-        "heldout_fvu": held_fvu,
-        "heldout_fvu_median": float(np.median(held_fvu)),
-        "heldout_l0": l0,
-        "dead_atoms": [int(np.sum(f == 0)) for f in firing],
-        "pw_mcc": pairs.tolist(),
-        "pw_mcc_mean": _mean(pairs),
-        "pw_mcc_median": float(np.median(pairs)) if pairs.size else float("nan"),
-        # two chance levels: its own start (the analogue of an autoencoder's untrained weights)
-        # and random directions
-        "pw_mcc_start": start_pairs.tolist(),
-        "pw_mcc_start_mean": _mean(start_pairs),
-        "pw_mcc_null_mean": metrics.random_unit_mcc_chance(width, train_NxD.shape[1]),
-        "fit_s": seconds,
-        "atoms": atoms_RxHxD,
-        "firing": np.stack(firing),
-        "examples": examples[0],
-    }
+    return DictionaryLearning(
+        start=start,
+        fits=fits,
+        width=width,
+        k=k,
+        heldout_fvu=held_fvu,
+        heldout_fvu_median=float(np.median(held_fvu)),
+        heldout_l0=l0,
+        dead_atoms=[int(np.sum(f == 0)) for f in firing],
+        pw_mcc=pairs.tolist(),
+        pw_mcc_mean=_mean(pairs),
+        pw_mcc_median=_median(pairs),
+        pw_mcc_start=start_pairs.tolist(),
+        pw_mcc_start_mean=_mean(start_pairs),
+        pw_mcc_null_mean=metrics.random_unit_mcc_chance(width, train_NxD.shape[1]),
+        fit_s=seconds,
+        atoms=atoms_RxHxD,
+        firing=np.stack(firing),
+        examples=examples[0],
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -616,12 +819,12 @@ def matched_grid(
 
 
 def _arm_grid(r: ArmResult, kind: str) -> dict[str, np.ndarray]:
-    encoder, decoder = _rows(r, r.params)
+    encoder, decoder = _units(r, r.params)
     rows = encoder if kind == "encoder" else decoder
     return matched_grid(
         rows[:GRID_SEEDS],
-        np.asarray(r.measures["heldout_unit_firing"]),
-        np.asarray(r.measures["heldout_unit_mean"]),
+        np.asarray(r.measures.heldout_unit_firing),
+        np.asarray(r.measures.heldout_unit_mean),
     )
 
 
@@ -630,27 +833,27 @@ def _store_grid(arrays: dict[str, np.ndarray], name: str, grid: dict[str, np.nda
         arrays[f"grid_{part}_{name}"] = np.asarray(values, np.float32)
 
 
-def _arm_summary(r: ArmResult) -> dict[str, Any]:
+def arm_row(r: ArmResult) -> ArmRow:
     """The figures an analysis reports of one arm (from its measures)."""
-    keys = (
-        "heldout_l0_mean",
-        "heldout_code_l1_mean",
-        "dead_units_mean",
-        "heldout_dead_units_mean",
-        "pw_mcc_mean",
-        "pw_mcc_median",
-        "pw_mcc_null_mean",
-        "pw_mcc_encoder_mean",
-        "pw_mcc_encoder_null_mean",
-        "shared_mean",
-        "pairs",
+    m: Measures = r.measures
+    return ArmRow(
+        heldout_l0_mean=m.heldout_l0_mean,
+        heldout_code_l1_mean=m.heldout_code_l1_mean,
+        dead_units_mean=m.dead_units_mean,
+        heldout_dead_units_mean=m.heldout_dead_units_mean,
+        pw_mcc_mean=m.pw_mcc_mean,
+        pw_mcc_median=m.pw_mcc_median,
+        pw_mcc_null_mean=m.pw_mcc_null_mean,
+        pw_mcc_encoder_mean=m.pw_mcc_encoder_mean,
+        pw_mcc_encoder_null_mean=m.pw_mcc_encoder_null_mean,
+        shared_mean=m.shared_mean,
+        pairs=m.pairs,
+        heldout_fvu_median=m.heldout_fvu_quantiles.q50,
+        activation=r.arm.config.model.activation,
+        sparsity=r.arm.config.loss.sparsity,
+        k=int(r.arm.value("k")) if r.arm.config.model.activation == "topk" else None,
+        filters=None if m.filters is None else {p: f.mean for p, f in m.filters.items()},
     )
-    out = {key: r.measures[key] for key in keys}
-    out["heldout_fvu_median"] = r.measures["heldout_fvu_quantiles"]["q50"]
-    out["activation"] = r.arm.config.model.activation
-    out["sparsity"] = r.arm.config.loss.sparsity
-    out["k"] = int(r.arm.value("k")) if r.arm.config.model.activation == "topk" else None
-    return out
 
 
 def _code_size(results: dict[str, ArmResult]) -> int:
@@ -667,17 +870,13 @@ def _split(results: dict[str, ArmResult]) -> tuple[Config, np.ndarray, np.ndarra
     return cfg, np.asarray(first.x, np.float64), np.asarray(heldout_x(cfg), np.float64)
 
 
-def _json_part(dl: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in dl.items() if key not in ("atoms", "firing", "examples")}
-
-
 def data_key(cfg: Config) -> jax.Array:
     return jax.random.key(cfg.data.seed)
 
 
 def against_dictionary_learning(
-    results: dict[str, ArmResult], dl: dict[str, Any], k: int
-) -> dict[str, Any]:
+    results: dict[str, ArmResult], dl: DictionaryLearning, k: int
+) -> Verdict:
     """The floor `digits` is judged by: among the arms whose codes are as sparse as dictionary
     learning's (mean held-out L0 at most its `k` non-zeros; not sigmoid units, whose L0 counts
     activations above 0.5), the one whose seeds agree most (median
@@ -687,26 +886,27 @@ def against_dictionary_learning(
         label: r
         for label, r in results.items()
         # sigmoid units count as active above 0.5, which says nothing of how sparse their code is
-        if r.arm.config.model.activation != "sigmoid" and r.measures["heldout_l0_mean"] <= k + 1e-6
+        if r.arm.config.model.activation != "sigmoid" and r.measures.heldout_l0_mean <= k + 1e-6
     }
-    out: dict[str, Any] = {"code_size": k, "fvu_margin": FVU_MARGIN, "arms": sorted(sparse)}
+    verdict = Verdict(code_size=k, fvu_margin=FVU_MARGIN, arms=sorted(sparse))
     if not sparse:
-        return out
-    best = max(sparse, key=lambda label: np.nan_to_num(sparse[label].measures["pw_mcc_median"]))
-    measures = sparse[best].measures
-    pw, fvu_arm = measures["pw_mcc_median"], measures["heldout_fvu_quantiles"]["q50"]
-    return out | {
-        "best": best,
-        "pw_mcc_median": pw,
-        "heldout_fvu_median": fvu_arm,
-        "dl_pw_mcc_median": dl["pw_mcc_median"],
-        "dl_heldout_fvu_median": dl["heldout_fvu_median"],
-        "agrees_as_well": bool(pw >= dl["pw_mcc_median"]),
-        "fvu_within_margin": bool(fvu_arm <= dl["heldout_fvu_median"] + FVU_MARGIN),
-    }
+        return verdict
+    best = max(sparse, key=lambda label: np.nan_to_num(sparse[label].measures.pw_mcc_median))
+    measures: Measures = sparse[best].measures
+    pw, fvu_arm = measures.pw_mcc_median, measures.heldout_fvu_quantiles.q50
+    return dataclasses.replace(
+        verdict,
+        best=best,
+        pw_mcc_median=pw,
+        heldout_fvu_median=fvu_arm,
+        dl_pw_mcc_median=dl.pw_mcc_median,
+        dl_heldout_fvu_median=dl.heldout_fvu_median,
+        agrees_as_well=bool(pw >= dl.pw_mcc_median),
+        fvu_within_margin=bool(fvu_arm <= dl.heldout_fvu_median + FVU_MARGIN),
+    )
 
 
-def analyse_digits(exp: Experiment, results: dict[str, ArmResult]) -> dict[str, Any]:
+def analyse_digits(exp: Experiment, results: dict[str, ArmResult]) -> Digits:
     """Every arm beside PCA with k components and dictionary learning with k non-zeros: held-out
     FVU, L0 and agreement across seeds; the filter grids and example reconstructions as arrays."""
     cfg, train_x, held = _split(results)
@@ -723,28 +923,29 @@ def analyse_digits(exp: Experiment, results: dict[str, ArmResult]) -> dict[str, 
         _store_grid(arrays, label, _arm_grid(r, "decoder"))
         arrays[f"examples_{label}"] = reconstruct(r, held[:N_EXAMPLES]).astype(np.float32)
     arrays["examples_pca"] = pca_reconstruction(pca, held[:N_EXAMPLES], k).astype(np.float32)
-    arrays["examples_dictionary_learning"] = dl["examples"].astype(np.float32)
-    atoms = dl["atoms"]
+    arrays["examples_dictionary_learning"] = dl.examples.astype(np.float32)
     _store_grid(
-        arrays, "dictionary_learning", matched_grid(atoms[:GRID_SEEDS], dl["firing"], dl["firing"])
+        arrays,
+        "dictionary_learning",
+        matched_grid(dl.atoms[:GRID_SEEDS], dl.firing, dl.firing),
     )
     components = min(k, len(pca["heldout_fvu_by_components"]))
-    return {
-        "code_size": k,
-        "width": width,
-        "arms": {label: _arm_summary(r) for label, r in results.items()},
-        "pca": {
-            "components": components,
-            "heldout_fvu": pca["heldout_fvu_by_components"][components - 1],
-            "heldout_fvu_by_components": pca["heldout_fvu_by_components"],
-        },
-        "dictionary_learning": _json_part(dl),
-        "dictionary_learning_random": _json_part(dl_random),
-        "against_dictionary_learning": against_dictionary_learning(results, dl_random, k),
-        "baseline_s": time.perf_counter() - start,
-        "image_side": data.side(cfg.data.n_features),
-        "arrays": arrays,
-    }
+    return Digits(
+        code_size=k,
+        width=width,
+        arms={label: arm_row(r) for label, r in results.items()},
+        pca=Pca(
+            components=components,
+            heldout_fvu=pca["heldout_fvu_by_components"][components - 1],
+            heldout_fvu_by_components=pca["heldout_fvu_by_components"],
+        ),
+        dictionary_learning=dl,
+        dictionary_learning_random=dl_random,
+        against_dictionary_learning=against_dictionary_learning(results, dl_random, k),
+        baseline_s=time.perf_counter() - start,
+        image_side=data.side(cfg.data.n_features),
+        arrays=arrays,
+    )
 
 
 def pca_filters(train_NxD: np.ndarray) -> np.ndarray:
@@ -762,10 +963,10 @@ def revived_choice(results: dict[str, ArmResult]) -> str | None:
     revived = {label: r for label, r in results.items() if label.startswith(REVIVED)}
     if not revived:
         return None
-    return max(revived, key=lambda label: np.nan_to_num(revived[label].measures["pw_mcc_median"]))
+    return max(revived, key=lambda label: np.nan_to_num(revived[label].measures.pw_mcc_median))
 
 
-def analyse_patches(exp: Experiment, results: dict[str, ArmResult]) -> dict[str, Any]:
+def analyse_patches(exp: Experiment, results: dict[str, ArmResult]) -> Patches:
     """Orientation and locality of every arm's filters beside random filters and PCA components;
     agreement across seeds; the filter grids as arrays."""
     cfg, train_x, held = _split(results)
@@ -776,38 +977,37 @@ def analyse_patches(exp: Experiment, results: dict[str, ArmResult]) -> dict[str,
     arrays: dict[str, np.ndarray] = {}
     for label, r in results.items():
         _store_grid(arrays, label, _arm_grid(r, "encoder"))
-    out: dict[str, Any] = {
-        "arms": {label: _arm_summary(r) for label, r in results.items()},
-        "image_side": side,
-        "pca": {
-            "heldout_fvu_by_components": pca["heldout_fvu_by_components"],
-            "components": len(filters_FxD),
-        },
-    }
-    for label, r in results.items():
-        for key in FILTER_FIGURES:
-            for part in ("encoder", "decoder", "init"):
-                name = f"{key}_{part}_mean"
-                if name in r.measures:
-                    out["arms"][label][name] = r.measures[name]
+    square: dict[str, Any] = {}
     if side is not None:
         components = filters_FxD.reshape(-1, side, side)
         noise = random_baseline(cfg.data.seed, side)
         limits = noise_limits(cfg.data.seed, side)
-        out["noise_limits"] = {"orientation": limits[0], "locality": limits[1]}
-        out["oriented_at"] = ORIENTED
-        out["noise_quantile"] = NOISE_QUANTILE
-        for name, f in (("pca", components), ("random", noise)):
-            values = filter_figures(f[None], limits)
-            out.setdefault(name, {}).update(
-                {key: float(v[0]) for key, v in values.items()} | {"filters": len(f)}
-            )
+
+        def baseline(f: np.ndarray) -> FilterBaseline:
+            figures = filter_figures(f[None], limits)
+            return FilterBaseline(**{k: float(v[0]) for k, v in figures.items()}, filters=len(f))
+
+        square = {
+            "pca_filters": baseline(components),
+            "random_filters": baseline(noise),
+            "noise_limits": NoiseLimits(orientation=limits[0], locality=limits[1]),
+            "oriented_at": ORIENTED,
+            "noise_quantile": NOISE_QUANTILE,
+        }
         arrays["pca_components"] = components.reshape(len(components), -1).astype(np.float32)
         arrays["random_filters"] = noise[:PATCHES_WIDTH].reshape(-1, side * side)
-    out["revived_choice"] = revived_choice(results)
-    out["baseline_s"] = time.perf_counter() - start
-    out["arrays"] = arrays
-    return out
+    return Patches(
+        arms={label: arm_row(r) for label, r in results.items()},
+        image_side=side,
+        pca=Pca(
+            components=len(filters_FxD),
+            heldout_fvu_by_components=pca["heldout_fvu_by_components"],
+        ),
+        revived_choice=revived_choice(results),
+        baseline_s=time.perf_counter() - start,
+        arrays=arrays,
+        **square,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -827,8 +1027,10 @@ DIGITS = Experiment(
     ),
     **built(_digits_arms, _digits_base()),
     analyse=analyse_digits,
+    analysis_type=Digits,
     arm_axis="arm",
     measure=measure,
+    arm_type=ImageArm,
     base_only=_BASE_ONLY,
     default_seeds=DIGITS_SEEDS,
 )
@@ -845,8 +1047,10 @@ PATCHES = Experiment(
     ),
     **built(_patches_arms, _patches_base()),
     analyse=analyse_patches,
+    analysis_type=Patches,
     arm_axis="arm",
     measure=measure,
+    arm_type=ImageArm,
     base_only=(*_BASE_ONLY, "model.n_hidden"),
     default_seeds=PATCHES_SEEDS,
 )

@@ -20,10 +20,9 @@ The recipe and the revival settings were chosen on other dictionaries than the d
 (`--set data.seed=1`, 2 and 3; 32-64 seeds of top-k k=3 each), and then made cheaper: firing
 rates counted during the epoch's steps and candidate directions from its last minibatches instead
 of a pass over the whole data set, and no auxiliary top-k loss (Gao et al.'s AuxK, `loss.aux_k`),
-which on top of this resampling cost about a quarter of the speed and changed little. With 64
-seeds on data seeds 0-7 the share of seeds recovering every atom is 1.0, 1.0, 0.97, 1.0, 0.84,
-0.97, 1.0, 0.97 (with AuxK as well: 1.0, 1.0, 0.98, 1.0, 0.91, 0.97, 1.0, 0.98). How well a
-mechanism does depends on the draw of atoms as much as on it.
+which on top of this resampling cost about a quarter of the speed and changed little. How well a
+mechanism does depends on the draw of atoms as much as on it (the README gives the rates on other
+draws).
 
 - `sparse`: each mechanism over a small grid around its natural value. Which value counts for a
   mechanism is chosen without the ground truth: the one whose seeds agree best (highest median
@@ -34,12 +33,13 @@ mechanism does depends on the draw of atoms as much as on it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from jaxae import metrics
+from jaxae import metrics, schema
 from jaxae.config import Config, DataConfig, LossConfig, ModelConfig, OptimConfig, TrainConfig
 from jaxae.experiments.base import (
     Arm,
@@ -170,73 +170,108 @@ def _median(values: list[float] | np.ndarray) -> float:
     return float(np.median(v)) if v.size else float("nan")
 
 
-def arm_stats(r: ArmResult) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MechanismRow:
+    """One arm of the table: medians, shares at `AGREE` (a 95% interval for seeds), chance levels;
+    the ground-truth figures only where the data has a true dictionary."""
+
+    mechanism: str
+    knob: dict[str, float]
+    fvu_median: float
+    l0_median: float
+    dead_units_mean: float
+    pw_mcc_median: float
+    pw_mcc_null_median: float
+    pw_share: float  # share of seed pairs at pw_mcc >= AGREE
+    pw_pairs: int
+    shared_median: float
+    shared_null_median: float
+    gt_mcc_median: float | None = schema.optional()
+    gt_mcc_q10: float | None = schema.optional()
+    gt_mcc_null_median: float | None = schema.optional()
+    gt_share: float | None = schema.optional()  # share of seeds at gt_mcc >= AGREE
+    gt_share_ci95: tuple[float, float] | None = schema.optional()
+    recovered_median: float | None = schema.optional()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Analysis:
+    """Per arm its row; per mechanism the arm chosen by agreement; with a ground truth the best
+    mechanism and which ones cure (both shares at least `cure_share`)."""
+
+    arms: dict[str, MechanismRow]
+    chosen: dict[str, str]  # mechanism -> arm label
+    agree: float  # `AGREE`
+    cure_share: float  # `CURE_SHARE`
+    best: str | None = schema.optional()
+    cured: dict[str, bool] | None = schema.optional()
+
+
+def arm_stats(r: ArmResult) -> MechanismRow:
     """A table row: medians, shares at `AGREE` (95% intervals for seeds), chance levels."""
-    m = r.measures
-    gt = np.asarray(m.get("gt_mcc", []), np.float64)
-    pw = np.asarray(m["pw_mcc"], np.float64)
-    n_gt, n_pw = int(np.sum(gt >= AGREE)), int(np.sum(pw >= AGREE))
+    m: schema.Agreement = r.measures
+    pw = np.asarray(m.pw_mcc, np.float64)
+    n_pw = int(np.sum(pw >= AGREE))
     dead = metrics.dead_units(
         r.figures["unit_active_fraction"], np.full(len(r.diverged), r.arm.n_hidden)
     )
-    out = {
-        "mechanism": mechanism_of(r.arm.label),
-        "knob": dict(r.arm.hyper),
-        "fvu_median": _median(r.figures["fvu"]),
-        "l0_median": _median(r.figures["l0"]),
-        "dead_units_mean": float(np.mean(dead)),
-        "pw_mcc_median": _median(pw),
-        "pw_mcc_null_median": _median(m["pw_mcc_null"]),
-        "pw_share": n_pw / pw.size if pw.size else float("nan"),
-        "pw_pairs": int(pw.size),
-        "shared_median": _median(m.get("shared", [])),
-        "shared_null_median": _median(m.get("shared_null", [])),
-    }
-    if gt.size:
-        out |= {
+    truth: dict[str, Any] = {}
+    if m.gt_mcc:
+        gt = np.asarray(m.gt_mcc, np.float64)
+        n_gt = int(np.sum(gt >= AGREE))
+        truth = {
             "gt_mcc_median": _median(gt),
             "gt_mcc_q10": float(np.quantile(gt, 0.1)),
-            "gt_mcc_null_median": _median(m["gt_mcc_null"]),
+            "gt_mcc_null_median": _median(m.gt_mcc_null),
             "gt_share": n_gt / gt.size,
-            "gt_share_ci95": list(metrics.wilson_interval(n_gt, gt.size)),
-            "recovered_median": _median(m["recovered"]),
+            "gt_share_ci95": metrics.wilson_interval(n_gt, gt.size),
+            "recovered_median": _median(m.recovered),
         }
-    return out
+    return MechanismRow(
+        mechanism=mechanism_of(r.arm.label),
+        knob=dict(r.arm.hyper),
+        fvu_median=_median(r.figures["fvu"]),
+        l0_median=_median(r.figures["l0"]),
+        dead_units_mean=float(np.mean(dead)),
+        pw_mcc_median=_median(pw),
+        pw_mcc_null_median=_median(m.pw_mcc_null),
+        pw_share=n_pw / pw.size if pw.size else float("nan"),
+        pw_pairs=int(pw.size),
+        shared_median=_median(m.shared),
+        shared_null_median=_median(m.shared_null),
+        **truth,
+    )
 
 
-def choose(stats: dict[str, dict[str, Any]]) -> dict[str, str]:
+def choose(stats: dict[str, MechanismRow]) -> dict[str, str]:
     """Per mechanism, the arm whose seeds agree best (highest median PW-MCC; then lower FVU).
 
     This uses no ground truth, so it is a choice a user without one could make too.
     """
     chosen: dict[str, str] = {}
     for lab, s in stats.items():
-        best = chosen.get(s["mechanism"])
-        key = (s["pw_mcc_median"], -s["fvu_median"])
-        if best is None or key > (stats[best]["pw_mcc_median"], -stats[best]["fvu_median"]):
-            chosen[s["mechanism"]] = lab
+        best = chosen.get(s.mechanism)
+        key = (s.pw_mcc_median, -s.fvu_median)
+        if best is None or key > (stats[best].pw_mcc_median, -stats[best].fvu_median):
+            chosen[s.mechanism] = lab
     return chosen
 
 
-def analyse(exp: Experiment, results: dict[str, ArmResult]) -> dict[str, Any]:
+def analyse(exp: Experiment, results: dict[str, ArmResult]) -> Analysis:
     """Per arm the table figures; per mechanism the chosen knob; the best mechanism, the floors."""
     stats = {lab: arm_stats(r) for lab, r in results.items()}
     chosen = choose(stats)
-    out: dict[str, Any] = {
-        "arms": stats,
-        "chosen": chosen,
-        "agree": AGREE,
-        "cure_share": CURE_SHARE,
-    }
     sparse = [lab for mech, lab in chosen.items() if mech != "relu"]
-    if sparse and all("gt_share" in stats[lab] for lab in sparse):
-        best = max(sparse, key=lambda lab: (stats[lab]["gt_share"], stats[lab]["pw_share"]))
-        out["best"] = best
-        out["cured"] = {
-            lab: bool(stats[lab]["gt_share"] >= CURE_SHARE and stats[lab]["pw_share"] >= CURE_SHARE)
+    best, cured = None, None
+    if sparse and all(stats[lab].gt_share is not None for lab in sparse):
+        best = max(sparse, key=lambda lab: (stats[lab].gt_share, stats[lab].pw_share))
+        cured = {
+            lab: bool(stats[lab].gt_share >= CURE_SHARE and stats[lab].pw_share >= CURE_SHARE)
             for lab in chosen.values()
         }
-    return out
+    return Analysis(
+        arms=stats, chosen=chosen, agree=AGREE, cure_share=CURE_SHARE, best=best, cured=cured
+    )
 
 
 SPARSE = Experiment(
@@ -250,8 +285,10 @@ SPARSE = Experiment(
         "features that do not depend on the seed."
     ),
     analyse=analyse,
+    analysis_type=Analysis,
     arm_axis="mechanism",
     measure=agreement,
+    arm_type=schema.AgreementArm,
     default_seeds=64,
     **built(_arms(MECHANISMS, wide=False), base_config()),
 )
@@ -266,8 +303,10 @@ SPARSITY = Experiment(
         "agree and the true atoms are found."
     ),
     analyse=analyse,
+    analysis_type=Analysis,
     arm_axis="mechanism",
     measure=agreement,
+    arm_type=schema.AgreementArm,
     default_seeds=16,
     # half the epochs of `sparse`: a curve over many knob values, each on fewer, shorter runs
     **built(_arms(MECHANISMS[1:], wide=True), with_(base_config(), train={"epochs": 300})),

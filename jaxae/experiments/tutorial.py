@@ -11,11 +11,11 @@ analysis.
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
 
 import numpy as np
 
-from jaxae import metrics
+from jaxae import metrics, schema
 from jaxae.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
 from jaxae.experiments.base import (
     Arm,
@@ -58,49 +58,112 @@ def _gaussian_config(n_hidden: int, epochs: int) -> Config:
 # Analyses
 
 
-def _rate(result: ArmResult) -> dict[str, Any]:
+# Median PW-MCC at which the seeds of an arm are said to agree (the report's "agree").
+AGREE = 0.9
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Rate:
+    """How often an arm converged (to its PCA floor), with the 95% Wilson interval."""
+
+    n_hidden: int
+    convergence_rate: float
+    convergence_ci95: tuple[float, float]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class InitRow(Rate):
+    """`multiples`, per initialiser: whether the failures are dead hidden units."""
+
+    dead_unit_fraction: float  # seeds whose unit never fires at the end
+    dead_at_init_fraction: float  # seeds whose unit never fires at initialisation
+    failed_with_dead_unit: int
+    failed: int
+    final_loss_quantiles_converged: schema.Quantiles
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SizeRow(Rate):
+    """`offset` and `noise`, per hidden size: convergence, reconstruction and FVU."""
+
+    reconstruction_rate: float
+    reconstruction_ci95: tuple[float, float]
+    pca_floor_fvu: float
+    fvu_quantiles: schema.Quantiles
+    dead_units_mean: float
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AgreementRow(Rate):
+    """`overcomplete`, per arm: medians of agreement across seeds beside their chance levels, and
+    the share of seed pairs above the 95th percentile of chance."""
+
+    l0_median: float
+    pw_mcc_median: float
+    pw_mcc_null_median: float
+    pw_mcc_encoder_median: float
+    pw_mcc_encoder_null_median: float
+    above_chance: float
+    above_chance_encoder: float
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Overcomplete:
+    """`overcomplete`'s analysis: agreement per arm, and the control (every seed trained twice)."""
+
+    seeds: Rate
+    pairs: int
+    control_similarity: dict[str, list[float]]  # layer -> per seed, mean matched cosine
+    control_min: dict[str, float]
+    agreement: dict[str, AgreementRow]
+    agree_at: float  # `AGREE`
+
+
+def _rate(result: ArmResult) -> Rate:
     s = result.summary()
-    return {k: s[k] for k in ("n_hidden", "convergence_rate", "convergence_ci95")}
+    return Rate(
+        n_hidden=s.n_hidden,
+        convergence_rate=s.convergence_rate,
+        convergence_ci95=s.convergence_ci95,
+    )
 
 
-def analyse_multiples(exp: Experiment, results: dict[str, ArmResult]) -> dict[str, Any]:
+def analyse_multiples(exp: Experiment, results: dict[str, ArmResult]) -> dict[str, InitRow]:
     """Convergence per initialiser, and whether failures are dead hidden units."""
-    out: dict[str, Any] = {}
+    out: dict[str, InitRow] = {}
     for label, r in results.items():
         never_active = r.figures["unit_active_fraction"][:, 0] == 0
         failed = ~r.converged
-        out[label] = {
-            **_rate(r),
-            "dead_unit_fraction": float(np.mean(never_active)),
-            "dead_at_init_fraction": float(np.mean(r.figures["dead_at_init"])),
-            "failed_with_dead_unit": int(np.sum(failed & never_active)),
-            "failed": int(np.sum(failed)),
-            "final_loss_quantiles_converged": metrics.quantiles(
+        out[label] = InitRow(
+            **schema.fields_of(_rate(r)),
+            dead_unit_fraction=float(np.mean(never_active)),
+            dead_at_init_fraction=float(np.mean(r.figures["dead_at_init"])),
+            failed_with_dead_unit=int(np.sum(failed & never_active)),
+            failed=int(np.sum(failed)),
+            final_loss_quantiles_converged=schema.Quantiles.of(
                 r.figures["final_loss"][r.converged]
             ),
-        }
+        )
     return out
 
 
-def analyse_sweep(exp: Experiment, results: dict[str, ArmResult]) -> dict[str, Any]:
+def analyse_sweep(exp: Experiment, results: dict[str, ArmResult]) -> dict[str, SizeRow]:
     """Per hidden size: convergence (to the size's PCA floor), reconstruction, FVU and the floor."""
     return {
-        label: {
-            **_rate(r),
-            "reconstruction_rate": float(np.mean(r.reconstructs)),
-            "reconstruction_ci95": list(
-                metrics.wilson_interval(int(r.reconstructs.sum()), len(r.diverged))
-            ),
-            "pca_floor_fvu": r.pca_floor_fvu,
-            "fvu_quantiles": metrics.quantiles(r.figures["fvu"]),
-            "dead_units_mean": float(
+        label: SizeRow(
+            **schema.fields_of(_rate(r)),
+            reconstruction_rate=float(np.mean(r.reconstructs)),
+            reconstruction_ci95=metrics.wilson_interval(int(r.reconstructs.sum()), len(r.diverged)),
+            pca_floor_fvu=r.pca_floor_fvu,
+            fvu_quantiles=schema.Quantiles.of(r.figures["fvu"]),
+            dead_units_mean=float(
                 np.mean(
                     metrics.dead_units(
                         r.figures["unit_active_fraction"], np.full(len(r.diverged), r.arm.n_hidden)
                     )
                 )
             ),
-        }
+        )
         for label, r in results.items()
     }
 
@@ -111,11 +174,10 @@ def _above_chance(values: list[float], null: list[float]) -> float:
     return float(np.mean(v > np.quantile(n, 0.95))) if v.size and n.size else float("nan")
 
 
-def analyse_overcomplete(exp: Experiment, results: dict[str, ArmResult]) -> dict[str, Any]:
+def analyse_overcomplete(exp: Experiment, results: dict[str, ArmResult]) -> Overcomplete:
     """Per arm, PW-MCC across seeds against its chance level (the same seeds' untrained weights);
     the control (every seed trained twice) checks that training is deterministic."""
     main, control = results["seeds"], results["control"]
-    out: dict[str, Any] = {"seeds": _rate(main), "pairs": len(main.measures["pw_mcc"])}
     control_similarity = {}
     for name, rows in (("encoder", encoder_rows), ("decoder", decoder_rows)):
         w, w_control = rows(main.params), rows(control.params)
@@ -123,25 +185,29 @@ def analyse_overcomplete(exp: Experiment, results: dict[str, ArmResult]) -> dict
             float(np.mean(metrics.matched_similarity(w[i], w_control[i])))
             for i in range(len(control.diverged))
         ]
-    out["control_similarity"] = control_similarity
-    out["control_min"] = {k: float(np.min(v)) for k, v in control_similarity.items()}
-    out["agreement"] = {}
+    table: dict[str, AgreementRow] = {}
     for label, r in results.items():
         if label == "control":
             continue
-        a = r.measures
-        out["agreement"][label] = {
-            **_rate(r),
-            "l0_median": float(np.median(r.figures["l0"])),
-            **{
-                f"{key}{suffix}_median": float(np.median(a[key + suffix]))
-                for key in ("pw_mcc", "pw_mcc_encoder")
-                for suffix in ("", "_null")
-            },
-            "above_chance": _above_chance(a["pw_mcc"], a["pw_mcc_null"]),
-            "above_chance_encoder": _above_chance(a["pw_mcc_encoder"], a["pw_mcc_encoder_null"]),
-        }
-    return out
+        a: schema.Agreement = r.measures
+        table[label] = AgreementRow(
+            **schema.fields_of(_rate(r)),
+            l0_median=float(np.median(r.figures["l0"])),
+            pw_mcc_median=float(np.median(a.pw_mcc)),
+            pw_mcc_null_median=float(np.median(a.pw_mcc_null)),
+            pw_mcc_encoder_median=float(np.median(a.pw_mcc_encoder)),
+            pw_mcc_encoder_null_median=float(np.median(a.pw_mcc_encoder_null)),
+            above_chance=_above_chance(a.pw_mcc, a.pw_mcc_null),
+            above_chance_encoder=_above_chance(a.pw_mcc_encoder, a.pw_mcc_encoder_null),
+        )
+    return Overcomplete(
+        seeds=_rate(main),
+        pairs=len(main.measures.pw_mcc),
+        control_similarity=control_similarity,
+        control_min={k: float(np.min(v)) for k, v in control_similarity.items()},
+        agreement=table,
+        agree_at=AGREE,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -161,6 +227,7 @@ MULTIPLES = Experiment(
         Arm("flax", with_(_multiples_config(), model={"init": "flax"})),
     ),
     analyse=analyse_multiples,
+    analysis_type=dict[str, InitRow],
     arm_axis="init",
 )
 
@@ -175,6 +242,7 @@ OFFSET = Experiment(
     ),
     arms=sweep(with_(_multiples_config(), data={"kind": "offset"}), (1, 2, 3, 4)),
     analyse=analyse_sweep,
+    analysis_type=dict[str, SizeRow],
     arm_axis="n_hidden",
 )
 
@@ -189,6 +257,7 @@ NOISE = Experiment(
     ),
     arms=sweep(_gaussian_config(10, 300), tuple(range(1, 11))),
     analyse=analyse_sweep,
+    analysis_type=dict[str, SizeRow],
     arm_axis="n_hidden",
 )
 
@@ -215,8 +284,10 @@ OVERCOMPLETE = Experiment(
         ),
     ),
     analyse=analyse_overcomplete,
+    analysis_type=Overcomplete,
     arm_axis="run",
     measure=agreement,
+    arm_type=schema.AgreementArm,
 )
 
 # In the order `jaxae list` and `jaxae reproduce` use.

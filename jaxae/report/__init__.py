@@ -54,7 +54,7 @@ PAGES: dict[str, Page] = _by_experiment(FAMILIES)
 
 def page_of(m: Metrics) -> Page:
     """The page of the run whose metrics.json is `m`: by its experiment name, else the generic."""
-    return PAGES.get(m["experiment"], GENERIC_PAGE)
+    return PAGES.get(m.experiment, GENERIC_PAGE)
 
 
 def report_markdown(run_dir: Path) -> str:
@@ -63,11 +63,11 @@ def report_markdown(run_dir: Path) -> str:
     Figures are linked when they apply to the run and exist under `run_dir/figures` (so call
     `render_run`, which draws them first, to get a report with figures).
     """
-    m = base.read_metrics(run_dir)
+    m = base.read_run(run_dir)
     return base.page_markdown(m, run_dir, page_of(m))
 
 
-def main_metric(m: Metrics) -> grid.MainMetric:
+def main_metric(m: grid.Swept | Metrics) -> grid.MainMetric:
     """What a sweep of the run's experiment is judged by: its family's `MAIN_METRIC`, else the
     final loss."""
     return grid.main_metric_of(m, FAMILIES)
@@ -75,10 +75,11 @@ def main_metric(m: Metrics) -> grid.MainMetric:
 
 def render_run(run_dir: Path) -> None:
     """Write `run_dir/figures/*.png` and `run_dir/report.md` from the run's files."""
-    m = base.read_metrics(run_dir)
-    if grid.is_swept(m):  # every grid point's own report, then the summary over the grid
-        grid.render(run_dir, m, page_of, main_metric(m))
+    raw = base.read_metrics(run_dir)
+    if grid.is_swept(raw):  # every grid point's own report, then the summary over the grid
+        grid.render(run_dir, raw, page_of, main_metric(raw))
         return
+    m = base.read_run(run_dir)
     base.render_page(run_dir, m, page_of(m))
 
 

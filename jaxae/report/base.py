@@ -36,7 +36,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from jaxae import results
+from jaxae import results, schema
+from jaxae.config import Config
 
 FIGURES = "figures"
 REPORT = "report.md"
@@ -51,8 +52,8 @@ DPI = 120
 MAX_SEED_DOTS = 2000
 SPREAD_BINS = 40
 
-# metrics.json as read back (JSON types: NaN and infinities are null).
-Metrics = dict[str, Any]
+# metrics.json of a run as its types (`results.read_run`).
+Metrics = schema.Run
 # draw(m, run_dir, path): write the figure to `path`; False when the run lacks what it needs.
 Draw = Callable[[Metrics, Path, Path], bool]
 
@@ -71,9 +72,15 @@ def _metrics_path(run_dir: Path) -> Path:
     return path
 
 
-def read_metrics(run_dir: Path) -> Metrics:
-    """metrics.json of `run_dir`; `ValueError` if it is not a run directory."""
+def read_metrics(run_dir: Path) -> dict[str, Any]:
+    """metrics.json of `run_dir` as parsed JSON; `ValueError` if it is not a run directory."""
     return json.loads(_metrics_path(run_dir).read_text())
+
+
+def read_run(run_dir: Path) -> Metrics:
+    """metrics.json of `run_dir` (not a swept run) as its types; `ValueError` if it is not a run
+    directory or its metrics.json does not have the fields its experiment's types name."""
+    return results.read_run(_metrics_path(run_dir).parent)
 
 
 def has_history(run_dir: Path) -> bool:
@@ -256,9 +263,9 @@ def plot_loss(
 
     `arm_name` titles the legend; `ordered` colours the arms along a scale.
     """
-    colors = arm_colors(list(m["arms"]), ordered)
+    colors = arm_colors(list(m.arms), ordered)
     fig, ax = plt.subplots(figsize=(7.5, 4.5), layout="constrained")
-    for label in m["arms"]:
+    for label in m.arms:
         if label not in history:
             continue
         loss_SxE = np.where(np.isfinite(history[label]), history[label], np.nan)
@@ -280,9 +287,9 @@ def plot_loss(
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("training loss (median, 10-90% band)")
-    ax.set_title(f"{m['section']} {m['experiment']}: loss per epoch")
+    ax.set_title(f"{m.section} {m.experiment}: loss per epoch")
     ax.grid(True, which="major", alpha=0.3)
-    n_arms = len(m["arms"])
+    n_arms = len(m.arms)
     ax.legend(
         title=arm_name,
         fontsize="small",
@@ -320,37 +327,31 @@ def metrics_only(plot: Callable[[Metrics, Path], None]) -> Draw:
 
 def arm_table(m: Metrics, arm_name: str) -> list[str]:
     """One row per arm: convergence, reconstruction, FVU, PCA floor, dead units, divergence."""
-    arms, analysis = m["arms"], m.get("analysis", {})
     lines = [
         f"| {arm_name} | seeds | converged [95% CI] | reconstructs | median FVU [10%, 90%] | "
         "PCA floor | dead units / seed | diverged |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for label, a in arms.items():
-        k, n = count(a["converged"])
-        r_ci = (
-            analysis.get(label, {}).get("reconstruction_ci95")
-            if isinstance(analysis.get(label), dict)
-            else None
-        )
-        recon = fmt_rate(a["reconstruction_rate"]) + (f" {fmt_ci(r_ci)}" if r_ci else "")
-        q = a["fvu_quantiles"]
-        dead = nums(a["dead_units"])
+    for label, a in m.arms.items():
+        k, n = count(a.converged)
+        recon = f"{fmt_rate(a.reconstruction_rate)} {fmt_ci(a.reconstruction_ci95)}"
+        q = a.fvu_quantiles
+        dead = nums(a.dead_units)
         dead_mean = float(np.mean(dead)) if dead.size else float("nan")
-        d, _ = count(a["diverged"])
+        d, _ = count(a.diverged)
         lines.append(
-            f"| {label} | {n} | {k}/{n} = {fmt_rate(a['convergence_rate'])} "
-            f"{fmt_ci(a['convergence_ci95'])} | {recon} | {fmt(q['q50'], '.3g')} "
-            f"[{fmt(q['q10'], '.3g')}, {fmt(q['q90'], '.3g')}] | "
-            f"{fmt(a['pca_floor_fvu'], '.3g')} | {fmt(dead_mean, '.2f')} | {d}/{n} |"
+            f"| {label} | {n} | {k}/{n} = {fmt_rate(a.convergence_rate)} "
+            f"{fmt_ci(a.convergence_ci95)} | {recon} | {fmt(q.q50, '.3g')} "
+            f"[{fmt(q.q10, '.3g')}, {fmt(q.q90, '.3g')}] | "
+            f"{fmt(a.pca_floor_fvu, '.3g')} | {fmt(dead_mean, '.2f')} | {d}/{n} |"
         )
     return lines
 
 
 def convergence_definitions(m: Metrics) -> str:
     """FVU, PCA floor, converged, reconstructs, dead and diverged, with the run's tolerances."""
-    tol = num(m.get("reconstruction_tol"))
-    fraction = num(m.get("convergence_fraction"))
+    tol = m.primary.reconstruction_tol
+    fraction = m.convergence_fraction
     return (
         "Definitions: FVU (fraction of variance unexplained) = sum of squared reconstruction "
         "errors / sum of squared deviations from the feature means (0 perfect, 1 = predicting "
@@ -367,9 +368,7 @@ def convergence_definitions(m: Metrics) -> str:
 
 def convergence_headline(m: Metrics) -> str:
     """The convergence rate of every arm."""
-    return ", ".join(
-        f"{label}: {fmt(a['convergence_rate'], '.2f')}" for label, a in m["arms"].items()
-    )
+    return ", ".join(f"{label}: {fmt(a.convergence_rate, '.2f')}" for label, a in m.arms.items())
 
 
 def no_figures(m: Metrics, run_dir: Path) -> list[Figure]:
@@ -379,7 +378,7 @@ def no_figures(m: Metrics, run_dir: Path) -> list[Figure]:
 
 def generic_text(m: Metrics) -> tuple[list[str], str]:
     """No text after the table; the verdict lists the convergence rate of every arm."""
-    parts = [f"{label}: {fmt_rate(a['convergence_rate'])}" for label, a in m["arms"].items()]
+    parts = [f"{label}: {fmt_rate(a.convergence_rate)}" for label, a in m.arms.items()]
     return [], "Convergence rate per arm: " + ", ".join(parts) + "."
 
 
@@ -413,7 +412,7 @@ GENERIC_PAGE = Page()
 
 
 def _draw_loss(m: Metrics, run_dir: Path, path: Path, *, page: Page) -> bool:
-    history = read_history(run_dir, list(m["arms"]))
+    history = read_history(run_dir, list(m.arms))
     plot_loss(m, history, path, arm_name=page.arm_name, ordered=page.ordered_arms)
     return True
 
@@ -441,26 +440,26 @@ def figure_plan(m: Metrics, run_dir: Path, page: Page) -> list[Figure]:
 
 def _setting(m: Metrics) -> str:
     """The shared config in one phrase, with the run's overrides."""
-    cfg = m.get("config", {})
-    train_cfg, optim, model = cfg.get("train", {}), cfg.get("optim", {}), cfg.get("model", {})
-    if optim.get("name", "adam") == "lbfgs":
-        steps = f"{train_cfg.get('epochs', '?')} iterations of full-batch L-BFGS"
+    cfg = Config.from_dict(m.config)
+    train_cfg, optim = cfg.train, cfg.optim
+    if optim.name == "lbfgs":
+        steps = f"{train_cfg.epochs} iterations of full-batch L-BFGS"
     else:
         steps = (
-            f"{train_cfg.get('epochs', '?')} epochs, batch {train_cfg.get('batch_size', '?')}, "
-            f"Adam lr {optim.get('learning_rate', '?')}"
+            f"{train_cfg.epochs} epochs, batch {train_cfg.batch_size}, "
+            f"Adam lr {optim.learning_rate}"
             + (
-                f" ({optim['schedule']} decay to {optim.get('final_lr_ratio', 0):g} of it)"
-                if optim.get("schedule", "constant") != "constant"
+                f" ({optim.schedule} decay to {optim.final_lr_ratio:g} of it)"
+                if optim.schedule != "constant"
                 else ""
             )
         )
     setting = (
-        f"data {cfg.get('data', {}).get('kind', '?')}, {model.get('activation', '?')} "
-        f"autoencoder, {steps}, weight decay {optim.get('weight_decay', '?')}"
+        f"data {cfg.data.kind}, {cfg.model.activation} "
+        f"autoencoder, {steps}, weight decay {optim.weight_decay}"
     )
-    if m.get("overrides"):
-        setting += f"; overrides: {', '.join(f'`{o}`' for o in m['overrides'])}"
+    if m.overrides:
+        setting += f"; overrides: {', '.join(f'`{o}`' for o in m.overrides)}"
     return setting
 
 
@@ -508,10 +507,9 @@ def memory_summary(memory: dict[str, Any]) -> str:
 
 def _footer(m: Metrics, page: Page) -> list[str]:
     """Timing, memory, versions and the definitions of the table's terms."""
-    timing = m.get("timing", {})
-    versions = m.get("versions", {})
+    timing, versions = m.timing, m.versions
     device = versions.get("device_kind")
-    memory = memory_summary(m.get("memory", {}))
+    memory = memory_summary(m.memory)
     processes = int(versions.get("process_count", 1))
     return [
         f"Timing: compile {fmt(timing.get('compile_s'), '.3g')} s, train "
@@ -539,15 +537,15 @@ def page_markdown(m: Metrics, run_dir: Path, page: Page) -> str:
     `render_page`, which draws them first, to get a report with figures).
     """
     run_dir = Path(run_dir)
-    lines = [f"## {m['section']} {m['experiment']}", ""]
-    lines += [f"> {line}" if line else ">" for line in str(m.get("claim", "")).splitlines()]
+    lines = [f"## {m.section} {m.experiment}", ""]
+    lines += [f"> {line}" if line else ">" for line in m.claim.splitlines()]
     lines += [""]
     lines += [
         "### Measured",
         "",
-        f"{m['n_seeds']} seeds (base seed {m['seed']}); arms"
+        f"{m.n_seeds} seeds (base seed {m.seed}); arms"
         + (f" by {page.arms_by}" if page.arms_by else "")
-        + f": {', '.join(m['arms'])}; "
+        + f": {', '.join(m.arms)}; "
         f"{_setting(m)}.",
         "",
         *page.table(m, page.arm_name),
@@ -598,13 +596,13 @@ def run_dirs(root: Path, order: list[str]) -> list[tuple[Path, Metrics]]:
     """Run directories under `root` with their metrics: the experiments in `order` first, in that
     order, then the others alphabetically."""
     found = [
-        (d, json.loads((d / results.METRICS).read_text()))
+        (d, results.read_run(d))
         for d in sorted(root.iterdir())
         if d.is_dir() and not d.name.startswith(".") and (d / results.METRICS).is_file()
     ]
 
     def key(item: tuple[Path, Metrics]) -> tuple[int, str, str]:
-        name = item[1].get("experiment", item[0].name)
+        name = item[1].experiment
         return (order.index(name) if name in order else len(order), name, item[0].name)
 
     return sorted(found, key=key)
@@ -624,7 +622,7 @@ def reproduction_markdown(runs: list[tuple[Path, Metrics, Page]]) -> str:
     sections = []
     for run_dir, m, page in runs:
         lines.append(
-            f"| [{m['experiment']}]({run_dir.name}/{REPORT}) | {m['section']} | {m['n_seeds']} | "
+            f"| [{m.experiment}]({run_dir.name}/{REPORT}) | {m.section} | {m.n_seeds} | "
             f"{page.arm_name} | {page.headline(m)} |"
         )
         sections.append(relink((run_dir / REPORT).read_text(), run_dir.name))

@@ -33,7 +33,7 @@ from jaxae.report.base import (
     arm_colors,
     fmt,
     nums,
-    read_metrics,
+    read_run,
     relink,
     render_page,
     save,
@@ -42,6 +42,9 @@ from jaxae.sweep import value_text
 
 GRID_FIGURE = "grid.png"
 
+# A swept run's own metrics.json, as parsed JSON (its points' are `Metrics`).
+Swept = dict[str, Any]
+
 
 @dataclasses.dataclass(frozen=True)
 class MainMetric:
@@ -49,13 +52,13 @@ class MainMetric:
 
     name: str  # e.g. "convergence_rate"
     label: str  # the axis and table title, e.g. "share of seeds that converge"
-    value: Callable[[Metrics, str], Any]  # (a point's metrics.json, arm label) -> number or None
+    value: Callable[[Metrics, str], float]  # (a point's metrics.json, arm label) -> number
     higher_is_better: bool
     limits: tuple[float, float] | None = None  # the range the figure shows, e.g. (0, 1) for shares
 
 
 def _median_final_loss(m: Metrics, label: str) -> float:
-    losses = nums(m["arms"][label]["final_loss"])
+    losses = nums(m.arms[label].final_loss)
     losses = losses[np.isfinite(losses)]
     return float(np.median(losses)) if losses.size else float("nan")
 
@@ -64,25 +67,26 @@ def _median_final_loss(m: Metrics, label: str) -> float:
 FINAL_LOSS = MainMetric("final_loss_median", "median final loss", _median_final_loss, False)
 
 
-def is_swept(m: Metrics) -> bool:
+def is_swept(m: Swept) -> bool:
     """Whether metrics.json is a swept run's (results keyed by grid point)."""
     return "grid" in m
 
 
-def main_metric_of(m: Metrics, families: tuple[ModuleType, ...]) -> MainMetric:
+def main_metric_of(m: Swept | Metrics, families: tuple[ModuleType, ...]) -> MainMetric:
     """The `MAIN_METRIC` of the report module of the run's family, else `FINAL_LOSS`."""
     for family in families:
-        if family.__name__.rsplit(".", 1)[-1] == m.get("family"):
+        family_name = m["family"] if isinstance(m, dict) else m.family
+        if family.__name__.rsplit(".", 1)[-1] == family_name:
             return getattr(family, "MAIN_METRIC", FINAL_LOSS)
     return FINAL_LOSS
 
 
-def points(run_dir: Path, m: Metrics) -> list[tuple[str, Path, Metrics]]:
+def points(run_dir: Path, m: Swept) -> list[tuple[str, Path, Metrics]]:
     """(key, run directory, metrics.json) of every grid point, in grid order."""
     out = []
     for key, p in sorted(m["grid"]["points"].items(), key=lambda kv: kv[1]["index"]):
         point_dir = Path(run_dir) / p["dir"]
-        out.append((key, point_dir, read_metrics(point_dir)))
+        out.append((key, point_dir, read_run(point_dir)))
     return out
 
 
@@ -92,14 +96,7 @@ def metric_values(
     """The main metric per point (by key) and arm; NaN where a point's arm lacks it."""
     out: dict[str, dict[str, float]] = {}
     for key, _, pm in pts:
-        row = {}
-        for label in pm["arms"]:
-            try:
-                value = metric.value(pm, label)
-            except (KeyError, TypeError):
-                value = None
-            row[label] = float("nan") if value is None else float(value)
-        out[key] = row
+        out[key] = {label: float(metric.value(pm, label)) for label in pm.arms}
     return out
 
 
@@ -121,7 +118,7 @@ def _is_number(v: Any) -> bool:
 
 
 def plot_grid(
-    m: Metrics, values: dict[str, dict[str, float]], metric: MainMetric, path: Path
+    m: Swept, values: dict[str, dict[str, float]], metric: MainMetric, path: Path
 ) -> None:
     """The main metric against the first swept field, one line per arm; one panel per value of
     the other fields."""
@@ -213,7 +210,7 @@ def _demoted(markdown: str) -> str:
 
 def grid_markdown(
     run_dir: Path,
-    m: Metrics,
+    m: Swept,
     pts: list[tuple[str, Path, Metrics]],
     values: dict[str, dict[str, float]],
     metric: MainMetric,
@@ -269,9 +266,7 @@ def grid_markdown(
     return "\n".join(lines) + "\n"
 
 
-def render(
-    run_dir: Path, m: Metrics, page_of: Callable[[Metrics], Page], metric: MainMetric
-) -> None:
+def render(run_dir: Path, m: Swept, page_of: Callable[[Metrics], Page], metric: MainMetric) -> None:
     """Render every grid point's report, then the swept run's figure and report.md."""
     run_dir = Path(run_dir)
     pts = points(run_dir, m)
@@ -283,7 +278,7 @@ def render(
     results.write_text(run_dir / REPORT, grid_markdown(run_dir, m, pts, values, metric))
 
 
-def summary_lines(m: Metrics, run_dir: Path, metric: MainMetric) -> list[str]:
+def summary_lines(m: Swept, run_dir: Path, metric: MainMetric) -> list[str]:
     """The sweep in a few lines for the CLI: the main metric per point and arm, each arm's best."""
     pts = points(run_dir, m)
     values = metric_values(pts, metric)

@@ -26,6 +26,8 @@ import matplotlib.patches
 import matplotlib.pyplot as plt
 import numpy as np
 
+from jaxae.config import Config
+from jaxae.experiments.images import DictionaryLearning, Digits, FilterMeans, ImageArm, Patches
 from jaxae.report.base import (
     Figure,
     Metrics,
@@ -33,7 +35,6 @@ from jaxae.report.base import (
     arm_colors,
     fmt,
     has_arrays,
-    num,
     nums,
     read_arrays,
     save,
@@ -106,7 +107,7 @@ def plot_filter_pair(
 ) -> bool:
     """The grid of seed 0 (ordered by firing) beside seed 1's matched units; False without them."""
     arrays = read_arrays(run_dir)
-    side = m.get("analysis", {}).get("image_side")
+    side = m.analysis.image_side
     rows = arrays.get(f"grid_rows_{name}")
     if rows is None or side is None:
         return False
@@ -142,7 +143,7 @@ def plot_filter_pair(
 def plot_baseline_filters(m: Metrics, run_dir: Path, path: Path) -> bool:
     """PCA components (largest variance first) beside random filters; False without them."""
     arrays = read_arrays(run_dir)
-    side = m.get("analysis", {}).get("image_side")
+    side = m.analysis.image_side
     if side is None or "pca_components" not in arrays:
         return False
     panels = [
@@ -170,8 +171,8 @@ def plot_recipe_filters(m: Metrics, run_dir: Path, path: Path) -> bool:
     """Seed 0's encoder filters of Ng's arm beside the same model under Adam and on patch-ZCA data,
     each grid titled with its orientation figures; False without them."""
     arrays = read_arrays(run_dir)
-    side = m.get("analysis", {}).get("image_side")
-    shown = [name for name in RECIPE_ARMS if f"grid_rows_{name}" in arrays and name in m["arms"]]
+    side = m.analysis.image_side
+    shown = [name for name in RECIPE_ARMS if f"grid_rows_{name}" in arrays and name in m.arms]
     if side is None or not shown:
         return False
     n = max(arrays[f"grid_rows_{name}"].shape[1] for name in shown)
@@ -184,15 +185,16 @@ def plot_recipe_filters(m: Metrics, run_dir: Path, path: Path) -> bool:
         squeeze=False,
     )
     for ax, name in zip(axes[0], shown, strict=True):
-        a = m["arms"][name]
+        a: ImageArm = m.arms[name]
+        encoder = _filter_means(a, "encoder")
         _show_mosaic(ax, arrays[f"grid_rows_{name}"][0], side, cols)
         ax.set_title(
-            f"{name}\norientation {fmt(a.get('orientation_encoder_mean'), '.2f')}, "
-            f"{fmt(a.get('oriented_share_encoder_mean'), '.0%')} oriented, "
-            f"FVU {fmt(a.get('heldout_fvu_quantiles', {}).get('q50'), '.2f')}",
+            f"{name}\norientation {fmt(encoder.orientation, '.2f')}, "
+            f"{fmt(encoder.oriented_share, '.0%')} oriented, "
+            f"FVU {fmt(a.heldout_fvu_quantiles.q50, '.2f')}",
             fontsize="small",
         )
-    fig.suptitle(f"{m['experiment']}: Ng's filters and what each change does (seed 0)")
+    fig.suptitle(f"{m.experiment}: Ng's filters and what each change does (seed 0)")
     save(fig, path)
     return True
 
@@ -201,15 +203,15 @@ def plot_reconstructions(m: Metrics, run_dir: Path, path: Path) -> bool:
     """Held-out samples (top row) and their reconstructions by seed 0 of every arm and by the
     baselines; False without them."""
     arrays = read_arrays(run_dir)
-    side = m.get("analysis", {}).get("image_side")
+    side = m.analysis.image_side
     if side is None or "examples_x" not in arrays:
         return False
-    analysis = m.get("analysis", {})
-    k = analysis.get("code_size")
+    analysis: Digits = m.analysis
+    k = analysis.code_size
     rows = [("held-out", arrays["examples_x"])]
-    rows += [(f"{label} (seed 0)", arrays[f"examples_{label}"]) for label in m["arms"]]
+    rows += [(f"{label} (seed 0)", arrays[f"examples_{label}"]) for label in m.arms]
     rows += [
-        (f"PCA, {analysis.get('pca', {}).get('components', k)} comp.", arrays["examples_pca"]),
+        (f"PCA, {analysis.pca.components} comp.", arrays["examples_pca"]),
         (f"dict. learning, OMP {k}", arrays["examples_dictionary_learning"]),
     ]
     n = len(rows[0][1])
@@ -234,48 +236,46 @@ def plot_reconstructions(m: Metrics, run_dir: Path, path: Path) -> bool:
 def plot_fvu_l0(m: Metrics, path: Path) -> None:
     """Held-out FVU against L0 per seed and arm, PCA's FVU per number of components (a linear
     code of that many numbers) and dictionary learning's fits."""
-    analysis = m.get("analysis", {})
-    colors = arm_colors(list(m["arms"]), ordered=False)
+    analysis: Digits | Patches = m.analysis
+    colors = arm_colors(list(m.arms), ordered=False)
     fig, ax = plt.subplots(figsize=(7.5, 4.5), layout="constrained")
-    curve = nums(analysis.get("pca", {}).get("heldout_fvu_by_components", []))
+    curve = nums(analysis.pca.heldout_fvu_by_components)
     if curve.size:
         ax.plot(
             np.arange(1, curve.size + 1), curve, color="0.4", label="PCA, m components (L0 = m)"
         )
-    for label, a in m["arms"].items():
+    for label, a in m.arms.items():
         ax.scatter(
-            nums(a.get("heldout_l0", [])),
-            nums(a.get("heldout_fvu", [])),
+            nums(a.heldout_l0),
+            nums(a.heldout_fvu),
             s=18,
             color=colors[label],
             alpha=0.8,
-            label=f"{label} ({len(a.get('heldout_fvu', []))} seeds)",
+            label=f"{label} ({len(a.heldout_fvu)} seeds)",
         )
-    for (key, start), marker in zip(DL_STARTS, ("x", "+"), strict=True):
-        dl = analysis.get(key, {})
-        if dl:
-            ax.scatter(
-                nums(dl.get("heldout_l0", [])),
-                nums(dl.get("heldout_fvu", [])),
-                marker=marker,
-                s=40,
-                color="black",
-                label=f"dictionary learning, {start} ({dl.get('fits')} random states)",
-            )
-    dl = analysis.get("dictionary_learning", {})
+    fits = _dictionary_learning(m)
+    for (start, dl), marker in zip(fits, ("x", "+"), strict=False):
+        ax.scatter(
+            nums(dl.heldout_l0),
+            nums(dl.heldout_fvu),
+            marker=marker,
+            s=40,
+            color="black",
+            label=f"dictionary learning, {start} ({dl.fits} random states)",
+        )
     ax.set_yscale("log")
     # PCA's curve falls to rounding error once the components cover every pixel that varies: show
     # the figures of the fitted models, not that
     points = np.concatenate(
-        [nums(a.get("heldout_fvu", [])) for a in m["arms"].values()]
-        + [nums(dl.get("heldout_fvu", []))]
+        [nums(a.heldout_fvu) for a in m.arms.values()]
+        + [nums(dl.heldout_fvu) for _, dl in fits[:1]]
     )
     points = points[np.isfinite(points) & (points > 0)]
     if points.size:
         ax.set_ylim(max(points.min() / 10, 1e-8), 2.0)
     ax.set_xlabel("L0: active units per held-out sample (sigmoid: h > 0.5)")
     ax.set_ylabel("held-out FVU (log)")
-    ax.set_title(f"{m['experiment']}: reconstruction cost against code size")
+    ax.set_title(f"{m.experiment}: reconstruction cost against code size")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     save(fig, path)
@@ -284,25 +284,27 @@ def plot_fvu_l0(m: Metrics, path: Path) -> None:
 def plot_orientation_locality(m: Metrics, path: Path) -> None:
     """Orientation and locality (mean over units, per seed) of every arm's encoder filters,
     beside the same seeds at initialisation, random filters and PCA components."""
-    analysis = m.get("analysis", {})
+    analysis: Patches = m.analysis
     fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.8), layout="constrained")
     for ax, key, label in (
         (axes[0], "orientation", "orientation concentration of the power spectrum"),
         (axes[1], "locality", "spatial concentration of the energy"),
     ):
         names, values, colors = [], [], []
-        for arm, a in m["arms"].items():
+        for arm, a in m.arms.items():
             for part, color in (("encoder", "C0"), ("init", "0.6")):
-                series = nums(a.get(f"{key}_{part}", []))
-                if series.size:
-                    names.append(f"{arm}\n{'trained' if part == 'encoder' else 'init'}")
-                    values.append(series)
-                    colors.append(color)
-        for name, color in (("random", "0.3"), ("pca", "C3")):
-            v = analysis.get(name, {}).get(key)
-            if v is not None:
-                names.append("random" if name == "random" else "PCA")
-                values.append(np.asarray([num(v)]))
+                if a.filters is None:
+                    continue
+                names.append(f"{arm}\n{'trained' if part == 'encoder' else 'init'}")
+                values.append(nums(getattr(a.filters[part], key)))
+                colors.append(color)
+        for name, b, color in (
+            ("random", analysis.random_filters, "0.3"),
+            ("PCA", analysis.pca_filters, "C3"),
+        ):
+            if b is not None:
+                names.append(name)
+                values.append(np.asarray([getattr(b, key)]))
                 colors.append(color)
         xs = np.arange(len(names))
         ax.bar(xs, [float(np.mean(v)) for v in values], color=colors, alpha=0.8)
@@ -313,7 +315,7 @@ def plot_orientation_locality(m: Metrics, path: Path) -> None:
         ax.set_title(label, fontsize="medium")
         ax.grid(True, axis="y", alpha=0.3)
     fig.suptitle(
-        f"{m['experiment']}: are the filters oriented, are they local? (dots: seeds)",
+        f"{m.experiment}: are the filters oriented, are they local? (dots: seeds)",
         fontsize="medium",
     )
     save(fig, path)
@@ -329,14 +331,10 @@ def _slug(label: str) -> str:
 
 
 def _filter_figures(m: Metrics, run_dir: Path, what: str) -> list[Figure]:
-    if not has_arrays(run_dir) or m.get("analysis", {}).get("image_side") is None:
+    if not has_arrays(run_dir) or m.analysis.image_side is None:
         return []
     figures = []
-    names = (
-        [*m["arms"], "dictionary_learning"]
-        if "dictionary_learning" in m.get("analysis", {})
-        else list(m["arms"])
-    )
+    names = [*m.arms, "dictionary_learning"] if isinstance(m.analysis, Digits) else list(m.arms)
     for name in names:
         title = "dictionary learning" if name == "dictionary_learning" else f"arm {name}"
         shown = "atoms of random states 0 and 1" if name == "dictionary_learning" else what
@@ -403,7 +401,7 @@ ORIENTATION_LOCALITY = Figure(
 
 def _digits_figures(m: Metrics, run_dir: Path) -> list[Figure]:
     plan = [FVU_L0]
-    if has_arrays(run_dir) and m.get("analysis", {}).get("image_side"):
+    if has_arrays(run_dir) and m.analysis.image_side:
         plan.append(RECONSTRUCTIONS)
     return plan + _filter_figures(m, run_dir, "decoder rows (the features a unit writes)")
 
@@ -423,8 +421,8 @@ RECIPE_FILTERS = Figure(
 
 def _patches_figures(m: Metrics, run_dir: Path) -> list[Figure]:
     plan = []
-    if m.get("analysis", {}).get("image_side"):
-        if has_arrays(run_dir) and any(name in m["arms"] for name in RECIPE_ARMS):
+    if m.analysis.image_side:
+        if has_arrays(run_dir) and any(name in m.arms for name in RECIPE_ARMS):
             plan.append(RECIPE_FILTERS)
         plan.append(ORIENTATION_LOCALITY)
         if has_arrays(run_dir):
@@ -436,25 +434,34 @@ def _patches_figures(m: Metrics, run_dir: Path) -> list[Figure]:
 # Tables and text
 
 
-def _fvu_cell(a: dict[str, Any]) -> str:
-    q = a.get("heldout_fvu_quantiles", {})
-    return f"{fmt(q.get('q50'), '.3f')} [{fmt(q.get('q10'), '.3f')}, {fmt(q.get('q90'), '.3f')}]"
+def _fvu_cell(a: ImageArm) -> str:
+    q = a.heldout_fvu_quantiles
+    return f"{fmt(q.q50, '.3f')} [{fmt(q.q10, '.3f')}, {fmt(q.q90, '.3f')}]"
 
 
-def _agreement_cell(a: dict[str, Any]) -> str:
-    return f"{fmt(a.get('pw_mcc_mean'), '.3f')} ({fmt(a.get('pw_mcc_null_mean'), '.3f')})"
+def _agreement_cell(a: ImageArm) -> str:
+    return f"{fmt(a.pw_mcc_mean, '.3f')} ({fmt(a.pw_mcc_null_mean, '.3f')})"
+
+
+def _filter_means(a: ImageArm, part: str) -> FilterMeans:
+    """The means of an arm's filter figures (NaN where its inputs are not square images)."""
+    if a.filters is None:
+        return FilterMeans(
+            orientation=math.nan, locality=math.nan, oriented_share=math.nan, noise_share=math.nan
+        )
+    return a.filters[part].mean
 
 
 def _arm_rows(m: Metrics) -> list[str]:
     lines = []
-    for label, a in m["arms"].items():
+    for label, a in m.arms.items():
         lines.append(
-            f"| {label} | {len(a['fvu'])} | {_fvu_cell(a)} | {fmt(a.get('heldout_l0_mean'), '.1f')}"
-            f" | {fmt(a.get('heldout_code_l1_mean'), '.2f')} | "
-            f"{fmt(a.get('dead_units_mean'), '.1f')} / {a['n_hidden']} | {_agreement_cell(a)} | "
-            f"{fmt(a.get('pw_mcc_encoder_mean'), '.3f')} "
-            f"({fmt(a.get('pw_mcc_encoder_null_mean'), '.3f')}) | "
-            f"{fmt(a.get('shared_mean'), '.3f')} |"
+            f"| {label} | {a.n_seeds} | {_fvu_cell(a)} | {fmt(a.heldout_l0_mean, '.1f')}"
+            f" | {fmt(a.heldout_code_l1_mean, '.2f')} | "
+            f"{fmt(a.dead_units_mean, '.1f')} / {a.n_hidden} | {_agreement_cell(a)} | "
+            f"{fmt(a.pw_mcc_encoder_mean, '.3f')} "
+            f"({fmt(a.pw_mcc_encoder_null_mean, '.3f')}) | "
+            f"{fmt(a.shared_mean, '.3f')} |"
         )
     return lines
 
@@ -466,40 +473,37 @@ _HEADER = [
 ]
 
 
-DL_STARTS = (
-    ("dictionary_learning", "SVD start"),
-    ("dictionary_learning_random", "random start"),
-)
+def _dictionary_learning(m: Metrics) -> list[tuple[str, DictionaryLearning]]:
+    """`digits`' dictionary-learning fits by their start (none for `patches`)."""
+    a = m.analysis
+    if not isinstance(a, Digits):
+        return []
+    return [("SVD start", a.dictionary_learning), ("random start", a.dictionary_learning_random)]
 
 
-def _dl_row(dl: dict[str, Any], start: str) -> str:
-    fvus = nums(dl.get("heldout_fvu", []))
+def _dl_row(dl: DictionaryLearning, start: str) -> str:
+    fvus = nums(dl.heldout_fvu)
     return (
-        f"| dictionary learning, OMP {dl.get('k')}, {start} | {dl.get('fits')} random states | "
+        f"| dictionary learning, OMP {dl.k}, {start} | {dl.fits} random states | "
         f"{fmt(np.median(fvus) if fvus.size else None, '.3f')} "
         f"[{fmt(np.min(fvus) if fvus.size else None, '.3f')}, "
         f"{fmt(np.max(fvus) if fvus.size else None, '.3f')}] | "
-        f"{fmt(np.mean(nums(dl.get('heldout_l0', []))), '.1f')} | | "
-        f"{fmt(np.mean(nums(dl.get('dead_atoms', []))), '.1f')} / {dl.get('width')} | "
-        f"{fmt(dl.get('pw_mcc_mean'), '.3f')} ({fmt(dl.get('pw_mcc_start_mean'), '.3f')}) | "
+        f"{fmt(np.mean(nums(dl.heldout_l0)), '.1f')} | | "
+        f"{fmt(np.mean(nums(dl.dead_atoms)), '.1f')} / {dl.width} | "
+        f"{fmt(dl.pw_mcc_mean, '.3f')} ({fmt(dl.pw_mcc_start_mean, '.3f')}) | "
         "| |"
     )
 
 
 def digits_table(m: Metrics, arm_name: str) -> list[str]:
     """Every arm, then PCA and dictionary learning from both starts, on held-out data."""
-    analysis = m.get("analysis", {})
+    pca = m.analysis.pca
     lines = [*_HEADER, *_arm_rows(m)]
-    pca = analysis.get("pca", {})
-    if pca:
-        c = pca.get("components")
-        lines.append(
-            f"| PCA, {c} components | 1 fit | {fmt(pca.get('heldout_fvu'), '.3f')} | {c} | | | "
-            "| | |"
-        )
-    for key, start in DL_STARTS:
-        if analysis.get(key):
-            lines.append(_dl_row(analysis[key], start))
+    lines.append(
+        f"| PCA, {pca.components} components | 1 fit | {fmt(pca.heldout_fvu, '.3f')} | "
+        f"{pca.components} | | | | | |"
+    )
+    lines += [_dl_row(dl, start) for start, dl in _dictionary_learning(m)]
     return lines
 
 
@@ -509,14 +513,14 @@ def patches_table(m: Metrics, arm_name: str) -> list[str]:
 
 
 def _definitions(m: Metrics) -> list[str]:
-    a = next(iter(m["arms"].values()))
+    a = next(iter(m.arms.values()))
     return [
-        f"All reconstruction figures are on the {a.get('heldout_samples', '?')} held-out samples "
+        f"All reconstruction figures are on the {a.heldout_samples} held-out samples "
         "(`data.heldout`); dead units never fire on any training sample (sigmoid units fire at "
         "h > 0.5, which under a KL target far below 0.5 they may never do: read their mean code "
         "L1, the sum of activations, instead). pw_mcc: mean signed cosine of decoder rows after "
         "the best one-to-one matching of units between two seeds, over "
-        f"{a.get('pairs', '?')} pairs; chance: the same between the same seeds' untrained weights "
+        f"{a.pairs} pairs; chance: the same between the same seeds' untrained weights "
         "(for dictionary learning: between its starting dictionaries); shared: units matched "
         "above 0.7 "
         "by both encoder and decoder.",
@@ -524,32 +528,31 @@ def _definitions(m: Metrics) -> list[str]:
 
 
 def _best(m: Metrics, key: str) -> tuple[str, float]:
-    values = {label: num(a.get(key)) for label, a in m["arms"].items()}
+    values = {label: getattr(a, key) for label, a in m.arms.items()}
     finite = {k: v for k, v in values.items() if math.isfinite(v)}
     if not finite:
-        return next(iter(m["arms"])), float("nan")
+        return next(iter(m.arms)), float("nan")
     label = max(finite, key=finite.get)
     return label, finite[label]
 
 
 def digits_text(m: Metrics) -> tuple[list[str], str]:
     """Notes under the table; the verdict answers the page's question with its numbers."""
-    analysis = m.get("analysis", {})
-    dl = analysis.get("dictionary_learning", {})
-    dl_random = analysis.get("dictionary_learning_random", {})
+    analysis: Digits = m.analysis
+    dl, dl_random = analysis.dictionary_learning, analysis.dictionary_learning_random
     lines = [
         *_definitions(m),
         "",
         "Baselines are fitted on the same training split: scikit-learn's `PCA` with as many "
         "components as top-k's k (the best linear code of that size), and "
-        f"`MiniBatchDictionaryLearning` ({dl.get('width', '?')} atoms, its defaults, on the "
-        f"mean-removed digits) with OMP codes of {dl.get('k', '?')} non-zeros, random_state "
-        f"0..{num(dl.get('fits', 1)) - 1:.0f}, from two starts. Its own start is a randomized "
+        f"`MiniBatchDictionaryLearning` ({dl.width} atoms, its defaults, on the "
+        f"mean-removed digits) with OMP codes of {dl.k} non-zeros, random_state "
+        f"0..{dl.fits - 1}, from two starts. Its own start is a randomized "
         "SVD of the data (at most as many atoms as pixels; the rest are zero until refilled from "
         "samples), which hardly depends on the random state: those starting dictionaries already "
-        f"agree at pw_mcc {fmt(dl.get('pw_mcc_start_mean'), '.3f')}. The random start "
+        f"agree at pw_mcc {fmt(dl.pw_mcc_start_mean, '.3f')}. The random start "
         "(`dict_init`: random unit directions per random state) starts as independently as an "
-        f"autoencoder's seeds do (pw_mcc {fmt(dl_random.get('pw_mcc_start_mean'), '.3f')} at the "
+        f"autoencoder's seeds do (pw_mcc {fmt(dl_random.pw_mcc_start_mean, '.3f')} at the "
         "start). The last column's chance level is, for dictionary learning, its start's.",
     ]
     rows = "\n".join(f"- `{label}`: {_recipe(cfg)}" for label, cfg in _arm_configs(m).items())
@@ -558,32 +561,31 @@ def digits_text(m: Metrics) -> tuple[list[str], str]:
 
 
 def _digits_verdict(m: Metrics) -> str:
-    analysis = m.get("analysis", {})
-    judged = analysis.get("against_dictionary_learning", {})
+    analysis: Digits = m.analysis
+    judged = analysis.against_dictionary_learning
     best, best_pw = _best(m, "pw_mcc_mean")
     if not math.isfinite(best_pw):
         return "Agreement across seeds cannot be judged with fewer than two seeds."
-    arm = m["arms"][best]
+    arm = m.arms[best]
     agreement = (
         f"The arm whose seeds agree most is `{best}` (pw_mcc {fmt(best_pw, '.3f')}, chance "
-        f"{fmt(arm.get('pw_mcc_null_mean'), '.3f')}; held-out FVU "
-        f"{fmt(arm.get('heldout_fvu_quantiles', {}).get('q50'), '.3f')} at L0 "
-        f"{fmt(arm.get('heldout_l0_mean'), '.1f')})."
+        f"{fmt(arm.pw_mcc_null_mean, '.3f')}; held-out FVU "
+        f"{fmt(arm.heldout_fvu_quantiles.q50, '.3f')} at L0 "
+        f"{fmt(arm.heldout_l0_mean, '.1f')})."
     )
-    if "best" not in judged:
+    if judged.best is None:
         return agreement + " No arm's codes are as sparse as dictionary learning's."
-    k, margin = judged.get("code_size"), num(judged.get("fvu_margin"))
-    as_well = "at least as well as" if judged.get("agrees_as_well") else "less well than"
-    within = "within" if judged.get("fvu_within_margin") else "not within"
+    as_well = "at least as well as" if judged.agrees_as_well else "less well than"
+    within = "within" if judged.fvu_within_margin else "not within"
     return (
-        f"{agreement} At dictionary learning's sparsity (L0 <= {k}) the best is "
-        f"`{judged['best']}`: its seeds agree at a median pw_mcc of "
-        f"{fmt(judged.get('pw_mcc_median'), '.3f')}, {as_well} dictionary learning from random "
-        f"starts ({fmt(judged.get('dl_pw_mcc_median'), '.3f')}; from its SVD start "
-        f"{fmt(analysis.get('dictionary_learning', {}).get('pw_mcc_median'), '.3f')}), at a "
-        f"held-out FVU of {fmt(judged.get('heldout_fvu_median'), '.3f')}, {within} "
-        f"{fmt(margin, '.2f')} of dictionary learning's "
-        f"{fmt(judged.get('dl_heldout_fvu_median'), '.3f')}."
+        f"{agreement} At dictionary learning's sparsity (L0 <= {judged.code_size}) the best is "
+        f"`{judged.best}`: its seeds agree at a median pw_mcc of "
+        f"{fmt(judged.pw_mcc_median, '.3f')}, {as_well} dictionary learning from random "
+        f"starts ({fmt(judged.dl_pw_mcc_median, '.3f')}; from its SVD start "
+        f"{fmt(analysis.dictionary_learning.pw_mcc_median, '.3f')}), at a "
+        f"held-out FVU of {fmt(judged.heldout_fvu_median, '.3f')}, {within} "
+        f"{fmt(judged.fvu_margin, '.2f')} of dictionary learning's "
+        f"{fmt(judged.dl_heldout_fvu_median, '.3f')}."
     )
 
 
@@ -592,81 +594,69 @@ def _share(value: Any) -> str:
 
 
 def _orientation_rows(m: Metrics) -> list[str]:
-    analysis = m.get("analysis", {})
+    analysis: Patches = m.analysis
     lines = [
-        f"| filters | orientation | locality | oriented (>= {analysis.get('oriented_at', '?')}) "
+        f"| filters | orientation | locality | oriented (>= {analysis.oriented_at:g}) "
         "| noise-like |",
         "|---|---|---|---|---|",
     ]
 
-    def row(name: str, a: dict[str, Any], part: str) -> str:
+    def row(name: str, f: FilterMeans) -> str:
         return (
-            f"| {name} | {fmt(a.get(f'orientation_{part}_mean'), '.3f')} | "
-            f"{fmt(a.get(f'locality_{part}_mean'), '.3f')} | "
-            f"{_share(a.get(f'oriented_share_{part}_mean'))} | "
-            f"{_share(a.get(f'noise_share_{part}_mean'))} |"
+            f"| {name} | {fmt(f.orientation, '.3f')} | {fmt(f.locality, '.3f')} | "
+            f"{_share(f.oriented_share)} | {_share(f.noise_share)} |"
         )
 
-    for label, a in m["arms"].items():
-        lines.append(row(f"{label}, encoder, trained", a, "encoder"))
-        lines.append(row(f"{label}, decoder, trained", a, "decoder"))
-        lines.append(row(f"{label}, encoder at init", a, "init"))
-    for key, name in (("random", "random (i.i.d. Gaussian pixels)"), ("pca", "PCA components")):
-        b = analysis.get(key, {})
-        lines.append(
-            f"| {name}, {b.get('filters', '?')} filters | {fmt(b.get('orientation'), '.3f')} | "
-            f"{fmt(b.get('locality'), '.3f')} | {_share(b.get('oriented_share'))} | "
-            f"{_share(b.get('noise_share'))} |"
-        )
+    for label, a in m.arms.items():
+        lines.append(row(f"{label}, encoder, trained", _filter_means(a, "encoder")))
+        lines.append(row(f"{label}, decoder, trained", _filter_means(a, "decoder")))
+        lines.append(row(f"{label}, encoder at init", _filter_means(a, "init")))
+    for b, name in (
+        (analysis.random_filters, "random (i.i.d. Gaussian pixels)"),
+        (analysis.pca_filters, "PCA components"),
+    ):
+        lines.append(row(f"{name}, {b.filters} filters", b))
     return lines
 
 
-def _recipe(cfg: dict[str, Any]) -> str:
+def _recipe(cfg: Config) -> str:
     """One arm's setting in words: width, units, optimiser, data whitening."""
-    model, loss = cfg.get("model", {}), cfg.get("loss", {})
-    optim, train_cfg = cfg.get("optim", {}), cfg.get("train", {})
-    data_cfg = cfg.get("data", {})
-    units = model.get("activation", "?")
-    if units == "topk":
-        units = f"top-{model.get('k')}"
-    parts = [f"{model.get('n_hidden', '?')} {units} units, {model.get('output', 'linear')} output"]
-    if loss.get("sparsity") == "kl":
-        parts.append(f"KL to rho {loss.get('rho')} (weight {fmt(loss.get('weight'), '.4g')})")
-    if loss.get("resample_dead"):
+    model, loss, optim, train_cfg, data_cfg = cfg.model, cfg.loss, cfg.optim, cfg.train, cfg.data
+    units = f"top-{model.k}" if model.activation == "topk" else model.activation
+    parts = [f"{model.n_hidden} {units} units, {model.output} output"]
+    if loss.sparsity == "kl":
+        parts.append(f"KL to rho {loss.rho} (weight {fmt(loss.weight, '.4g')})")
+    if loss.resample_dead:
         parts.append("dead and rare units resampled")
-    if optim.get("name") == "lbfgs":
-        parts.append(f"full-batch L-BFGS, {train_cfg.get('epochs')} iterations")
+    if optim.name == "lbfgs":
+        parts.append(f"full-batch L-BFGS, {train_cfg.epochs} iterations")
     else:
         parts.append(
-            f"Adam {optim.get('learning_rate')}, batch {train_cfg.get('batch_size')}, "
-            f"{train_cfg.get('epochs')} epochs"
+            f"Adam {optim.learning_rate}, batch {train_cfg.batch_size}, {train_cfg.epochs} epochs"
         )
-    whiten = data_cfg.get("whiten", "none")
     parts.append(
         {
             "olshausen": "photographs whitened whole (Olshausen & Field, f0 "
-            f"{data_cfg.get('whiten_f0')} of Nyquist)",
-            "zca": f"patches ZCA-whitened (regulariser {data_cfg.get('whiten_eps')})",
-        }.get(whiten, "no whitening")
+            f"{data_cfg.whiten_f0} of Nyquist)",
+            "zca": f"patches ZCA-whitened (regulariser {data_cfg.whiten_eps})",
+        }.get(data_cfg.whiten, "no whitening")
     )
     return ", ".join(parts)
 
 
-def _arm_configs(m: Metrics) -> dict[str, dict[str, Any]]:
-    """Each arm's own config (metrics.json keeps every arm's), else the run's."""
-    return {label: a.get("config", m.get("config", {})) for label, a in m.get("arms", {}).items()}
+def _arm_configs(m: Metrics) -> dict[str, Config]:
+    """Each arm's own config (metrics.json keeps every arm's)."""
+    return {label: Config.from_dict(a.config) for label, a in m.arms.items()}
 
 
-def _edge_verdict(label: str, a: dict[str, Any], analysis: dict[str, Any]) -> str:
-    o, loc = num(a.get("orientation_encoder_mean")), num(a.get("locality_encoder_mean"))
-    oriented, noise = (
-        num(a.get("oriented_share_encoder_mean")),
-        num(a.get("noise_share_encoder_mean")),
-    )
-    random_b, pca_b = analysis.get("random", {}), analysis.get("pca", {})
-    above = o > max(num(random_b.get("orientation")), num(pca_b.get("orientation")))
-    local = loc > max(num(random_b.get("locality")), num(pca_b.get("locality")))
-    if above and local and oriented >= 0.5:
+def _edge_verdict(label: str, a: ImageArm, analysis: Patches) -> str:
+    encoder = _filter_means(a, "encoder")
+    o, loc = encoder.orientation, encoder.locality
+    oriented, noise = encoder.oriented_share, encoder.noise_share
+    random_b, pca_b = analysis.random_filters, analysis.pca_filters
+    above = o > max(random_b.orientation, pca_b.orientation)
+    local = loc > max(random_b.locality, pca_b.locality)
+    if above and local and oriented >= 0.5:  # at least half its units
         kind = "edge detectors, more oriented and more local than random filters and PCA"
     elif above and local:
         kind = (
@@ -681,24 +671,23 @@ def _edge_verdict(label: str, a: dict[str, Any], analysis: dict[str, Any]) -> st
     return (
         f"`{label}`: {kind} (orientation {fmt(o, '.3f')}, {fmt(oriented, '.0%')} of units "
         f"oriented, {fmt(noise, '.0%')} noise-like, locality {fmt(loc, '.3f')}); its seeds agree "
-        f"at pw_mcc {fmt(a.get('pw_mcc_mean'), '.3f')} (chance "
-        f"{fmt(a.get('pw_mcc_null_mean'), '.3f')}), held-out FVU "
-        f"{fmt(a.get('heldout_fvu_quantiles', {}).get('q50'), '.3f')}."
+        f"at pw_mcc {fmt(a.pw_mcc_mean, '.3f')} (chance "
+        f"{fmt(a.pw_mcc_null_mean, '.3f')}), held-out FVU "
+        f"{fmt(a.heldout_fvu_quantiles.q50, '.3f')}."
     )
 
 
 def patches_text(m: Metrics) -> tuple[list[str], str]:
     """The setting of every arm and the orientation/locality table; the verdict says which
     recipe gives edges and whether seeds agree."""
-    analysis = m.get("analysis", {})
-    data_cfg = m.get("config", {}).get("data", {})
-    side = analysis.get("image_side")
-    limits = analysis.get("noise_limits", {})
+    analysis: Patches = m.analysis
+    data_cfg = Config.from_dict(m.config).data
+    side = analysis.image_side
     lines = [
         *_definitions(m),
         "",
-        f"Patches: {data_cfg.get('n_samples', '?')} of {side}x{side} pixels from scikit-image's "
-        f"photographs `{data_cfg.get('image', '?')}`, then Ng's normalisation: each patch's mean "
+        f"Patches: {data_cfg.n_samples} of {side}x{side} pixels from scikit-image's "
+        f"photographs `{data_cfg.image}`, then Ng's normalisation: each patch's mean "
         "removed, clipped at +-3 standard deviations, rescaled to [0.1, 0.9]. Arm `ng` is Ng's "
         "exercise as he set it: 64-25-64 with sigmoid hidden and output layers, his "
         "initialisation (uniform on +-sqrt(6 / (H + D + 1)), zero biases), rho 0.01, beta 3, "
@@ -708,73 +697,72 @@ def patches_text(m: Metrics) -> tuple[list[str], str]:
         "",
         *[f"- `{label}`: {_recipe(cfg)}" for label, cfg in _arm_configs(m).items()],
         "",
-        "How edge-like the filters are (mean over units and seeds): **orientation** = how "
-        "concentrated a filter's 2-D power spectrum is in one orientation (1: a grating or an "
-        "edge; about 0.8 for a Gabor patch; 0: all orientations); **locality** = 1 - the spread "
-        "of its energy about its centroid / the spread of uniform energy (0: everywhere, higher: "
-        f"in one place); **oriented**: the share of units with orientation >= "
-        f"{analysis.get('oriented_at', '?')}; **noise-like**: the share with both figures below "
-        f"the {fmt(num(analysis.get('noise_quantile')), '.0%')} quantile of random filters' "
-        f"(orientation {fmt(limits.get('orientation'), '.3f')}, locality "
-        f"{fmt(limits.get('locality'), '.3f')}).",
-        "",
-        *(_orientation_rows(m) if side else ["(The inputs are not square images.)"]),
+        *(_filter_text(m) if side else ["(The inputs are not square images.)"]),
     ]
-    sentences = [
-        _edge_verdict(label, a, analysis)
-        for label, a in m["arms"].items()
-        if math.isfinite(num(a.get("orientation_encoder_mean")))
-    ]
-    chosen = analysis.get("revived_choice")
-    if chosen in m["arms"]:
+    if not side:
+        return lines, "The inputs are not square images, so their filters cannot be judged."
+    sentences = [_edge_verdict(label, a, analysis) for label, a in m.arms.items()]
+    chosen = analysis.revived_choice
+    if chosen in m.arms:
         sentences.append(
             f"Of the revived top-k arms, `{chosen}` is the one whose seeds agree most (median "
-            f"pw_mcc {fmt(m['arms'][chosen].get('pw_mcc_median'), '.3f')}), chosen without "
+            f"pw_mcc {fmt(m.arms[chosen].pw_mcc_median, '.3f')}), chosen without "
             "looking at the filters."
         )
-    random_b, pca_b = analysis.get("random", {}), analysis.get("pca", {})
+    random_b, pca_b = analysis.random_filters, analysis.pca_filters
     sentences.append(
-        f"Baselines: random filters {fmt(random_b.get('orientation'), '.3f')} / "
-        f"{fmt(random_b.get('locality'), '.3f')}, PCA components "
-        f"{fmt(pca_b.get('orientation'), '.3f')} / {fmt(pca_b.get('locality'), '.3f')} "
+        f"Baselines: random filters {fmt(random_b.orientation, '.3f')} / "
+        f"{fmt(random_b.locality, '.3f')}, PCA components "
+        f"{fmt(pca_b.orientation, '.3f')} / {fmt(pca_b.locality, '.3f')} "
         "(orientation / locality)."
     )
     return lines, " ".join(sentences)
 
 
+def _filter_text(m: Metrics) -> list[str]:
+    """What the filter figures mean, with the run's thresholds, and their table."""
+    analysis: Patches = m.analysis
+    limits = analysis.noise_limits
+    return [
+        "How edge-like the filters are (mean over units and seeds): **orientation** = how "
+        "concentrated a filter's 2-D power spectrum is in one orientation (1: a grating or an "
+        "edge; about 0.8 for a Gabor patch; 0: all orientations); **locality** = 1 - the spread "
+        "of its energy about its centroid / the spread of uniform energy (0: everywhere, higher: "
+        f"in one place); **oriented**: the share of units with orientation >= "
+        f"{analysis.oriented_at:g}; **noise-like**: the share with both figures below "
+        f"the {fmt(analysis.noise_quantile, '.0%')} quantile of random filters' "
+        f"(orientation {fmt(limits.orientation, '.3f')}, locality "
+        f"{fmt(limits.locality, '.3f')}).",
+        "",
+        *_orientation_rows(m),
+    ]
+
+
 def digits_overview(m: Metrics) -> str:
     """Held-out FVU and pw_mcc (chance) per arm and of dictionary learning."""
     parts = [
-        f"{label}: FVU {fmt(a.get('heldout_fvu_quantiles', {}).get('q50'), '.3f')}, pw_mcc "
-        f"{_agreement_cell(a)}"
-        for label, a in m["arms"].items()
+        f"{label}: FVU {fmt(a.heldout_fvu_quantiles.q50, '.3f')}, pw_mcc {_agreement_cell(a)}"
+        for label, a in m.arms.items()
     ]
-    for key, start in DL_STARTS:
-        dl = m.get("analysis", {}).get(key, {})
-        if dl:
-            fvus = nums(dl.get("heldout_fvu", []))
-            parts.append(
-                f"dictionary learning ({start}): FVU "
-                f"{fmt(np.median(fvus) if fvus.size else None, '.3f')}, pw_mcc "
-                f"{fmt(dl.get('pw_mcc_mean'), '.3f')}"
-            )
+    parts += [
+        f"dictionary learning ({start}): FVU {fmt(dl.heldout_fvu_median, '.3f')}, pw_mcc "
+        f"{fmt(dl.pw_mcc_mean, '.3f')}"
+        for start, dl in _dictionary_learning(m)
+    ]
     return "; ".join(parts)
 
 
 def patches_overview(m: Metrics) -> str:
     """Orientation / locality per arm and of the baselines, pw_mcc (chance) per arm."""
-    analysis = m.get("analysis", {})
+    analysis: Patches = m.analysis
     parts = [
-        f"{label}: orientation {fmt(a.get('orientation_encoder_mean'), '.2f')}, locality "
-        f"{fmt(a.get('locality_encoder_mean'), '.2f')}, pw_mcc {_agreement_cell(a)}"
-        for label, a in m["arms"].items()
+        f"{label}: orientation {fmt(_filter_means(a, 'encoder').orientation, '.2f')}, locality "
+        f"{fmt(_filter_means(a, 'encoder').locality, '.2f')}, pw_mcc {_agreement_cell(a)}"
+        for label, a in m.arms.items()
     ]
-    for key, name in (("random", "random"), ("pca", "PCA")):
-        b = analysis.get(key, {})
-        if b.get("orientation") is not None:
-            parts.append(
-                f"{name}: {fmt(b.get('orientation'), '.2f')}, {fmt(b.get('locality'), '.2f')}"
-            )
+    for b, name in ((analysis.random_filters, "random"), (analysis.pca_filters, "PCA")):
+        if b is not None:
+            parts.append(f"{name}: {fmt(b.orientation, '.2f')}, {fmt(b.locality, '.2f')}")
     return "; ".join(parts)
 
 
@@ -794,6 +782,6 @@ PAGES: dict[str, Page] = {"digits": DIGITS_PAGE, "patches": PATCHES_PAGE}
 MAIN_METRIC = MainMetric(
     "heldout_fvu_median",
     "median held-out FVU",
-    lambda m, label: m["arms"][label]["heldout_fvu_quantiles"]["q50"],
+    lambda m, label: m.arms[label].heldout_fvu_quantiles.q50,
     higher_is_better=False,
 )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,6 @@ from jaxae.report.base import (
     Page,
     arm_colors,
     clip_log,
-    convergence_headline,
     count,
     fmt,
     fmt_rate,
@@ -67,14 +67,14 @@ def _fvu_axis(values: np.ndarray, tol: float) -> tuple[bool, float, float]:
 
 def plot_fvu_vs_hidden(m: Metrics, path: Path) -> None:
     """Per hidden size: FVU of every seed, median with 25-75% and 10-90% bars, and the PCA floor."""
-    arms = m["arms"]
+    arms = m.arms
     labels = list(arms)
     xs = np.arange(len(labels))
-    tol = num(m.get("reconstruction_tol"))
-    fvus = [nums(arms[label]["fvu"]) for label in labels]
-    floors = np.asarray([num(arms[label]["pca_floor_fvu"]) for label in labels])
+    tol = m.primary.reconstruction_tol
+    fvus = [nums(arms[label].fvu) for label in labels]
+    floors = np.asarray([num(arms[label].pca_floor_fvu) for label in labels])
     q = {
-        k: np.asarray([num(arms[label]["fvu_quantiles"][k]) for label in labels])
+        k: np.asarray([getattr(arms[label].fvu_quantiles, k) for label in labels])
         for k in ("q10", "q25", "q50", "q75", "q90")
     }
     seeds = clip_log(np.concatenate([f[np.isfinite(f)] for f in fvus]))
@@ -135,7 +135,7 @@ def plot_fvu_vs_hidden(m: Metrics, path: Path) -> None:
         ax.set_ylabel("FVU")
     ax.set_xticks(xs, labels)
     ax.set_xlabel("hidden units")
-    ax.set_title(f"{m['section']} {m['experiment']}: FVU per hidden size ({m['n_seeds']} seeds)")
+    ax.set_title(f"{m.section} {m.experiment}: FVU per hidden size ({m.n_seeds} seeds)")
     ax.grid(True, axis="y", which="major", alpha=0.3)
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     save(fig, path)
@@ -143,37 +143,32 @@ def plot_fvu_vs_hidden(m: Metrics, path: Path) -> None:
 
 def plot_convergence_vs_hidden(m: Metrics, path: Path) -> None:
     """Per hidden size: convergence and reconstruction rates with their 95% intervals."""
-    arms, analysis = m["arms"], m.get("analysis", {})
+    arms = m.arms
     labels = list(arms)
     xs = np.arange(len(labels))
     fig, ax = plt.subplots(figsize=(9.5, 4.2), layout="constrained")
     series = [
         (
             "converged (fvu <= floor + convergence tol)",
-            "convergence_rate",
-            "convergence_ci95",
+            lambda a: a.convergence_rate,
+            lambda a: a.convergence_ci95,
             "C0",
             "o",
             -0.12,
         ),
         (
             "reconstructs (fvu <= reconstruction tol)",
-            "reconstruction_rate",
-            "reconstruction_ci95",
+            lambda a: a.reconstruction_rate,
+            lambda a: a.reconstruction_ci95,
             "C1",
             "s",
             0.12,
         ),
     ]
-    for name, key, ci_key, color, marker, dx in series:
-        rates = np.asarray([num(arms[label][key]) for label in labels])
-        cis = [analysis.get(label, {}).get(ci_key) or arms[label].get(ci_key) for label in labels]
-        if all(ci is not None for ci in cis):
-            lo = np.asarray([num(ci[0]) for ci in cis])
-            hi = np.asarray([num(ci[1]) for ci in cis])
-            yerr = np.vstack([np.maximum(rates - lo, 0), np.maximum(hi - rates, 0)])
-        else:
-            yerr = None
+    for name, rate_of, ci_of, color, marker, dx in series:
+        rates = np.asarray([rate_of(arms[label]) for label in labels])
+        cis = np.asarray([ci_of(arms[label]) for label in labels]).reshape(-1, 2)
+        yerr = np.vstack([np.maximum(rates - cis[:, 0], 0), np.maximum(cis[:, 1] - rates, 0)])
         ax.errorbar(
             xs + dx,
             rates,
@@ -182,16 +177,14 @@ def plot_convergence_vs_hidden(m: Metrics, path: Path) -> None:
             color=color,
             capsize=3,
             markersize=6,
-            label=name + (" with 95% CI" if yerr is not None else ""),
+            label=name + " with 95% CI",
         )
     ax.set_ylim(-0.04, 1.04)
     ax.set_xlim(-0.6, len(labels) - 0.4)
     ax.set_xticks(xs, labels)
     ax.set_xlabel("hidden units")
     ax.set_ylabel("share of seeds")
-    ax.set_title(
-        f"{m['section']} {m['experiment']}: convergence per hidden size ({m['n_seeds']} seeds)"
-    )
+    ax.set_title(f"{m.section} {m.experiment}: convergence per hidden size ({m.n_seeds} seeds)")
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     save(fig, path)
@@ -210,14 +203,14 @@ def _share_panel(ax: Any, xs: np.ndarray, labels: list[str], ylabel: str, title:
 
 def plot_convergence_init(m: Metrics, path: Path) -> None:
     """Per initialiser: convergence rate with 95% CI; dead-unit shares at the end and at init."""
-    arms, analysis = m["arms"], m.get("analysis", {})
+    arms, analysis = m.arms, m.analysis
     labels = list(arms)
     xs = np.arange(len(labels))
     fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, 4.2), layout="constrained")
 
-    rates = np.asarray([num(arms[label]["convergence_rate"]) for label in labels])
-    lo = np.asarray([num(arms[label]["convergence_ci95"][0]) for label in labels])
-    hi = np.asarray([num(arms[label]["convergence_ci95"][1]) for label in labels])
+    rates = np.asarray([num(arms[label].convergence_rate) for label in labels])
+    lo = np.asarray([num(arms[label].convergence_ci95[0]) for label in labels])
+    hi = np.asarray([num(arms[label].convergence_ci95[1]) for label in labels])
     colors = [arm_colors(labels, ordered=False)[label] for label in labels]
     left.bar(xs, rates, width=0.6, color=colors, alpha=0.8)
     left.errorbar(
@@ -230,7 +223,7 @@ def plot_convergence_init(m: Metrics, path: Path) -> None:
         label="95% CI",
     )
     for x, label in zip(xs, labels, strict=True):
-        k, n = count(arms[label]["converged"])
+        k, n = count(arms[label].converged)
         left.annotate(
             f"{k}/{n}",
             (x, hi[x]),
@@ -247,13 +240,12 @@ def plot_convergence_init(m: Metrics, path: Path) -> None:
     ]
     width = 0.8 / (len(bars) + 1)
     for i, (name, key, color) in enumerate(bars):
-        vals = [num(analysis.get(label, {}).get(key)) for label in labels]
+        vals = [getattr(analysis[label], key) for label in labels]
         right.bar(xs + (i - len(bars) / 2) * width, vals, width=width, color=color, label=name)
-    shares = []
-    for label in labels:
-        a = analysis.get(label, {})
-        failed = a.get("failed") or 0
-        shares.append(a.get("failed_with_dead_unit", 0) / failed if failed else float("nan"))
+    shares = [
+        a.failed_with_dead_unit / a.failed if a.failed else float("nan")
+        for a in (analysis[label] for label in labels)
+    ]
     right.bar(
         xs + width * len(bars) / 2,
         shares,
@@ -262,15 +254,15 @@ def plot_convergence_init(m: Metrics, path: Path) -> None:
         label="failed seeds with a dead unit (share of failed)",
     )
     _share_panel(right, xs, labels, "share of seeds", "dead hidden units")
-    fig.suptitle(f"{m['section']} {m['experiment']}: {m['n_seeds']} seeds per init")
+    fig.suptitle(f"{m.section} {m.experiment}: {m.n_seeds} seeds per init")
     save(fig, path)
 
 
 def plot_similarity(m: Metrics, path: Path) -> None:
     """Per arm (columns) and layer (rows): PW-MCC of every pair of seeds against its chance level
     (the same pairs' untrained weights), and the control (same seed trained twice)."""
-    control_min = m.get("analysis", {}).get("control_min", {})
-    labels = [label for label in m["arms"] if label != "control" and "pw_mcc" in m["arms"][label]]
+    control_min = m.analysis.control_min
+    labels = [label for label in m.arms if label != "control"]
     layers = [("decoder", "pw_mcc"), ("encoder", "pw_mcc_encoder")]
     fig, axes = plt.subplots(
         len(layers),
@@ -282,16 +274,16 @@ def plot_similarity(m: Metrics, path: Path) -> None:
     )
     bins = np.linspace(-0.2, 1.0, 49)
     for col, label in enumerate(labels):
-        arm = m["arms"][label]
+        arm = m.arms[label]
         for row, (layer, key) in enumerate(layers):
             ax = axes[row, col]
-            values, null = nums(arm[key]), nums(arm[key + "_null"])
+            values, null = nums(getattr(arm, key)), nums(getattr(arm, key + "_null"))
             ax.hist(null, bins=bins, color="0.6", alpha=0.7, label="chance: untrained weights")
             ax.hist(values, bins=bins, color=f"C{col}", alpha=0.75, label="trained")
             ax.axvline(np.median(values), color="black", linestyle="--", linewidth=1)
-            if math.isfinite(num(control_min.get(layer))):
+            if math.isfinite(control_min.get(layer, math.nan)):
                 ax.axvline(
-                    num(control_min[layer]),
+                    control_min[layer],
                     color="C3",
                     linewidth=1.5,
                     label="control min (same seed twice)",
@@ -304,8 +296,8 @@ def plot_similarity(m: Metrics, path: Path) -> None:
             ax.grid(True, axis="y", alpha=0.3)
     axes[0, 0].legend(fontsize="small", loc="upper left")
     fig.suptitle(
-        f"{m['section']} {m['experiment']}: do different seeds learn the same units? "
-        f"({len(nums(m['arms'][labels[0]]['pw_mcc']))} pairs per arm)"
+        f"{m.section} {m.experiment}: do different seeds learn the same units? "
+        f"({len(nums(m.arms[labels[0]].pw_mcc))} pairs per arm)"
     )
     save(fig, path)
 
@@ -323,7 +315,7 @@ def _encoder_kernels(run_dir: Path, label: str, n_hidden: int) -> np.ndarray | N
 def plot_weights(m: Metrics, run_dir: Path, path: Path, *, label: str, phrase: str) -> bool:
     """Encoder weights (features x units) of arm `label`'s first seeds side by side, titled with
     `phrase` (how the text names the arm); False if not stored."""
-    kernels = _encoder_kernels(run_dir, label, int(m["arms"][label]["n_hidden"]))
+    kernels = _encoder_kernels(run_dir, label, int(m.arms[label].n_hidden))
     if kernels is None or kernels.shape[0] == 0:
         return False
     n = min(WEIGHT_SEEDS, kernels.shape[0])
@@ -420,7 +412,7 @@ def _weights(m: Metrics, run_dir: Path, label: str, phrase: str) -> list[Figure]
     """`weights.png` of arm `label` (named `phrase` in the text), if the checkpoint is there."""
     if not has_params(run_dir):
         return []
-    n = min(WEIGHT_SEEDS, len(m["arms"][label]["fvu"]))
+    n = min(WEIGHT_SEEDS, len(m.arms[label].fvu))
     return [
         Figure(
             name="weights.png",
@@ -434,24 +426,24 @@ def _weights(m: Metrics, run_dir: Path, label: str, phrase: str) -> list[Figure]
 
 def _multiples_figures(m: Metrics, run_dir: Path) -> list[Figure]:
     """Convergence per initialiser; the weights of the tutorial's own (first) initialiser."""
-    label = next(iter(m["arms"]))
+    label = next(iter(m.arms))
     return [CONVERGENCE_INIT, *_weights(m, run_dir, label, f"{label} init")]
 
 
 def _sweep_figures(m: Metrics, run_dir: Path) -> list[Figure]:
     """FVU and convergence per hidden size; the weights of the largest size."""
-    arms = m["arms"]
-    label = max(arms, key=lambda label: arms[label]["n_hidden"])
+    arms = m.arms
+    label = max(arms, key=lambda label: arms[label].n_hidden)
     return [
         FVU_VS_HIDDEN,
         CONVERGENCE_VS_HIDDEN,
-        *_weights(m, run_dir, label, units(arms[label]["n_hidden"])),
+        *_weights(m, run_dir, label, units(arms[label].n_hidden)),
     ]
 
 
 def _overcomplete_figures(m: Metrics, run_dir: Path) -> list[Figure]:
     """Similarity across seeds; the weights of the main (first) arm, not of the control."""
-    label = next(iter(m["arms"]))
+    label = next(iter(m.arms))
     return [SIMILARITY, *_weights(m, run_dir, label, f"arm {label}")]
 
 
@@ -461,36 +453,32 @@ def _overcomplete_figures(m: Metrics, run_dir: Path) -> list[Figure]:
 
 def _multiples_text(m: Metrics) -> tuple[list[str], str]:
     """Failures and dead units per initialiser; verdict on the tutorial's initialiser."""
-    arms, analysis = m["arms"], m.get("analysis", {})
+    arms, analysis = m.arms, m.analysis
     lines = ["Failures and dead units per initialiser:", ""]
     for label, a in analysis.items():
-        if not isinstance(a, dict) or "failed" not in a:
-            continue
-        failed, with_dead = int(a["failed"]), int(a["failed_with_dead_unit"])
+        failed, with_dead = a.failed, a.failed_with_dead_unit
         share = fmt_rate(with_dead / failed) if failed else "n/a"
-        loss_q = a.get("final_loss_quantiles_converged", {})
+        loss_q = a.final_loss_quantiles_converged
         loss = (
-            f"; final loss of converged seeds: median {fmt(loss_q.get('q50'), '.3g')} "
-            f"(10-90%: {fmt(loss_q.get('q10'), '.3g')} to {fmt(loss_q.get('q90'), '.3g')})"
-            if math.isfinite(num(loss_q.get("q50")))
+            f"; final loss of converged seeds: median {fmt(loss_q.q50, '.3g')} "
+            f"(10-90%: {fmt(loss_q.q10, '.3g')} to {fmt(loss_q.q90, '.3g')})"
+            if math.isfinite(loss_q.q50)
             else "; no seed converged, so there is no converged final loss"
         )
         lines.append(
-            f"- **{label}**: {failed} of {len(arms[label]['converged'])} seeds failed to converge; "
+            f"- **{label}**: {failed} of {len(arms[label].converged)} seeds failed to converge; "
             f"{with_dead} of them ({share}) ended with a dead hidden unit (never active on any "
-            f"sample). Dead unit after training: {fmt_rate(a['dead_unit_fraction'])} of seeds; "
-            f"already dead at initialisation: {fmt_rate(a['dead_at_init_fraction'])}{loss}."
+            f"sample). Dead unit after training: {fmt_rate(a.dead_unit_fraction)} of seeds; "
+            f"already dead at initialisation: {fmt_rate(a.dead_at_init_fraction)}{loss}."
         )
     first = next(iter(arms))
-    rate = num(arms[first]["convergence_rate"])
+    rate = num(arms[first].convergence_rate)
     parts = []
     for label, a in arms.items():
-        k, n = count(a["converged"])
-        parts.append(f"{k}/{n} seeds with {label} init ({fmt_rate(a['convergence_rate'])})")
-    total_failed = sum(int(a.get("failed", 0)) for a in analysis.values() if isinstance(a, dict))
-    total_dead = sum(
-        int(a.get("failed_with_dead_unit", 0)) for a in analysis.values() if isinstance(a, dict)
-    )
+        k, n = count(a.converged)
+        parts.append(f"{k}/{n} seeds with {label} init ({fmt_rate(a.convergence_rate)})")
+    total_failed = sum(a.failed for a in analysis.values())
+    total_dead = sum(a.failed_with_dead_unit for a in analysis.values())
     dead = (
         f" Of all failed seeds, {total_dead}/{total_failed} "
         f"({fmt_rate(total_dead / total_failed)}) have a dead hidden unit."
@@ -498,7 +486,7 @@ def _multiples_text(m: Metrics) -> tuple[list[str], str]:
         else ""
     )
     verdict = (
-        f"With {units(m['arms'][first]['n_hidden'])} the run converged in "
+        f"With {units(m.arms[first].n_hidden)} the run converged in "
         f"{'; '.join(parts)}: with the tutorial's {first} initialisation the claim "
         f"{judge(rate)}.{dead}"
     )
@@ -508,36 +496,33 @@ def _multiples_text(m: Metrics) -> tuple[list[str], str]:
 def _sweep_text(m: Metrics) -> tuple[list[str], str]:
     """FVU beside the PCA floor per size; verdict: the smallest sizes that converge and
     reconstruct, and whether any size below the input width reconstructs."""
-    arms, analysis = m["arms"], m.get("analysis", {})
-    sizes = sorted(arms, key=lambda label: arms[label]["n_hidden"])
+    arms, analysis = m.arms, m.analysis
+    sizes = sorted(arms, key=lambda label: arms[label].n_hidden)
     lines = ["Per hidden size (FVU beside the PCA floor of that size):", ""]
     for label in sizes:
         a = arms[label]
-        an = analysis.get(label, {}) if isinstance(analysis.get(label), dict) else {}
-        dead = an.get("dead_units_mean")
+        dead = analysis[label].dead_units_mean
         lines.append(
-            f"- **{units(a['n_hidden'])}**: median FVU "
-            f"{fmt(a['fvu_quantiles']['q50'], '.3g')} vs "
-            f"PCA floor {fmt(a['pca_floor_fvu'], '.3g')}; converged "
-            f"{fmt_rate(a['convergence_rate'])}, reconstructs {fmt_rate(a['reconstruction_rate'])}"
-            + (f"; {fmt(dead, '.2f')} dead units per seed on average" if dead is not None else "")
+            f"- **{units(a.n_hidden)}**: median FVU "
+            f"{fmt(a.fvu_quantiles.q50, '.3g')} vs "
+            f"PCA floor {fmt(a.pca_floor_fvu, '.3g')}; converged "
+            f"{fmt_rate(a.convergence_rate)}, reconstructs {fmt_rate(a.reconstruction_rate)}"
+            + f"; {fmt(dead, '.2f')} dead units per seed on average"
             + "."
         )
 
-    def smallest(key: str) -> str | None:
-        for label in sizes:
-            if num(arms[label][key]) >= 0.5:
-                return label
-        return None
+    def smallest(rate: Callable[[Any], float]) -> str | None:
+        return next((label for label in sizes if rate(arms[label]) >= 0.5), None)
 
-    conv, recon = smallest("convergence_rate"), smallest("reconstruction_rate")
+    conv = smallest(lambda a: a.convergence_rate)
+    recon = smallest(lambda a: a.reconstruction_rate)
     sentences = []
     if conv is None:
         sentences.append("No hidden size converges in at least half of the seeds.")
     else:
         sentences.append(
             f"The smallest hidden size that converges in at least half of the seeds is "
-            f"{arms[conv]['n_hidden']} ({fmt_rate(arms[conv]['convergence_rate'])})."
+            f"{arms[conv].n_hidden} ({fmt_rate(arms[conv].convergence_rate)})."
         )
     if recon is None:
         sentences.append(
@@ -546,20 +531,20 @@ def _sweep_text(m: Metrics) -> tuple[list[str], str]:
     else:
         sentences.append(
             f"The smallest that reconstructs the data in at least half of the seeds is "
-            f"{arms[recon]['n_hidden']} ({fmt_rate(arms[recon]['reconstruction_rate'])})."
+            f"{arms[recon].n_hidden} ({fmt_rate(arms[recon].reconstruction_rate)})."
         )
-    n_features = m.get("config", {}).get("data", {}).get("n_features")
+    n_features = m.config["data"]["n_features"]
     if n_features is not None:
-        below = [label for label in sizes if arms[label]["n_hidden"] < n_features]
-        any_recon = [label for label in below if count(arms[label]["reconstructs"])[0] > 0]
+        below = [label for label in sizes if arms[label].n_hidden < n_features]
+        any_recon = [label for label in below if count(arms[label].reconstructs)[0] > 0]
         if below and not any_recon:
             sentences.append(
                 f"No hidden size below the {n_features} input features reconstructs any seed."
             )
         elif any_recon:
             listed = ", ".join(
-                f"{arms[label]['n_hidden']} ({count(arms[label]['reconstructs'])[0]}/"
-                f"{len(arms[label]['reconstructs'])})"
+                f"{arms[label].n_hidden} ({count(arms[label].reconstructs)[0]}/"
+                f"{len(arms[label].reconstructs)})"
                 for label in any_recon
             )
             sentences.append(
@@ -572,9 +557,8 @@ def _sweep_text(m: Metrics) -> tuple[list[str], str]:
 def _pair_sample(m: Metrics) -> str:
     """Which seeds the pairs come from, when not every seed (`experiments.agreement` compares all
     pairs among the first `SIMILARITY_SEEDS`)."""
-    first = next(iter(m["arms"].values()), {})
-    k, n = first.get("pw_seeds"), m.get("n_seeds")
-    if k is None or n is None or k >= n:
+    k, n = next(iter(m.arms.values())).pw_seeds, m.n_seeds
+    if k >= n:
         return ""
     return (
         f" (every pair among seeds 0-{k - 1} of the {n:,}: the seeds are independent draws, so "
@@ -586,11 +570,10 @@ def _pair_sample(m: Metrics) -> str:
 def _overcomplete_text(m: Metrics) -> tuple[list[str], str]:
     """PW-MCC per arm against its chance level; verdict: convergence, and whether any arm's seeds
     agree beyond chance."""
-    analysis = m.get("analysis", {})
-    agreement = analysis.get("agreement", {})
-    control_min = analysis.get("control_min", {})
+    analysis = m.analysis
+    agreement, control_min, agree_at = analysis.agreement, analysis.control_min, analysis.agree_at
     lines = [
-        f"Agreement across {analysis.get('pairs', '?')} pairs of seeds{_pair_sample(m)}: PW-MCC, "
+        f"Agreement across {analysis.pairs} pairs of seeds{_pair_sample(m)}: PW-MCC, "
         "the mean cosine "
         "of hidden units after the best one-to-one matching (signed), beside its chance level, "
         "the same figure for the same pairs' untrained weights; 'above chance' is the share of "
@@ -602,36 +585,40 @@ def _overcomplete_text(m: Metrics) -> tuple[list[str], str]:
     ]
     for label, a in agreement.items():
         lines.append(
-            f"| {label} | {fmt_rate(a['convergence_rate'])} | {fmt(a['l0_median'], '.2f')} | "
-            f"{fmt(a['pw_mcc_median'], '.3f')} ({fmt(a['pw_mcc_null_median'], '.3f')}) | "
-            f"{fmt(a['above_chance'], '.2f')} | {fmt(a['pw_mcc_encoder_median'], '.3f')} "
-            f"({fmt(a['pw_mcc_encoder_null_median'], '.3f')}) | "
-            f"{fmt(a['above_chance_encoder'], '.2f')} |"
+            f"| {label} | {fmt_rate(a.convergence_rate)} | {fmt(a.l0_median, '.2f')} | "
+            f"{fmt(a.pw_mcc_median, '.3f')} ({fmt(a.pw_mcc_null_median, '.3f')}) | "
+            f"{fmt(a.above_chance, '.2f')} | {fmt(a.pw_mcc_encoder_median, '.3f')} "
+            f"({fmt(a.pw_mcc_encoder_null_median, '.3f')}) | "
+            f"{fmt(a.above_chance_encoder, '.2f')} |"
         )
     lines += [
         "",
         "Determinism check: every seed trained a second time with the same key matches itself "
-        f"at a minimum of {fmt(control_min.get('decoder'), '.3f')} (decoder) and "
-        f"{fmt(control_min.get('encoder'), '.3f')} (encoder).",
+        f"at a minimum of {fmt(control_min['decoder'], '.3f')} (decoder) and "
+        f"{fmt(control_min['encoder'], '.3f')} (encoder).",
     ]
-    first = next(iter(m["arms"]))
-    a = m["arms"][first]
-    k, n = count(a["converged"])
+    first = next(iter(m.arms))
+    a = m.arms[first]
+    k, n = count(a.converged)
     parts = []
     for label, g in agreement.items():
-        gap = num(g["pw_mcc_median"]) - num(g["pw_mcc_null_median"])
-        agree = num(g["pw_mcc_median"]) >= 0.9
+        gap = g.pw_mcc_median - g.pw_mcc_null_median
+        agree = g.pw_mcc_median >= agree_at
         parts.append(
-            f"{label}: median PW-MCC {fmt(g['pw_mcc_median'], '.3f')} against chance "
-            f"{fmt(g['pw_mcc_null_median'], '.3f')} ("
-            + ("the seeds find the same units" if agree else f"{gap:+.3f} over chance")
+            f"{label}: median PW-MCC {fmt(g.pw_mcc_median, '.3f')} against chance "
+            f"{fmt(g.pw_mcc_null_median, '.3f')} ("
+            + (
+                f"the seeds find the same units (>= {agree_at:g})"
+                if agree
+                else f"{gap:+.3f} over chance"
+            )
             + ")"
         )
-    any_agree = any(num(g["pw_mcc_median"]) >= 0.9 for g in agreement.values())
-    above = all(num(g["pw_mcc_median"]) > num(g["pw_mcc_null_median"]) for g in agreement.values())
+    any_agree = any(g.pw_mcc_median >= agree_at for g in agreement.values())
+    above = all(g.pw_mcc_median > g.pw_mcc_null_median for g in agreement.values())
     verdict = (
-        f"{k}/{n} seeds of the {first} arm converged ({fmt_rate(a['convergence_rate'])}; the "
-        f"claim of always converging {judge(num(a['convergence_rate']))}). "
+        f"{k}/{n} seeds of the {first} arm converged ({fmt_rate(a.convergence_rate)}; the "
+        f"claim of always converging {judge(a.convergence_rate)}). "
         + "; ".join(parts)
         + ". "
         + (
@@ -657,24 +644,21 @@ def reconstruction_headline(m: Metrics) -> str:
     """The share of seeds that reconstruct the data, per hidden size (§1.3 and §1.4 claim which
     sizes reconstruct, not which reach their own PCA floor)."""
     return "seeds that reconstruct: " + ", ".join(
-        f"{label}: {sum(a['reconstructs'])}/{len(a['reconstructs'])}"
-        for label, a in m["arms"].items()
+        f"{label}: {sum(a.reconstructs)}/{len(a.reconstructs)}" for label, a in m.arms.items()
     )
 
 
 def agreement_headline(m: Metrics) -> str:
     """The plain model's convergence rate, then median decoder PW-MCC against its chance level per
     arm: §1.5 claims that the seeds converge and yet agree on nothing."""
-    agreement = m.get("analysis", {}).get("agreement", {})
-    if not agreement:
-        return convergence_headline(m)
-    first = next(iter(m["arms"]))
+    agreement = m.analysis.agreement
+    first = next(iter(m.arms))
     parts = [
-        f"{label}: {fmt(a['pw_mcc_median'], '.3f')} ({fmt(a['pw_mcc_null_median'], '.3f')})"
+        f"{label}: {fmt(a.pw_mcc_median, '.3f')} ({fmt(a.pw_mcc_null_median, '.3f')})"
         for label, a in agreement.items()
     ]
     return (
-        f"{first}: converged {fmt(m['arms'][first]['convergence_rate'], '.2f')}; median PW-MCC "
+        f"{first}: converged {fmt(m.arms[first].convergence_rate, '.2f')}; median PW-MCC "
         "(chance): " + ", ".join(parts)
     )
 
@@ -696,7 +680,7 @@ OVERCOMPLETE_PAGE = Page(
 MAIN_METRIC = MainMetric(
     "convergence_rate",
     "share of seeds that converge",
-    lambda m, label: m["arms"][label]["convergence_rate"],
+    lambda m, label: m.arms[label].convergence_rate,
     higher_is_better=True,
     limits=(0.0, 1.0),
 )

@@ -1,0 +1,81 @@
+"""Dead-unit resampling: dead and rarely firing units re-aimed at what the model misses.
+
+`resample_dead` is written for one (seed, arm), like `train.train_step`: `train.run_epochs` calls it
+at each epoch's end in the first half of training (`loss.resample_dead`), on the epoch's last
+minibatches, with the firing rates counted during its steps.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxae.config import Config
+from jaxae.model import Autoencoder, hidden_mask, unit_rows
+
+if TYPE_CHECKING:
+    from jaxae.train import TrainState
+
+
+def _column_norms(w_DxH: jax.Array, weight_H: jax.Array) -> jax.Array:
+    """The mean norm of the columns with weight 1 (1 if there are none)."""
+    norms_H = jnp.linalg.norm(w_DxH, axis=0)
+    total = jnp.sum(weight_H)
+    return jnp.where(total > 0, jnp.sum(norms_H * weight_H) / jnp.maximum(total, 1), 1.0)
+
+
+def resample_dead(
+    state: TrainState,
+    pool_PxD: jax.Array,
+    rate_H: jax.Array,
+    w_P: jax.Array | None = None,
+    *,
+    model: Autoencoder,
+    cfg: Config,
+) -> TrainState:
+    """Re-aim every dead unit (no firing for `loss.dead_steps` steps) at a missing direction; with
+    `loss.resample_rare`, also every unit whose firing rate `rate_H` (the share of the epoch's
+    samples it fired on) is below that share of the median unit's.
+
+    The n dead units take, in order, the residuals `x - x_hat` of the n worst-reconstructed samples
+    of the pool `pool_PxD` (samples with weight `w_P` 0 are padding and never chosen), normalised:
+    the decoder row becomes that direction (at the mean norm of the live rows), the encoder column
+    the same direction at the live columns' mean norm, the encoder bias 0, and the unit's dead count
+    restarts. Adam's moments of a dead unit's weights have already decayed (it had no gradient for
+    `dead_steps` steps), so they are left as they are. With more dead units than pool samples the
+    last ones share the last sample's direction.
+    """
+    mask_H = hidden_mask(state.hyper.n_active, model.n_hidden)
+    median_rate = jnp.nanmedian(jnp.where(mask_H > 0, rate_H, jnp.nan))
+    rare_H = rate_H < cfg.loss.resample_rare * median_rate
+    dead_H = ((state.since_fired >= cfg.loss.dead_steps) | rare_H) & (mask_H > 0)
+    live_H = ((~dead_H) & (mask_H > 0)).astype(jnp.float32)
+    x_hat_PxD, _ = model.apply(state.params, pool_PxD, mask_H, state.hyper.k)
+    residual_PxD = pool_PxD - x_hat_PxD
+    error_P = jnp.sum(jnp.square(residual_PxD), axis=-1)
+    if w_P is not None:
+        error_P = jnp.where(w_P > 0, error_P, -jnp.inf)
+    n_worst = min(model.n_hidden, pool_PxD.shape[0])
+    worst_W = lax.top_k(error_P, n_worst)[1]
+    rank_H = jnp.clip(jnp.cumsum(dead_H) - 1, 0, n_worst - 1)  # the i-th dead unit, i-th worst
+    direction_HxD = unit_rows(residual_PxD[worst_W[rank_H]])
+    p = state.params["params"]
+    encoder_DxH, decoder_HxD = p["encoder"]["kernel"], p["decoder"]["kernel"]
+    dead_1xH, dead_Hx1 = dead_H[None, :], dead_H[:, None]
+    encoder = {
+        "kernel": jnp.where(
+            dead_1xH, direction_HxD.T * _column_norms(encoder_DxH, live_H), encoder_DxH
+        ),
+        "bias": jnp.where(dead_H, 0.0, p["encoder"]["bias"]),
+    }
+    decoder = {
+        **p["decoder"],
+        "kernel": jnp.where(
+            dead_Hx1, direction_HxD * _column_norms(decoder_HxD.T, live_H), decoder_HxD
+        ),
+    }
+    params = {"params": {**p, "encoder": encoder, "decoder": decoder}}
+    return state.replace(params=params, since_fired=jnp.where(dead_H, 0, state.since_fired))
