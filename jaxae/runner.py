@@ -313,12 +313,8 @@ def train_seeds(
     docstring and `memory.PROBE_SEEDS`). In a multi-process run every process calls this with the
     same arguments and returns the same result; process 0's callback decides a stop for all.
     """
-    if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds <= 0:
-        raise ValueError(f"n_seeds={n_seeds!r} is invalid: allowed is a positive integer")
+    keys = _checked_keys(n_seeds, seed, keys)
     mesh = SeedMesh(tuple(_seed_devices(devices, n_seeds)))
-    keys = seed_keys(seed, n_seeds) if keys is None else keys
-    if keys.shape != (n_seeds,):
-        raise ValueError(f"keys has shape {keys.shape}: allowed is ({n_seeds},), one per seed")
     t0 = time.perf_counter()
     state, history, epochs_done = _start(cfg, keys, hyper, resume)
     plan, data, chunks = _prepare(cfg, keys, state, mesh, memory_budget, compiler_options)
@@ -348,6 +344,7 @@ def train_seeds(
     jax.block_until_ready(state)
     train_s = time.perf_counter() - t1 - callback_s
     seed_steps = runs_per_epoch * (epochs_done - first_epoch)
+    rate = seed_steps / train_s if train_s > 0 else float("nan")
     return TrainResult(
         cfg=cfg,
         seed=seed,
@@ -356,13 +353,20 @@ def train_seeds(
         history_SxAxE=history,
         x=data.x,
         epochs_done=epochs_done,
-        timing={
-            "compile_s": compile_s,
-            "train_s": train_s,
-            "seed_steps_per_s": seed_steps / train_s if train_s > 0 else float("nan"),
-        },
+        timing={"compile_s": compile_s, "train_s": train_s, "seed_steps_per_s": rate},
         memory={**plan.to_dict(), **memory.peak_memory()},
     )
+
+
+def _checked_keys(n_seeds: int, seed: int, keys: jax.Array | None) -> jax.Array:
+    """`keys`, else `seed_keys(seed, n_seeds)`; `ValueError` unless `n_seeds` is a positive
+    integer and there is one key per seed."""
+    if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds <= 0:
+        raise ValueError(f"n_seeds={n_seeds!r} is invalid: allowed is a positive integer")
+    keys = seed_keys(seed, n_seeds) if keys is None else keys
+    if keys.shape != (n_seeds,):
+        raise ValueError(f"keys has shape {keys.shape}: allowed is ({n_seeds},), one per seed")
+    return keys
 
 
 _ChunkProgram = Callable[[TrainState, Any, np.int32], tuple[TrainState, jax.Array]]

@@ -7,7 +7,8 @@ Thresholds that the prose states (an agreement level, a share of seeds) are fiel
 
 Decoding is strict: a missing field, a key no field names, or a value of the wrong JSON type is a
 `ValueError` naming its path (`arms.relu.fvu`). JSON has no NaN: the writer stores it as null,
-and a `float` field reads null back as NaN. A field made with `optional()` is left out of the
+and a `float` field (optional or not) reads null back as NaN; an optional field that is absent
+reads as None. A field made with `optional()` is left out of the
 JSON when it is None (a figure that only some runs have, such as `gt_mcc` without a ground truth);
 one made with `flat()` writes its dataclass's keys into its parent's (the first arm's summary at
 the top level of metrics.json); one made with `arrays()` holds arrays for the report's figures,
@@ -109,9 +110,9 @@ def decode(tp: Any, data: Any, where: str = "", strict: bool = True) -> Any:
         return _decode_dataclass(tp, data, where, strict)
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (types.UnionType, typing.Union):
-        if data is None and type(None) in args:
-            return None
         (inner,) = [a for a in args if a is not type(None)]
+        if data is None and inner is not float:  # a float's null is a NaN the writer stored
+            return None
         return decode(inner, data, where, strict)
     if origin is typing.Literal:
         if data not in args:

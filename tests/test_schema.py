@@ -63,9 +63,10 @@ def test_decode_reads_nested_types_and_encode_writes_them_back():
     }
 
 
-def test_a_null_float_reads_as_nan():
+def test_a_null_float_reads_as_nan_and_an_absent_optional_as_none():
     out = schema.decode(Outer, {**GOOD, "inner": {"u": {"x": None, "tags": []}}})
-    assert math.isnan(out.inner["u"].x)
+    assert math.isnan(out.inner["u"].x) and out.maybe is None
+    assert math.isnan(schema.decode(Outer, {**GOOD, "maybe": None}).maybe)
 
 
 @pytest.mark.parametrize(
