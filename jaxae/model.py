@@ -238,7 +238,8 @@ def batch_top_k_threshold(pre_NxH: jax.Array, k: jax.Array | int, batch_size: in
     smallest_K = jax.lax.map(smallest_kept, (pre_KxBxH, rows_KxB))
     found_K = jnp.isfinite(smallest_K)
     total = jnp.sum(jnp.where(found_K, smallest_K, 0.0))
-    return jnp.where(jnp.any(found_K), total / jnp.maximum(jnp.sum(found_K), 1), 0.0)
+    n_found = jnp.maximum(jnp.sum(found_K), 1).astype(total.dtype)
+    return jnp.where(jnp.any(found_K), total / n_found, 0.0)
 
 
 def _rectangle(u: jax.Array) -> jax.Array:

@@ -13,14 +13,12 @@ The pieces, from the inside out:
   misses, at an epoch's end.
 - `run_epochs`: a scan over epochs, each a fresh permutation of the data (jaxae/shuffle.py) and a
   scan over its minibatches; it returns the per-epoch mean loss as history.
-- `make_train(cfg) -> train(key)`: init plus all epochs for one seed, pure;
-  `jax.jit(jax.vmap(train))` is a sweep.
+- `make_train(cfg) -> train(key)`: one seed's init and epochs, pure; `jit(vmap(train))` sweeps.
 - Arms, always: a seed carries A >= 1 arms (a `Hyper` with `[A]` leaves; one arm of the config's
   own values by default), a sweep inside the seed: the arms share the seed's initial key and its
   shuffle (computed once), and differ only in their hyperparameters. `init_state`, `train_step`,
   `resample_dead` and `metrics.evaluate_state`'s figures are written for one (seed, arm);
-  `over_arms` is the one place they are mapped over a seed's arms (`ARM_AXES`: every leaf but the
-  shuffle key).
+  `over_arms` maps them over a seed's arms, the one place (`ARM_AXES`: all but the shuffle key).
 
 Seed i's key is `seed_keys(seed, n)[i] = fold_in(key(seed), i)`, whatever the number of seeds.
 The host side (devices, sharding, chunks, batches of seeds, resume) is jaxae/runner.py.
@@ -247,14 +245,16 @@ def train_step(
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     wd = state.hyper.weight_decay
     opt = make_optimizer(cfg.optim, state.hyper.learning_rate, wd, total_steps(cfg))
-    if cfg.optim.name == "lbfgs":
-        # The line search's objective: this batch's loss (without its terms) plus weight decay.
-        extra = line_search_args(
-            lambda params: loss_fn(params)[0], loss, grads, state.params, cfg.optim, wd
-        )
-        updates, opt_state = opt.update(grads, state.opt_state, state.params, **extra)
-    else:
-        updates, opt_state = opt.update(grads, state.opt_state, state.params)
+    # optax mixes floats and int32 counts (`1 - b**count`), which strict promotion refuses
+    with jax.numpy_dtype_promotion("standard"):
+        if cfg.optim.name == "lbfgs":
+            # The line search's objective: this batch's loss (without its terms) plus weight decay.
+            extra = line_search_args(
+                lambda params: loss_fn(params)[0], loss, grads, state.params, cfg.optim, wd
+            )
+            updates, opt_state = opt.update(grads, state.opt_state, state.params, **extra)
+        else:
+            updates, opt_state = opt.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ok = ~state.diverged & jnp.isfinite(loss) & _all_finite(params)
 

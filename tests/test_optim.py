@@ -19,6 +19,16 @@ import scipy.optimize
 from jaxae.config import Config, DataConfig, LossConfig, OptimConfig, TrainConfig
 from jaxae.optim import decay_mask, kernel_mask, line_search_args, make_optimizer
 
+
+@pytest.fixture(autouse=True)
+def _optax_promotion():
+    """These tests call optax directly, whose Adam mixes a Python float with its int32 step count:
+    under the standard promotion rules, as `train.train_step` calls it (tests/conftest.py sets the
+    strict ones)."""
+    with jax.numpy_dtype_promotion("standard"):
+        yield
+
+
 STEPS = 5
 LR, WD = 0.05, 0.1
 
