@@ -270,7 +270,7 @@ def _print_summary(data: dict[str, Any], out_dir: Path) -> None:
         print("\n".join(report.grid.summary_lines(data, out_dir, report.main_metric(data))))
     else:
         print(f"{data['experiment']} ({data['section']}): {data['n_seeds']} seeds -> {out_dir}")
-    arms = {} if "grid" in data else results.read_run(out_dir).arms
+    arms = {} if "grid" in data else results.run_of(data).arms
     for label, arm in arms.items():
         print(f"  {data['arm_axis']}={label}: {_arm_line(arm)}")
     print(

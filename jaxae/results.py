@@ -337,10 +337,14 @@ def load_checkpoint(path: Path, target: Any | None = None) -> Any:
 
 
 def read_run(run_dir: Path) -> schema.Run:
-    """metrics.json of a run (not a swept one) as its types: the arm and analysis types its
-    experiment names (`Experiment.arm_type`, `analysis_type`). A run of an experiment this version
-    does not have is read leniently, as plain arm summaries and its analysis as JSON."""
-    data = json.loads((Path(run_dir) / METRICS).read_text())
+    """metrics.json of a run (not a swept one) as its types (`run_of`)."""
+    return run_of(json.loads((Path(run_dir) / METRICS).read_text()))
+
+
+def run_of(data: dict[str, Any]) -> schema.Run:
+    """A run's metrics.json, parsed, as its types: the arm and analysis types its experiment names
+    (`Experiment.arm_type`, `analysis_type`). A run of an experiment this version does not have is
+    read leniently, as plain arm summaries and its analysis as JSON."""
     exp = experiments.EXPERIMENTS.get(data.get("experiment"))
     if exp is None:
         return schema.read(data, schema.ArmSummary, Any, strict=False)

@@ -96,6 +96,8 @@ INVALID = [
             {"activation": "relu"},
             {"activation": "identity"},
             {"n_hidden": 2, "activation": "topk", "k": 1},
+            {"activation": "jumprelu"},
+            {"n_hidden": 2, "activation": "batchtopk", "k": 1},
         )
     ),
     invalid("data.kind", "uniform", "'multiples', 'offset', 'gaussian'", data={"kind": "uniform"}),
@@ -246,20 +248,6 @@ INVALID = [
             loss={"sparsity": "l0"},
         )
         for model in ({"activation": "relu"}, {"n_hidden": 2, "activation": "batchtopk", "k": 1})
-    ),
-    *(
-        invalid(
-            "loss.sparsity",
-            "kl",
-            f"'sigmoid' (model.activation is {model['activation']!r})",
-            model["activation"],
-            model=model,
-            loss={"sparsity": "kl"},
-        )
-        for model in (
-            {"activation": "jumprelu"},
-            {"n_hidden": 2, "activation": "batchtopk", "k": 1},
-        )
     ),
     invalid(
         "loss.aux_k",

@@ -79,7 +79,7 @@ def render_run(run_dir: Path) -> None:
     if grid.is_swept(raw):  # every grid point's own report, then the summary over the grid
         grid.render(run_dir, raw, page_of, main_metric(raw))
         return
-    m = base.read_run(run_dir)
+    m = results.run_of(raw)
     base.render_page(run_dir, m, page_of(m))
 
 
