@@ -64,8 +64,13 @@ K_ACTIVATIONS: tuple[str, ...] = ("topk", "batchtopk")
 JUMP_DEFAULTS: dict[str, float] = {"jump_bandwidth": 0.001, "jump_init": 0.001}
 
 
+def invalid(field: str, value: Any, allowed: str) -> ValueError:
+    """The project's one message for a bad value: `field=value is invalid: allowed is ...`."""
+    return ValueError(f"{field}={value!r} is invalid: allowed is {allowed}")
+
+
 def _fail(field: str, value: Any, allowed: str) -> typing.NoReturn:
-    raise ValueError(f"{field}={value!r} is invalid: allowed is {allowed}")
+    raise invalid(field, value, allowed)
 
 
 def _positive_int(field: str, value: Any) -> None:

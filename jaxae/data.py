@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxae.config import HOST_KINDS, Config, DataConfig
+from jaxae.config import HOST_KINDS, Config, DataConfig, invalid
 
 
 def multiples(key: jax.Array, n: int, n_features: int = 10, max_value: int = 200) -> jax.Array:
@@ -196,10 +196,6 @@ RESCALE_LOW, RESCALE_HIGH = 0.1, 0.9
 ZCA_RANK_TOL = 1e-9
 
 
-def _invalid(field: str, value: object, allowed: str) -> ValueError:
-    return ValueError(f"{field}={value!r} is invalid: allowed is {allowed}")
-
-
 @functools.cache
 def load_digits() -> np.ndarray:
     """scikit-learn's bundled handwritten digits (`load_digits`, 1,797 x 64) scaled to [0, 1]."""
@@ -268,18 +264,18 @@ def _read_array(field: str, rows: str, path: str, mtime_ns: int, size: int) -> n
     try:
         x = np.load(path, allow_pickle=False)  # never unpickle a user's file
     except Exception as err:  # any failure to parse the file is the same user error
-        raise _invalid(field, path, f"{allowed} (reading it failed: {_one_line(err)})") from err
+        raise invalid(field, path, f"{allowed} (reading it failed: {_one_line(err)})") from err
     if not isinstance(x, np.ndarray):
         if hasattr(x, "close"):
             x.close()
-        raise _invalid(field, path, f"{allowed} (it is an .npz archive, not one array)")
+        raise invalid(field, path, f"{allowed} (it is an .npz archive, not one array)")
     if x.dtype.kind not in "biuf":
-        raise _invalid(field, path, f"{allowed} (its dtype is {x.dtype})")
+        raise invalid(field, path, f"{allowed} (its dtype is {x.dtype})")
     if x.ndim != 2 or min(x.shape) == 0:
-        raise _invalid(field, path, f"{allowed} (its shape is {x.shape})")
+        raise invalid(field, path, f"{allowed} (its shape is {x.shape})")
     bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
     if bad:
-        raise _invalid(field, path, f"{allowed} ({bad} of its values are not finite)")
+        raise invalid(field, path, f"{allowed} ({bad} of its values are not finite)")
     out = np.asarray(x, np.float32)
     out.flags.writeable = False  # shared by every caller of the cache
     return out
@@ -287,7 +283,7 @@ def _read_array(field: str, rows: str, path: str, mtime_ns: int, size: int) -> n
 
 def _load_npy(field: str, rows: str, path: str) -> np.ndarray:
     if not os.path.isfile(path):
-        raise _invalid(field, path, f"an existing .npy file of shape {rows} x D (no such file)")
+        raise invalid(field, path, f"an existing .npy file of shape {rows} x D (no such file)")
     stat = os.stat(path)
     return _read_array(field, rows, os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
 
@@ -305,7 +301,7 @@ def load_atoms(path: str, n_features: int) -> np.ndarray:
     `n_features` wide (the data's width) or has an all-zero row (an atom without a direction)."""
     atoms_MxD = _load_npy("data.atoms", "M", path)
     if atoms_MxD.shape[1] != n_features:
-        raise _invalid(
+        raise invalid(
             "data.atoms",
             path,
             f"a .npy file of atoms M x {n_features}, as wide as the data (its shape is "
@@ -313,7 +309,7 @@ def load_atoms(path: str, n_features: int) -> np.ndarray:
         )
     zero = np.flatnonzero(~np.any(atoms_MxD != 0, axis=1))
     if zero.size:
-        raise _invalid(
+        raise invalid(
             "data.atoms",
             path,
             f"atoms with a direction (its rows {', '.join(map(str, zero[:5].tolist()))}"
@@ -398,12 +394,12 @@ def zca(train_NxD: np.ndarray, *others: np.ndarray, eps: float = 0.0) -> list[np
 
 def _check_width(cfg: DataConfig, width: int, what: str) -> None:
     if cfg.n_features != width:
-        raise _invalid("data.n_features", cfg.n_features, f"{width}, the width of {what}")
+        raise invalid("data.n_features", cfg.n_features, f"{width}, the width of {what}")
 
 
 def _check_rows(cfg: DataConfig, pool: int, what: str) -> None:
     if cfg.n_samples > pool:
-        raise _invalid(
+        raise invalid(
             "data.n_samples",
             cfg.n_samples,
             f"at most {pool}, the {what} left after holding out data.heldout={cfg.heldout:g}",
@@ -417,7 +413,7 @@ def _patches(key: jax.Array, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
         images = [load_image(name) for name in cfg.images()]
     smallest = min(min(img.shape) for img in images)
     if cfg.patch_size > smallest:
-        raise _invalid(
+        raise invalid(
             "data.patch_size",
             cfg.patch_size,
             f"at most {smallest}, the shortest side among data.image={cfg.image!r}",

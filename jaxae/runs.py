@@ -46,12 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxae import data, experiments, results, schema
-from jaxae.config import K_ACTIVATIONS, Config
+from jaxae.config import K_ACTIVATIONS, Config, invalid
 from jaxae.model import Autoencoder
-
-
-def _invalid(what: str, value: Any, allowed: str) -> ValueError:
-    return ValueError(f"{what}={value!r} is invalid: allowed is {allowed}")
 
 
 @functools.cache
@@ -151,7 +147,7 @@ class TrainedAutoencoder:
             if x.ndim == 3 and x.shape[0] == self.n_seeds and x.shape[-1] == width:
                 return x
         if x.ndim != 2 or x.shape[-1] != width:
-            raise _invalid(f"{name}.shape", tuple(x.shape), " or ".join(shapes))
+            raise invalid(f"{name}.shape", tuple(x.shape), " or ".join(shapes))
         return x
 
     def _fn(self, i: int) -> Callable[..., Any]:
@@ -194,7 +190,7 @@ class Run:
     def check_arm(self, arm: str) -> str:
         """`arm` if it is one of the run's arm labels, else `ValueError` listing them."""
         if arm not in self.configs:
-            raise _invalid("arm", arm, "one of " + ", ".join(repr(a) for a in self.arms))
+            raise invalid("arm", arm, "one of " + ", ".join(repr(a) for a in self.arms))
         return arm
 
     def check_seed(self, seed: Any) -> int:
@@ -206,7 +202,7 @@ class Run:
         except TypeError:
             i = None
         if i is None or not 0 <= i < self.n_seeds:
-            raise _invalid(
+            raise invalid(
                 "seed",
                 seed,
                 f"an integer in 0..{self.n_seeds - 1} (the run's {self.n_seeds} seeds)",
@@ -305,7 +301,7 @@ class Run:
         `data.kind="array"` its file must still be there."""
         cfg = self.configs[self.check_arm(self.arms[0] if arm is None else arm)]
         if cfg.data.per_seed:
-            raise _invalid(
+            raise invalid(
                 "data.per_seed",
                 True,
                 "false for Run.data (every seed drew its own data set; nothing to share)",
@@ -329,32 +325,30 @@ def _read_metrics(path: Path) -> dict[str, Any]:
     if not path.is_dir():
         stopped = results.partial_dir(path)
         if stopped.is_dir():
-            raise _invalid(
+            raise invalid(
                 what,
                 str(path),
                 f"a finished run directory: this run was stopped and is saved in {stopped}; "
                 f"finish it with `jaxae run --resume {path}`",
             )
-        raise _invalid(
-            what, str(path), "a run directory written by `jaxae run` (it does not exist)"
-        )
+        raise invalid(what, str(path), "a run directory written by `jaxae run` (it does not exist)")
     metrics_path = path / results.METRICS
     if not metrics_path.is_file():
         hint = ""
         if (path / results.PROGRESS).is_file():
             resume = path.with_suffix("")
             hint = f" (this is a stopped run's: finish it with `jaxae run --resume {resume}`)"
-        raise _invalid(what, str(path), f"a run directory with {results.METRICS}{hint}")
+        raise invalid(what, str(path), f"a run directory with {results.METRICS}{hint}")
     try:
         metrics = json.loads(metrics_path.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise _invalid(
+        raise invalid(
             what, str(path), f"a run directory with a readable {results.METRICS} ({err})"
         ) from err
     if "grid" in metrics:
         points = metrics["grid"].get("points", {})
         first = next(iter(points.values()), {}).get("dir", "grid/p0")
-        raise _invalid(
+        raise invalid(
             what,
             str(path),
             f"one grid point's run directory, e.g. {path / first} (a sweep of "
@@ -362,9 +356,9 @@ def _read_metrics(path: Path) -> dict[str, Any]:
         )
     for key in ("experiment", "config", "overrides", "arms", "n_seeds"):
         if key not in metrics:
-            raise _invalid(what, str(path), f"a run directory whose {results.METRICS} has {key!r}")
+            raise invalid(what, str(path), f"a run directory whose {results.METRICS} has {key!r}")
     if not (path / results.PARAMS).is_dir():
-        raise _invalid(what, str(path), f"a run directory with {results.PARAMS}/ (the checkpoint)")
+        raise invalid(what, str(path), f"a run directory with {results.PARAMS}/ (the checkpoint)")
     return metrics
 
 
@@ -432,7 +426,7 @@ def load(run_dir: str | Path) -> Run:
     metrics = _read_metrics(path)
     params = results.load_checkpoint(path / results.PARAMS)
     if set(params) != set(metrics["arms"]):
-        raise _invalid(
+        raise invalid(
             "run_dir",
             str(path),
             f"a run directory whose {results.PARAMS}/ holds the arms of its {results.METRICS} "
