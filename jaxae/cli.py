@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="FIELD=V1,V2,...",
         help="train every arm at each point of the grid the --sweep lists span, e.g. "
-        "--sweep optim.learning_rate=1e-4,1e-3 --sweep loss.weight=0.1,1",
+        "--sweep optim.learning_rate=1e-4,1e-3 --sweep optim.weight_decay=0,0.01",
     )
     run.add_argument(
         "--resume", type=Path, default=None, metavar="DIR", help="continue a stopped run"

@@ -20,7 +20,7 @@ DataKind = Literal["multiples", "offset", "gaussian", "sparse", "digits", "patch
 Magnitude = Literal["halfnormal", "uniform", "exponential", "one"]
 Firing = Literal["exact", "bernoulli"]
 Activation = Literal["relu", "sigmoid", "identity", "topk", "batchtopk", "jumprelu"]
-Init = Literal["torch", "flax", "ng"]
+Init = Literal["torch", "flax", "ng", "atoms"]
 Output = Literal["linear", "sigmoid"]
 Sparsity = Literal["none", "kl", "l1", "l0"]
 Shuffle = Literal["feistel", "sort"]
@@ -244,7 +244,10 @@ class ModelConfig:
     k: int | None = None
     # "torch": nn.Linear's default, kernel and bias uniform(+-1/sqrt(fan_in)); "flax": Dense's
     # (LeCun normal, zero bias); "ng": Ng's CS294A `initializeParameters.m`, both kernels
-    # uniform(+-sqrt(6 / (H + D + 1))), zero biases.
+    # uniform(+-sqrt(6 / (H + D + 1))), zero biases; "atoms": the oracle start, the decoder rows
+    # at the data's true atoms (each seed's own with data.per_seed) and the encoder at the decoder
+    # rows in use transposed (as with tied_init, which it implies), every bias zero. Only on data
+    # with true atoms (data.kind "sparse", or "array" with data.atoms) and one unit per atom.
     init: Init = "torch"
     # The decoder's output: "linear" (`h @ W_d + b_d`) or "sigmoid" of it (Ng's `a3`, for data
     # scaled into (0, 1)).
@@ -253,7 +256,8 @@ class ModelConfig:
     # penalty on the code cannot be dodged by shrinking the code and growing the decoder.
     unit_norm_decoder: bool = False
     pre_bias: bool = False  # encode x - b_d (the decoder bias) instead of x
-    tied_init: bool = False  # the encoder starts as the (unit-normed, if so) decoder transposed
+    # the encoder starts as the (unit-normed, if so) decoder transposed (always with init "atoms")
+    tied_init: bool = False
     # "jumprelu" only: the width epsilon of the rectangle kernel of its straight-through gradients,
     # and every unit's starting threshold (both 0.001 in the paper and in SAELens; on data whose
     # activations are of order 1 a threshold that small learns slowly, see jaxae/model.py)
@@ -346,6 +350,11 @@ class OptimConfig:
     # learning rate: `learning_rate`, `schedule`, `decoupled`, b1, b2 and eps are Adam's only.
     name: Optimizer = "adam"
     memory_size: int = 10  # lbfgs: the curvature pairs (parameter and gradient changes) it keeps
+    # lbfgs: as minFunc (the optimiser of Ng's exercise) does, a step that does not lower the
+    # objective is not taken, and a seed stops at the first iteration that lowers it by at most
+    # this (minFunc's `progTol`, 1e-9); its parameters then stay. None: every step optax's line
+    # search returns is taken, and no seed stops (`optim.lbfgs_step`).
+    progress_tol: float | None = 1e-9
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
     decoupled: bool = False  # False: torch.optim.Adam(weight_decay=...); True: torch.optim.AdamW
@@ -363,6 +372,8 @@ class OptimConfig:
     def __post_init__(self) -> None:
         _one_of("optim.name", self.name, OPTIMIZERS)
         _positive_int("optim.memory_size", self.memory_size)
+        if self.progress_tol is not None:
+            _non_negative_float("optim.progress_tol", self.progress_tol)
         if not isinstance(self.decay_biases, bool):
             _fail("optim.decay_biases", self.decay_biases, "true or false")
         _positive_float("optim.learning_rate", self.learning_rate)
@@ -485,6 +496,33 @@ class Config:
             )
         if self.loss.aux_k > self.model.n_hidden:
             _fail("loss.aux_k", self.loss.aux_k, f"at most model.n_hidden={self.model.n_hidden}")
+        if self.model.init == "atoms":
+            self._check_atoms_start()
+
+    def _check_atoms_start(self) -> None:
+        """The oracle start needs true atoms, one per hidden unit. An array's atoms are counted in
+        their file (read once and cached, as `jaxae.data.check` reads it before training)."""
+        if self.data.kind == "sparse":
+            n_atoms, what = self.data.n_atoms, "data.n_atoms"
+        elif self.data.kind == "array" and self.data.atoms:
+            from jaxae.data import load_atoms  # here: jaxae.data imports this module
+
+            n_atoms = load_atoms(self.data.atoms, self.data.n_features).shape[0]
+            what = f"the rows of data.atoms={self.data.atoms!r}"
+        else:
+            _fail(
+                "model.init",
+                self.model.init,
+                "'atoms' only on data with true atoms: data.kind='sparse', or 'array' with "
+                f"data.atoms (data.kind is {self.data.kind!r}"
+                + (", without data.atoms)" if self.data.kind == "array" else ")"),
+            )
+        if self.model.n_hidden != n_atoms:
+            _fail(
+                "model.n_hidden",
+                self.model.n_hidden,
+                f"{n_atoms} with model.init='atoms', one unit per true atom ({what})",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready nested dict."""

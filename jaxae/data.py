@@ -156,6 +156,19 @@ def sparse(
     return x_NxD, atoms_MxD
 
 
+def atom_usage(key: jax.Array, cfg: DataConfig) -> jax.Array | None:
+    """`count_M`: in how many of the samples of `make_data(key, cfg)` each true atom fires (the
+    codes `sparse` draws from the same key); None for data other than `kind="sparse"`."""
+    if cfg.kind != "sparse":
+        return None
+    code_key = jax.random.split(key, 3)[1]  # as `sparse` splits it
+    codes_NxM = sparse_codes(
+        code_key, cfg.n_samples, cfg.n_atoms, cfg.active, cfg.magnitude, cfg.firing,
+        cfg.firing_p, cfg.zipf,
+    )  # fmt: skip
+    return jnp.sum(codes_NxM != 0, axis=0)
+
+
 def ground_truth(key: jax.Array, cfg: DataConfig) -> jax.Array | None:
     """The true dictionary `atoms_MxD` of the data set `make_data(key, cfg)`: the generated atoms
     of sparse data, the user's file `data.atoms` of an array (read on the host, like the array);
@@ -541,10 +554,19 @@ def seed_data(key: jax.Array, cfg: Config) -> jax.Array:
     return make_data(_seed_data_key(key, cfg), cfg.data)
 
 
+def seed_atoms(key: jax.Array, cfg: Config) -> jax.Array | None:
+    """The true dictionary `atoms_MxD` of the data set the seed of `key` trains on (its own with
+    `data.per_seed`): what `model.init="atoms"` starts it at. Pure in the key, so it runs per seed
+    inside the init program; None for data without one."""
+    per_seed = cfg.data.per_seed
+    data_key = _seed_data_key(key, cfg) if per_seed else jax.random.key(cfg.data.seed)
+    return ground_truth(data_key, cfg.data)
+
+
 def trained_atoms(cfg: Config, keys: jax.Array | None = None) -> jax.Array | None:
     """The true dictionary of the data set(s) trained on: `atoms_MxD` for shared data, one per
     seed (`atoms_SxMxD`, for `keys`) with `data.per_seed`; None for data without one."""
     shared = ground_truth(jax.random.key(cfg.data.seed), cfg.data)
     if shared is None or not cfg.data.per_seed or keys is None:
         return shared
-    return jax.vmap(lambda k: ground_truth(_seed_data_key(k, cfg), cfg.data))(keys)
+    return jax.vmap(lambda k: seed_atoms(k, cfg))(keys)

@@ -5,7 +5,9 @@ Shape legend: B batch, N samples, K batches, D features, H hidden units.
 Parameters are a plain pytree `{"params": {"encoder": {...}, "decoder": {...}}}` (JumpReLU adds
 `"jump": {"log_threshold": [H]}`), so `init` and every function of the parameters vmap over seeds.
 An optional `mask_H` switches hidden units off, which lets one compiled program train several
-hidden sizes (units past the size are masked to zero).
+hidden sizes (units past the size are masked to zero). The oracle start (`model.init="atoms"`) is
+the one initialiser that needs the data: the module carries the true atoms (`atoms`) only to be
+initialised (`init_params`); a module that is only applied, as `jaxae.load` builds, has none.
 
 Two activations of the SAE literature are more than a function of each pre-activation:
 
@@ -43,7 +45,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxae.config import K_ACTIVATIONS, ModelConfig
+from jaxae.config import K_ACTIVATIONS, ModelConfig, invalid
 
 
 def torch_linear_init(
@@ -78,11 +80,14 @@ def _dense(features: int, fan_in: int, init: str) -> nn.Dense:
 
 
 def _initialisers(init: str, fan_in: int, fan_out: int):
-    """`(kernel_init, bias_init)` of a layer `fan_in -> fan_out` (`model.init`)."""
+    """`(kernel_init, bias_init)` of a layer `fan_in -> fan_out` (`model.init`). For "atoms" both
+    are zeros: the module knows no data, so `init_params` puts the atoms in the kernels."""
     if init == "torch":
         return torch_linear_init(fan_in)
     if init == "ng":
         return ng_init(fan_in, fan_out), nn.initializers.zeros_init()
+    if init == "atoms":
+        return nn.initializers.zeros_init(), nn.initializers.zeros_init()
     return nn.initializers.lecun_normal(), nn.initializers.zeros_init()
 
 
@@ -365,7 +370,10 @@ class Autoencoder(nn.Module):
     n_hidden: int
     activation: str = "relu"
     k: int | None = None
-    initializer: str = "torch"  # `model.init`: "torch", "flax" or "ng"
+    initializer: str = "torch"  # `model.init`: "torch", "flax", "ng" or "atoms"
+    # "atoms" only: `atoms_HxD`, the true dictionary `init_params` starts the decoder at (handed
+    # over by `runner.programs`, one seed at a time; None in a module that is only applied)
+    atoms: jax.Array | None = None
     unit_norm_decoder: bool = False
     pre_bias: bool = False
     tied_init: bool = False
@@ -496,11 +504,30 @@ class Autoencoder(nn.Module):
         return self.decode(h_BxH), h_BxH
 
 
+def _at_atoms(model: Autoencoder, params: Any) -> Any:
+    """`params` with the decoder kernel at `model.atoms`: the oracle start (`model.init`)."""
+    if model.atoms is None:
+        raise invalid(
+            "model.init",
+            model.initializer,
+            "'atoms' only with the data's true atoms handed to the model "
+            "(`Autoencoder(atoms=atoms_HxD)`, as `runner.programs` does)",
+        )
+    atoms_HxD = jnp.asarray(model.atoms, jnp.float32)
+    chex.assert_shape(atoms_HxD, (model.n_hidden, model.n_features))
+    decoder = {**params["params"]["decoder"], "kernel": atoms_HxD}
+    return {"params": {**params["params"], "decoder": decoder}}
+
+
 def init_params(model: Autoencoder, key: jax.Array) -> Any:
     """`model.init`, then, with `tied_init`, the encoder kernel set to the decoder rows in use,
-    transposed (so each unit starts by reading the direction it writes)."""
+    transposed (so each unit starts by reading the direction it writes). The oracle start
+    (`initializer="atoms"`) puts the decoder kernel at the true atoms and ties the encoder the same
+    way, biases zero: where a run that recovers the atoms would end, to test whether it stays."""
     params = model.init(key, jnp.zeros((1, model.n_features)))
-    if not model.tied_init:
+    if model.initializer == "atoms":
+        params = _at_atoms(model, params)
+    elif not model.tied_init:
         return params
     w_HxD = model.apply(params, method="decoder_weights")
     encoder = {**params["params"]["encoder"], "kernel": w_HxD.T}

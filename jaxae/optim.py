@@ -96,6 +96,58 @@ def line_search_args(
     }
 
 
+def lbfgs_step(
+    opt: optax.GradientTransformationExtraArgs,
+    grads: Any,
+    opt_state: Any,
+    params: Any,
+    *,
+    value_fn: Callable[[Any], jax.Array],
+    value: jax.Array,
+    cfg: OptimConfig,
+    weight_decay: jax.Array | float,
+    stopped: jax.Array,
+) -> tuple[Any, Any, jax.Array]:
+    """One L-BFGS iteration of one seed, which stops where minFunc would:
+    `(params, opt_state, stopped)`.
+
+    minFunc (the optimiser of Ng's exercise) only ever lowers the objective (its Wolfe line search
+    falls back to its best point, at worst the start), and ends a run at the first iteration that
+    lowers it by less than `progTol`. optax's line search accepts approximate Wolfe points that
+    may raise it slightly. With `cfg.progress_tol` set, a step that does not lower the objective is
+    not taken, and the seed's `stopped` flag is set at the first iteration that lowers it by at
+    most `progress_tol`. A stopped seed's later line searches see a constant objective with zero
+    slope, which their first trial accepts: under `vmap` it then costs one evaluation an iteration
+    instead of the search's limit, which every other seed would wait for, and its parameters stay.
+    With `progress_tol=None` every step optax's search returns is taken and no seed stops.
+    """
+    extra = line_search_args(value_fn, value, grads, params, cfg, weight_decay)
+    if cfg.progress_tol is None:
+        updates, opt_state = opt.update(grads, opt_state, params, **extra)
+        return optax.apply_updates(params, updates), opt_state, stopped
+    f0, objective = extra["value"], extra["value_fn"]
+
+    def zero_if_stopped(tree: Any) -> Any:
+        return jax.tree.map(lambda g: jnp.where(stopped, jnp.zeros_like(g), g), tree)
+
+    updates, new_state = opt.update(
+        zero_if_stopped(grads),
+        opt_state,
+        params,
+        value=f0,
+        grad=zero_if_stopped(extra["grad"]),
+        value_fn=lambda p: jnp.where(stopped, f0, objective(p)),
+    )
+    f1 = optax.tree_utils.tree_get(new_state, "value")
+    take = ~stopped & ~(f1 >= f0)  # a NaN step is taken, so that the run's divergence shows
+
+    def pick(new: Any, old: Any) -> Any:
+        return jax.tree.map(lambda n, o: jnp.where(take, n, o), new, old)
+
+    params = pick(optax.apply_updates(params, updates), params)
+    return params, pick(new_state, opt_state), stopped | (f0 - f1 <= cfg.progress_tol)
+
+
 def _adam(
     cfg: OptimConfig, lr: jax.Array | float | optax.Schedule, wd: jax.Array | float
 ) -> optax.GradientTransformation:

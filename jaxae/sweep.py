@@ -11,16 +11,26 @@ sparsity weight, rho, top-k's k, the hidden size) leave the program's shapes alo
 move from the arm's config into its per-arm hyperparameters, so arms that differ only in them share
 one compiled program. The program is built with the largest swept k and width; a point's arm with a
 smaller hidden size masks the units it does not use, as the experiments' own hidden-size sweeps do
-(so it equals that hidden-size arm, not a model built that narrow). An arm's own value of a field
-(a preset's knob, e.g. a sparse arm's weight) wins over the swept one, as it does over `--set`; an
-arm with a hidden size of its own keeps it, and a width sweep then changes its program's shape.
-Every other field (epochs, batch size, data size, activation, ...) changes the program, so its
-points train in programs of their own.
+(so it equals that hidden-size arm, not a model built that narrow). Every other field (epochs,
+batch size, data size, activation, ...) changes the program, so its points train in programs of
+their own.
+
+A grid is never a set of silent copies: every point must change some arm's training. A swept field
+that an arm fixes for itself (a preset's knob, e.g. a sparse arm's penalty weight or a top-k arm's
+k: `experiments.base.fixes`) is refused, naming those arms, as `--set` of it is; so is a field no
+arm uses at all (`loss.weight` without a penalty, `loss.rho` without KL, `model.k` without a top-k
+activation, `loss.aux_weight` without AuxK: `experiments.base.uses`). Where only some arms use a
+field it is swept, and the plan says which arms stay the same at every value (metrics.json's
+`grid.ignored`). The width is the one exception to the first rule: arms with hidden sizes of their
+own keep them, and a width sweep sets their program's shape, which changes how every arm starts
+(the initial weights' scale and draws follow the width), so its points differ; `--set model.k` and
+`model.n_hidden` likewise give the program's largest k and width.
 
 A swept run directory holds metrics.json with a `grid` section (the fields, their values, the
-programs, and per point its arms' summary figures and the experiment's usual analysis, under the
-point's key) and one complete run directory per point under `grid/` (metrics.json, history.npz,
-params, figures and report.md as a run of that point alone would write them).
+programs, the arms each field leaves alone, and per point its arms' summary figures and the
+experiment's usual analysis, under the point's key) and one complete run directory per point under
+`grid/` (metrics.json, history.npz, params, figures and report.md as a run of that point alone
+would write them).
 """
 
 from __future__ import annotations
@@ -36,23 +46,19 @@ from typing import Any, NamedTuple
 from jaxae import processes, results
 from jaxae.config import Config, override
 from jaxae.experiments.base import (
+    HYPER_FIELDS,  # config fields whose values are per-arm hyperparameters: one program, many
+    USED_ONLY,
     Arm,
     ArmResult,
     Experiment,
     RunOutput,
+    fixes,
     groups_of,
+    own_text,
+    uses,
     with_overrides,
 )
 
-# Config fields whose values are per-arm hyperparameters (`train.Hyper`): one program trains many.
-HYPER_FIELDS = {
-    "optim.learning_rate": "learning_rate",
-    "optim.weight_decay": "weight_decay",
-    "loss.weight": "sparsity_weight",
-    "loss.rho": "rho",
-    "model.k": "k",
-    "model.n_hidden": "n_active",
-}
 GRID_DIR = "grid"  # the points' own run directories, under the swept run's directory
 
 
@@ -139,6 +145,8 @@ class Grid:
     points: tuple[Point, ...]
     experiment: Experiment  # what `experiments.run` trains: every point's arms
     shape_free: tuple[str, ...]  # fields whose values became arms inside a program
+    # Per swept field that some arms do not use, those arms (point labels): the same at every value
+    ignored: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def specs(self) -> list[str]:
@@ -167,7 +175,8 @@ class Grid:
 
     def plan(self) -> list[str]:
         """What the run will train, for the CLI: one line per compiled program, with the values
-        its grid points share and those they differ in."""
+        its grid points share and those they differ in; then the arms a swept field leaves alone,
+        so that their equal results at every value of it are no surprise."""
         programs = self._programs()
         n_runs = len(self.experiment.arms)
         shaped = [f for f in self.fields if f not in self.shape_free]
@@ -186,6 +195,9 @@ class Grid:
                 f"  program {i}: {'arm' if len(arms) == 1 else 'arms'} {', '.join(arms)} at "
                 f"{len(pts)} grid point{'s' if len(pts) != 1 else ''} ({' '.join(parts)})"
             )
+        for field, labels in self.ignored:
+            arms = f"arm {labels[0]} does" if len(labels) == 1 else f"arms {', '.join(labels)} do"
+            lines.append(f"  {arms} not use {field}: the same at each of its values")
         return lines
 
 
@@ -200,8 +212,10 @@ class _Run(NamedTuple):
 
 
 def _run(point: int, arm: Arm, moved: list[str]) -> _Run:
-    """The arm with the swept `HYPER_FIELDS` values moved from its config into its hyperparameters
-    (the arm's own value of a field wins, as with `--set`)."""
+    """The arm with the swept `HYPER_FIELDS` values moved from its config into its hyperparameters.
+
+    An arm's own value stays: `expand` lets one through only where the arm does not use the field
+    (a zero sparsity weight: no penalty) or for its own size, whose program's width is swept."""
     hyper, n_active, values = dict(arm.hyper), arm.n_active, {}
     for field in moved:
         value = _get(arm.config, field)
@@ -262,7 +276,7 @@ def _point_experiments(
     out = []
     for combo in itertools.product(*(items for _, items in parsed)):
         assignments = [f"{f}={text}" for f, text in zip(fields, combo, strict=True)]
-        point = with_overrides(exp, [*overrides, *assignments])
+        point = with_overrides(exp, [*overrides, *assignments], swept=tuple(fields))
         source = (  # where the values land: the base of a built experiment, else every arm
             override(exp.base, [*overrides, *assignments])
             if exp.build is not None and exp.base is not None
@@ -278,16 +292,52 @@ def _point_experiments(
     return out
 
 
+def _ignored(exps: list[Experiment], field: str) -> list[str]:
+    """Labels of the arms that use `field` at no grid point: they are the same at every value."""
+    arms = [a for e in exps for a in e.arms]
+    labels = dict.fromkeys(a.label for a in arms)
+    return [x for x in labels if not any(uses(a, field) for a in arms if a.label == x)]
+
+
+def _refuse_copies(specs: list[str], fields: list[str], exps: list[Experiment]) -> None:
+    """A swept field must change some arm's training, else its points are silent copies: refused
+    where an arm has its own value (it would ignore the swept one; the width is the program's
+    shape, which every arm trains in, so it passes) and where no arm uses the field at all."""
+    arms = [a for e in exps for a in e.arms]
+    for spec, field in zip(specs, fields, strict=True):
+        own = list(dict.fromkeys(a.label for a in arms if fixes(a, field)))
+        if own and field != "model.n_hidden":
+            _fail(spec, own_text(field, own))
+        if not any(uses(a, field) for a in arms):
+            why = f"no arm of {exps[0].name} uses {field}: it is read only {USED_ONLY[field]}"
+            _fail(spec, f"a field some arm uses ({why})")
+
+
+def _shape_free(runs: list[_Run], moved: list[str]) -> tuple[str, ...]:
+    """The moved fields whose values became arms inside a program: a moved field stays a shape
+    where some arm keeps it in its config (an arm's own width)."""
+    kept = {
+        f
+        for r in runs
+        for f in moved
+        if f not in r.moved and not (f == "model.k" and r.arm.config.model.k is None)
+    }
+    return tuple(f for f in moved if f not in kept)
+
+
 def expand(exp: Experiment, overrides: list[str], specs: list[str]) -> Grid:
     """The grid of `specs` (`section.field=v1,v2,...`) over `exp` with `--set overrides`.
 
     Every point is validated as `--set` validates (`with_overrides`), so a bad spec (an unknown
     field, an empty list, a field given twice or also with `--set`, a value the field refuses, a
-    k above the width) is a `ValueError` before anything compiles.
+    k above the width) is a `ValueError` before anything compiles; so is a field whose points
+    would be copies (`_refuse_copies`: an arm has its own value of it, or no arm uses it).
     """
     parsed = _parse(specs, overrides)
     fields = [field for field, _ in parsed]
     point_exps = _point_experiments(exp, overrides, specs, parsed)
+    exps = [p for _, p in point_exps]
+    _refuse_copies(specs, fields, exps)
     moved = [f for f in fields if f in HYPER_FIELDS]
     runs = [_run(i, arm, moved) for i, (_, p) in enumerate(point_exps) for arm in p.arms]
     configs = _program_configs(runs)
@@ -318,13 +368,6 @@ def expand(exp: Experiment, overrides: list[str], specs: list[str]) -> Grid:
                 dir=f"{GRID_DIR}/p{index:0{digits}d}",
             )
         )
-    # A moved field stays a shape where some arm keeps it in its config (an arm's own width).
-    kept = {
-        f
-        for r in runs
-        for f in moved
-        if f not in r.moved and not (f == "model.k" and r.arm.config.model.k is None)
-    }
     return Grid(
         base=points[0].experiment,
         fields=tuple(fields),
@@ -340,7 +383,8 @@ def expand(exp: Experiment, overrides: list[str], specs: list[str]) -> Grid:
             analyse=functools.partial(_analyse_points, points=tuple(points)),
             analysis_type=dict[str, Any],
         ),
-        shape_free=tuple(f for f in moved if f not in kept),
+        shape_free=_shape_free(runs, moved),
+        ignored=tuple((f, tuple(x)) for f in fields if (x := _ignored(exps, f))),
     )
 
 
@@ -388,6 +432,7 @@ def metrics_dict(
             "fields": list(grid.fields),
             "values": {f: list(v) for f, v in zip(grid.fields, grid.values, strict=True)},
             "shape_free": list(grid.shape_free),
+            "ignored": {field: list(labels) for field, labels in grid.ignored},
             "programs": grid.programs(),
             "points": points,
         },

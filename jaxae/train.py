@@ -39,10 +39,10 @@ from jax import lax
 
 from jaxae import shuffle
 from jaxae.config import Config
-from jaxae.data import seed_data, shared_data
+from jaxae.data import seed_atoms, seed_data, shared_data
 from jaxae.losses import total_loss
 from jaxae.model import Autoencoder, hidden_mask, init_params, make_model
-from jaxae.optim import line_search_args, make_optimizer
+from jaxae.optim import lbfgs_step, make_optimizer
 from jaxae.resample import resample_dead
 
 
@@ -83,6 +83,9 @@ class TrainState:
     key: jax.Array  # the seed's shuffle key; epoch e uses fold_in(key, e)
     hyper: Hyper
     diverged: jax.Array  # bool: a non-finite loss or parameter was met; updates stopped there
+    # bool: an L-BFGS iteration lowered the objective by at most `optim.progress_tol`; updates
+    # stopped there, as minFunc stops (`optim.lbfgs_step`). Always False under Adam.
+    stopped: jax.Array
     since_fired: jax.Array  # int32 [H]: training steps since each unit last fired (dead-unit count)
 
 
@@ -124,7 +127,9 @@ def total_steps(cfg: Config) -> int:
 
 
 # `in_axes`/`out_axes` of a seed's state over its arms: everything but the seed's shuffle key.
-ARM_AXES = TrainState(params=0, opt_state=0, key=None, hyper=0, diverged=0, since_fired=0)
+ARM_AXES = TrainState(
+    params=0, opt_state=0, key=None, hyper=0, diverged=0, stopped=0, since_fired=0
+)
 
 
 def stack_arms(hypers: list[Hyper]) -> Hyper:
@@ -200,13 +205,18 @@ def init_state(key: jax.Array, hyper: Hyper, *, model: Autoencoder, cfg: Config)
         key=shuffle_key,
         hyper=hyper,
         diverged=jnp.zeros((), bool),
+        stopped=jnp.zeros((), bool),
         since_fired=jnp.zeros((model.n_hidden,), jnp.int32),
     )
 
 
 def init_arms(key: jax.Array, hyper_A: Hyper, *, model: Autoencoder, cfg: Config) -> TrainState:
     """A fresh seed with A arms (`hyper_A`, `[A]` leaves): every arm from the same key, so they
-    start from the same weights and share the seed's shuffle key."""
+    start from the same weights and share the seed's shuffle key. With `model.init="atoms"` the
+    model first gets the true atoms of the data this seed trains on (`seed_atoms`; the model
+    knows no data), so seed i starts the same in any batch of seeds."""
+    if cfg.model.init == "atoms":
+        model = model.clone(atoms=seed_atoms(key, cfg))
     init = functools.partial(init_state, key, model=model, cfg=cfg)
     return over_arms(init, n_arms(hyper_A), in_axes=0, out_axes=ARM_AXES)(hyper_A)
 
@@ -249,13 +259,20 @@ def train_step(
     with jax.numpy_dtype_promotion("standard"):
         if cfg.optim.name == "lbfgs":
             # The line search's objective: this batch's loss (without its terms) plus weight decay.
-            extra = line_search_args(
-                lambda params: loss_fn(params)[0], loss, grads, state.params, cfg.optim, wd
+            params, opt_state, stopped = lbfgs_step(
+                opt,
+                grads,
+                state.opt_state,
+                state.params,
+                value_fn=lambda params: loss_fn(params)[0],
+                value=loss,
+                cfg=cfg.optim,
+                weight_decay=wd,
+                stopped=state.stopped,
             )
-            updates, opt_state = opt.update(grads, state.opt_state, state.params, **extra)
         else:
             updates, opt_state = opt.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+            params, stopped = optax.apply_updates(state.params, updates), state.stopped
     ok = ~state.diverged & jnp.isfinite(loss) & _all_finite(params)
 
     def keep(new: jax.Array, old: jax.Array) -> jax.Array:
@@ -265,6 +282,7 @@ def train_step(
         params=jax.tree.map(keep, params, state.params),
         opt_state=jax.tree.map(keep, opt_state, state.opt_state),
         diverged=~ok,
+        stopped=stopped,
         since_fired=jnp.where(terms["fired_H"] > 0, 0, state.since_fired + 1),
     )
     return state, (loss, terms["fired_H"])

@@ -72,6 +72,28 @@ def test_bad_input_is_one_line_and_exit_2(capsys, argv, names):
 
 
 @pytest.mark.parametrize(
+    ("args", "start"),
+    [
+        (["--sweep", "loss.weight=0.001,0.1"], "--sweep='loss.weight=0.001,0.1' is invalid"),
+        (["--set", "loss.weight=0.5"], "loss.weight=0.5 is invalid"),
+    ],
+)
+def test_a_value_the_arms_would_ignore_exits_2_naming_them(capsys, tmp_path, args, start):
+    """The issue's command: sparse's penalised arms keep their own weights and the others have
+    no penalty, so every grid point (or the set value) would be a silent copy; refused before
+    anything compiles."""
+    out_dir = tmp_path / "new" / "run"
+    argv = ["run", "sparse", "--seeds", "2", "--epochs", "1", *args, "--out", str(out_dir)]
+    code, out, err = _main(capsys, *argv)
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [
+        f"jaxae: error: {start}: allowed is a field no arm fixes for itself (arms kl w=0.03, "
+        "kl w=0.1, l1 w=0.01, l1 w=0.03 set their own loss.weight)"
+    ]
+    assert not (tmp_path / "new").exists()  # nothing written
+
+
+@pytest.mark.parametrize(
     ("args", "line"),
     [
         (

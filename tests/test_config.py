@@ -7,8 +7,10 @@ import json
 import re
 from typing import Any
 
+import numpy as np
 import pytest
 
+from jaxae import cli
 from jaxae.config import (
     Config,
     DataConfig,
@@ -257,6 +259,33 @@ INVALID = [
         loss={"aux_k": 2},
     ),
     invalid("data.atoms", "a.npy", "'' unless data.kind='array'", data={"atoms": "a.npy"}),
+    # the oracle start: data with true atoms only, one unit per atom
+    *(
+        invalid(
+            "model.init",
+            "atoms",
+            "'atoms' only on data with true atoms: data.kind='sparse', or 'array' with data.atoms "
+            f"(data.kind is {data['kind']!r}{tail}",
+            data["kind"],
+            data=data,
+            model={"init": "atoms"},
+        )
+        for data, tail in (
+            ({"kind": "multiples"}, ")"),
+            ({"kind": "gaussian"}, ")"),
+            ({"kind": "digits"}, ")"),
+            ({"kind": "patches", "n_features": 64}, ")"),
+            ({"kind": "array", "path": "x.npy"}, ", without data.atoms)"),
+        )
+    ),
+    invalid(
+        "model.n_hidden",
+        6,
+        "8 with model.init='atoms', one unit per true atom (data.n_atoms)",
+        "atoms",
+        data={"kind": "sparse", "n_atoms": 8},
+        model={"n_hidden": 6, "init": "atoms"},
+    ),
 ]
 
 
@@ -293,6 +322,11 @@ def test_invalid_config_names_field_value_and_allowed(
         },
         {"model": {"activation": "jumprelu"}, "loss": {"sparsity": "l1", "weight": 0.1}},
         {"data": {"kind": "array", "path": "x.npy", "atoms": "a.npy"}},
+        {"data": {"kind": "sparse", "n_atoms": 8}, "model": {"n_hidden": 8, "init": "atoms"}},
+        {
+            "data": {"kind": "sparse", "n_atoms": 8, "per_seed": True},
+            "model": {"n_hidden": 8, "init": "atoms", "activation": "topk", "k": 2},
+        },
     ],
     ids=lambda s: json.dumps(s, sort_keys=True),
 )
@@ -523,3 +557,37 @@ def test_override_bad_syntax_raises(assignment: str, named: str) -> None:
 def test_override_invalid_result_raises(assignments: list[str], named: str) -> None:
     with pytest.raises(ValueError, match=re.escape(named)):
         override(Config(), assignments)
+
+
+def test_an_arrays_atoms_start_needs_one_unit_per_row_of_its_atoms_file(tmp_path) -> None:
+    """`model.init=atoms` on a user's array counts the rows of `data.atoms` (read when the config
+    is made, before anything compiles); a missing file is `data.atoms`'s error."""
+    np.save(tmp_path / "x.npy", np.ones((200, 4), np.float32))
+    np.save(tmp_path / "a.npy", np.eye(5, 4, dtype=np.float32) + 0.5)
+    sets = ["data.kind=array", f"data.path={tmp_path / 'x.npy'}", "model.init=atoms"]
+    atoms = f"data.atoms={tmp_path / 'a.npy'}"
+    assert override(Config(), [*sets, atoms, "model.n_hidden=5"]).model.n_hidden == 5
+    with pytest.raises(ValueError) as info:
+        override(Config(), [*sets, atoms, "model.n_hidden=4"])
+    assert str(info.value) == (
+        "model.n_hidden=4 is invalid: allowed is 5 with model.init='atoms', one unit per true atom "
+        f"(the rows of data.atoms={str(tmp_path / 'a.npy')!r})"
+    )
+    with pytest.raises(ValueError, match=re.escape("data.atoms=")):
+        override(Config(), [*sets, f"data.atoms={tmp_path / 'missing.npy'}", "model.n_hidden=5"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["multiples", "--set", "model.init=atoms"], "model.init='atoms' is invalid"),
+        (["sparse", "--set", "model.init=atoms", "--set", "data.n_atoms=40"], "model.n_hidden=48"),
+    ],
+)
+def test_the_cli_refuses_an_atoms_start_in_one_line(capsys, tmp_path, argv, named) -> None:
+    code = cli.main(["run", *argv, "--epochs", "1", "--out", str(tmp_path / "run")])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and err.startswith("jaxae: error: "), err
+    assert named in err
+    assert not (tmp_path / "run").exists()  # refused before anything was written

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 
 import chex
 import jax
@@ -12,7 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxae import experiments, runner, train
+from jaxae import config, data, experiments, metrics, runner, schema, train
+from jaxae.config import override
+from jaxae.experiments import sparse as sparse_family
 from jaxae.experiments import tutorial
 from tests.imports import ROOT, outside_base
 
@@ -203,6 +206,86 @@ def test_sparse_run_measures_every_arm(sparse_run):
     analysis = exp.analyse(exp, sparse_run.results)
     assert set(analysis.chosen) == {"relu", "topk", "topk_revive", "kl", "l1"}
     assert analysis.best in analysis.chosen.values()
+
+
+def test_sparse_analysis_sets_dictionary_learning_beside_the_mechanisms(sparse_run):
+    """scikit-learn's dictionary learning on the arms' training data: the arms' width, OMP with
+    `data.active` non-zeros, `DL_FITS` fits; GT-MCC per fit (the stored atoms against the true
+    ones, as the mechanisms' seeds), PW-MCC per pair of fits; typed in metrics.json."""
+    analysis = sparse_run.analysis
+    dl = analysis.dictionary_learning
+    fits = sparse_family.DL_FITS
+    assert (dl.width, dl.k, dl.fits) == (8, 3, fits)
+    assert (dl.passes, dl.batch_size) == (sparse_family.DL_PASSES, sparse_family.DL_BATCH)
+    atoms = analysis.arrays["dictionary_learning_atoms"]
+    chex.assert_shape(atoms, (fits, 8, 4))
+    assert len(dl.gt_mcc) == len(dl.heldout_fvu) == len(dl.fit_s) == fits
+    assert len(dl.pw_mcc) == dl.pw_pairs == fits * (fits - 1) // 2
+    for value in (*dl.gt_mcc, *dl.pw_mcc, dl.gt_mcc_null_median, dl.pw_mcc_null_median):
+        assert -1.0 <= value <= 1.0
+    for share in (dl.gt_share, dl.pw_share, dl.recovered_median):
+        assert 0.0 <= share <= 1.0
+    assert dl.gt_share_ci95[0] <= dl.gt_share <= dl.gt_share_ci95[1]
+    truth = sparse_run.results["relu"].ground_truth
+    np.testing.assert_allclose(
+        dl.gt_mcc, metrics.ground_truth_mcc(atoms, truth)["gt_mcc"], rtol=0, atol=1e-5
+    )
+    assert dl.gt_share == np.mean(np.asarray(dl.gt_mcc) >= sparse_family.AGREE)
+    assert dl.gt_mcc_median == pytest.approx(np.median(dl.gt_mcc))
+    cfg = sparse_run.experiment.arms[0].config
+    assert dl.heldout_samples == data.heldout_count(cfg.data)
+    assert all(0.0 <= f < 2.0 for f in dl.heldout_fvu) and dl.l0_median <= 3
+    assert dl.fit_s_total == pytest.approx(sum(dl.fit_s)) and dl.baseline_s >= dl.fit_s_total
+    # beside the mechanisms, not one of them: the choice, the best and the cures are theirs
+    assert set(analysis.cured) == set(analysis.chosen.values())
+    encoded = json.loads(json.dumps(schema.encode(analysis)))
+    assert "arrays" not in encoded and encoded["dictionary_learning"]["gt_mcc"] == dl.gt_mcc
+    assert schema.decode(sparse_family.Analysis, encoded).dictionary_learning == dl
+    # `sparsity` (the knob curves) leaves it out
+    assert experiments.get("sparsity").analyse is sparse_family.analyse
+    plain = sparse_family.analyse(sparse_run.experiment, sparse_run.results)
+    assert plain.dictionary_learning is None and plain.arrays == {}
+    assert "dictionary_learning" not in schema.encode(plain)
+
+
+def test_sparse_analysis_describes_its_draw_of_atoms(sparse_run):
+    """The draw's coherence (largest |cosine| between two true atoms, from the arms' own ground
+    truth) and its atoms' usage: with exact firing every sample fires `active` atoms, so the
+    counts sum to samples x active; another data seed is another draw."""
+    draw = sparse_run.analysis.draw
+    truth = np.asarray(sparse_run.results["relu"].ground_truth, np.float64)
+    cos = np.abs(truth @ truth.T) - np.eye(len(truth)) * 2.0
+    assert draw.coherence == pytest.approx(cos.max(), abs=1e-6)
+    cfg = sparse_run.experiment.arms[0].config
+    used = np.asarray(data.atom_usage(jax.random.key(cfg.data.seed), cfg.data))
+    assert used.sum() == cfg.data.n_samples * cfg.data.active
+    assert (draw.least_used, draw.mean_used) == (used.min(), pytest.approx(used.mean()))
+    other = sparse_family.draw_of(override(cfg, ["data.seed=5"]))
+    assert other.coherence != draw.coherence
+    assert sparse_family.draw_of(override(cfg, ["data.per_seed=true"])) is None
+    encoded = json.loads(json.dumps(schema.encode(sparse_run.analysis)))
+    assert schema.decode(sparse_family.Analysis, encoded).draw == draw
+
+
+def test_dictionary_learning_without_a_ground_truth_has_pw_mcc_only(sparse_run, tmp_path):
+    """On an array without `data.atoms` there is nothing to recover: GT-MCC is absent (and left
+    out of metrics.json), PW-MCC across fits is there, scored on the file's held-out rows."""
+    relu = sparse_run.results["relu"]
+    path = tmp_path / "x.npy"
+    np.save(path, relu.x)
+    cfg = config.override(relu.arm.config, ["data.kind=array", f"data.path={path}"])
+    array = dataclasses.replace(
+        relu,
+        arm=dataclasses.replace(relu.arm, config=cfg),
+        x=np.asarray(data.shared_data(cfg)),
+        ground_truth=None,
+    )
+    dl, atoms = sparse_family.dictionary_learning({"relu": array})
+    assert dl.gt_mcc is None and dl.gt_share is None and dl.cured is None
+    assert len(dl.pw_mcc) == dl.pw_pairs == sparse_family.DL_FITS * (sparse_family.DL_FITS - 1) // 2
+    assert dl.heldout_samples == len(relu.x) - cfg.data.n_samples
+    assert atoms.shape == (sparse_family.DL_FITS, 8, 4)
+    assert not {"gt_mcc", "gt_share", "cured"} & set(schema.encode(dl))
 
 
 @pytest.mark.parametrize("label", ["topk k=3", "topk_revive k=3"])

@@ -455,3 +455,4 @@ def test_use_every_core_warns_once_jax_has_started(monkeypatch):
     with pytest.warns(RuntimeWarning, match=r"after JAX started"):
         jaxae.use_every_core()
     assert "xla_force_host_platform_device_count" in os.environ["XLA_FLAGS"]
+    assert "--xla_cpu_multi_thread_eigen=false" in os.environ["XLA_FLAGS"]

@@ -3,7 +3,8 @@
 BatchTopK keeps exactly k x B activations of a training batch and, at inference, fires every unit
 above one threshold estimated from the training data; JumpReLU's straight-through gradients are the
 paper's formulas; both train inside the vmapped loop (seed i in a batch of seeds, with arms, equals
-seed i alone), stay at the true atoms from an oracle start, and export as SAELens's JumpReLU SAE.
+seed i alone), stay at the true atoms from an oracle start (`model.init="atoms"`: every seed at the
+atoms of its own data), and export as SAELens's JumpReLU SAE.
 """
 
 from __future__ import annotations
@@ -21,7 +22,15 @@ import safetensors.numpy
 
 import jaxae
 from jaxae import cli, data, metrics, runner, train
-from jaxae.config import Config, DataConfig, LossConfig, ModelConfig, OptimConfig, TrainConfig
+from jaxae.config import (
+    Config,
+    DataConfig,
+    LossConfig,
+    ModelConfig,
+    OptimConfig,
+    TrainConfig,
+    override,
+)
 from jaxae.losses import total_loss
 from jaxae.model import batch_top_k_relu, heaviside_step, hidden_mask, jump_relu, make_model
 
@@ -258,16 +267,17 @@ def test_seed_in_a_batch_of_seeds_and_arms_equals_seed_alone(activation: str) ->
         assert not np.allclose(params["jump"]["log_threshold"], np.log(0.1))
 
 
-# Oracle start: 8 atoms in 12 dimensions, each firing with probability 1/4 at magnitude one (2
-# atoms per sample on average, from 0 to 8), encoder and decoder start at the true atoms (JumpReLU's
-# thresholds at 0.5, between a true activation, 1, and the interference of another atom, of
-# standard deviation about 1/sqrt(12) = 0.29). With no more atoms than dimensions the atoms are an
-# exact optimum (an encoder that inverts them codes every sample exactly), so the run should stay
-# there while the tied encoder unlearns its interference. Measured after 40 epochs (2,560 steps)
-# on seeds 0-3 (the test runs 0 and 1): GT-MCC 0.9958-0.9963 for BatchTopK (k=2) and
-# 0.9946-0.9947 for JumpReLU, every atom matched at cosine >= 0.99 and >= 0.983; top-k with k=2,
-# whose fixed count per row cannot follow a count that varies, drifts off to 0.964 in the same
-# run. The bounds sit between top-k's drift and the measured figures; chance is about 0.4.
+# Oracle start: 8 atoms in 12 dimensions, each firing with probability 1/4 at magnitude one (2 atoms
+# per sample on average, from 0 to 8), encoder and decoder start at the true atoms
+# (`model.init="atoms"`, biases at zero; JumpReLU's thresholds at 0.5, between a true activation, 1,
+# and the interference of another atom, of standard deviation about 1/sqrt(12) = 0.29). With no more
+# atoms than dimensions the atoms are an exact optimum (an encoder that inverts them codes every
+# sample exactly), so the run should stay there while the tied encoder unlearns its interference.
+# Measured after 40 epochs (2,560 steps) on seeds 0-3 (the test runs 0 and 1): GT-MCC 0.9958-0.9963
+# for BatchTopK (k=2) and 0.9946-0.9947 for JumpReLU, every atom matched at cosine >= 0.99 and >=
+# 0.983; top-k with k=2, whose fixed count per row cannot follow a count that varies, drifts off to
+# 0.964 in the same run. The bounds sit between top-k's drift and the measured figures; chance is
+# about 0.4.
 ORACLE_MIN_GT_MCC = 0.98
 ORACLE_MIN_ATOM_COS = 0.95
 
@@ -286,7 +296,12 @@ def _oracle_config(activation: str) -> Config:
             magnitude="one",
         ),
         model=ModelConfig(
-            n_hidden=8, activation=activation, unit_norm_decoder=True, pre_bias=True, **model
+            n_hidden=8,
+            activation=activation,
+            init="atoms",
+            unit_norm_decoder=True,
+            pre_bias=True,
+            **model,
         ),
         loss=loss,
         optim=OptimConfig(learning_rate=1e-3),
@@ -294,40 +309,79 @@ def _oracle_config(activation: str) -> Config:
     )
 
 
-def at_atoms(state: train.TrainState, atoms_MxD: jax.Array) -> train.TrainState:
-    """Every seed's encoder and decoder at the true atoms, biases at zero."""
-    p = state.params["params"]
-    enc, dec = p["encoder"], p["decoder"]
-    params = {
-        **p,
-        "encoder": {
-            "kernel": jnp.broadcast_to(atoms_MxD.T, enc["kernel"].shape),
-            "bias": jnp.zeros_like(enc["bias"]),
-        },
-        "decoder": {
-            "kernel": jnp.broadcast_to(atoms_MxD, dec["kernel"].shape),
-            "bias": jnp.zeros_like(dec["bias"]),
-        },
-    }
-    return state.replace(params={"params": params})
-
-
 @pytest.mark.parametrize("activation", ["batchtopk", "jumprelu"])
 def test_an_oracle_start_stays_at_the_true_atoms(activation: str) -> None:
     cfg, n = _oracle_config(activation), 2
     atoms = data.trained_atoms(cfg)
     hyper = jax.tree.map(lambda v: jnp.broadcast_to(v, (n, 1)), train.Hyper.from_config(cfg))
-    state = at_atoms(runner.programs(cfg).init(train.seed_keys(0, n), hyper), atoms)
+    state = runner.programs(cfg).init(train.seed_keys(0, n), hyper)  # what train_seeds starts at
     start = metrics.ground_truth_mcc(
         np.asarray(state.params["params"]["decoder"]["kernel"][:, 0]), atoms
     )
     np.testing.assert_allclose(start["gt_mcc"], 1.0, rtol=1e-6)
-    history = np.full((n, 1, cfg.train.epochs), np.nan, np.float32)
-    res = runner.train_seeds(cfg, n, hyper=hyper, resume=(state, history, 0))
+    res = runner.train_seeds(cfg, n, hyper=hyper)
     decoder = np.asarray(res.state.params["params"]["decoder"]["kernel"][:, 0])
     gt = metrics.ground_truth_mcc(decoder, np.asarray(atoms))
     assert np.all(gt["gt_mcc"] >= ORACLE_MIN_GT_MCC), gt["gt_mcc"]
     assert gt["atom_cos_SxM"].min() >= ORACLE_MIN_ATOM_COS, gt["atom_cos_SxM"].min()
+
+
+def _atoms_start(per_seed: bool) -> Config:
+    return Config(
+        data=DataConfig(kind="sparse", n_samples=64, n_features=D, n_atoms=H, per_seed=per_seed),
+        model=ModelConfig(n_hidden=H, activation="topk", k=3, init="atoms", unit_norm_decoder=True),
+        train=TrainConfig(epochs=1, batch_size=32),
+    )
+
+
+def _start_params(cfg: Config, keys: jax.Array, hyper_A: train.Hyper) -> Any:
+    hyper = jax.tree.map(lambda v: jnp.broadcast_to(v, (keys.shape[0], *v.shape)), hyper_A)
+    return runner.programs(cfg).init(keys, hyper).params["params"]
+
+
+@pytest.mark.parametrize("per_seed", [False, True])
+def test_an_atoms_start_puts_every_seed_and_arm_at_its_own_atoms(per_seed: bool) -> None:
+    """`model.init="atoms"`: every seed (and arm) starts with its decoder rows at the true atoms of
+    the data it trains on (its own with `data.per_seed`), the encoder at their transpose, biases
+    zero; so the untrained GT-MCC is 1. Seed i of a batch starts as seed i alone (`train_seeds`
+    starts from this program; what follows is the training every start shares)."""
+    cfg, n, i = _atoms_start(per_seed), 3, 1
+    keys = train.seed_keys(5, n)
+    hyper_A = train.stack_arms([train.Hyper.from_config(cfg, k=k) for k in (2, 3)])
+    params = _start_params(cfg, keys, hyper_A)
+    atoms_SxMxD = np.broadcast_to(data.trained_atoms(cfg, keys), (n, H, D))
+    decoder_SxAxHxD = params["decoder"]["kernel"]
+    for a in range(2):
+        chex.assert_trees_all_close(decoder_SxAxHxD[:, a], atoms_SxMxD, atol=1e-6)
+        chex.assert_trees_all_close(
+            params["encoder"]["kernel"][:, a], np.swapaxes(atoms_SxMxD, 1, 2), atol=1e-6
+        )
+        gt = metrics.ground_truth_mcc(np.asarray(decoder_SxAxHxD[:, a]), atoms_SxMxD)
+        np.testing.assert_allclose(gt["gt_mcc"], 1.0, rtol=1e-6)
+    for layer in ("encoder", "decoder"):
+        np.testing.assert_array_equal(params[layer]["bias"], 0.0)
+    assert per_seed != np.allclose(atoms_SxMxD[0], atoms_SxMxD[1])  # own atoms, or shared ones
+    alone = _start_params(cfg, keys[i : i + 1], hyper_A)
+    chex.assert_trees_all_equal(jax.tree.map(lambda v: v[i : i + 1], params), alone)
+
+
+def test_an_atoms_start_on_an_array_is_its_atoms_file(tmp_path: Path) -> None:
+    """A user's atoms (rows of any length) as the decoder kernel; with `unit_norm_decoder` the
+    encoder starts at the unit rows in use, transposed."""
+    atoms = normal(H, D, seed=8) * np.arange(1.0, H + 1, dtype=np.float32)[:, None]
+    codes = np.abs(normal(300, H, seed=9)) * (normal(300, H, seed=10) > 1.0)
+    np.save(tmp_path / "x.npy", codes @ atoms)
+    np.save(tmp_path / "atoms.npy", atoms)
+    sets = [f"data.path={tmp_path / 'x.npy'}", f"data.atoms={tmp_path / 'atoms.npy'}"]
+    model = ["model.init=atoms", f"model.n_hidden={H}", "model.unit_norm_decoder=true"]
+    cfg = override(Config(train=TrainConfig(batch_size=32)), ["data.kind=array", *sets, *model])
+    hyper_A = train.stack_arms([train.Hyper.from_config(cfg)])
+    params = _start_params(cfg, train.seed_keys(0, 2), hyper_A)
+    chex.assert_trees_all_close(params["decoder"]["kernel"][:, 0], np.stack([atoms, atoms]))
+    unit = atoms / np.linalg.norm(atoms, axis=1, keepdims=True)
+    chex.assert_trees_all_close(
+        params["encoder"]["kernel"][:, 0], np.stack([unit.T, unit.T]), atol=1e-6
+    )
 
 
 # ------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -398,6 +399,30 @@ def test_tied_init_starts_the_encoder_at_the_decoder_transposed(
     # Only the encoder kernel changes; everything else is the untied draw.
     for layer, leaf in [("encoder", "bias"), ("decoder", "kernel"), ("decoder", "bias")]:
         np.testing.assert_array_equal(params["params"][layer][leaf], untied["params"][layer][leaf])
+
+
+@pytest.mark.parametrize("unit_norm", [False, True])
+def test_an_atoms_start_is_the_atoms_and_their_transpose(key: jax.Array, unit_norm: bool) -> None:
+    """`init="atoms"`: the decoder kernel is the atoms as given (rows of any length), the encoder
+    the decoder rows in use transposed (unit rows with `unit_norm_decoder`), every bias zero."""
+    from jaxae.model import init_params, unit_rows
+
+    rows = np.asarray(jax.random.normal(jax.random.key(7), (H, D)))
+    atoms = (rows * np.arange(1.0, H + 1)[:, None]).astype(np.float32)  # rows of any length
+    model = sae(init="atoms", unit_norm_decoder=unit_norm, pre_bias=True).clone(atoms=atoms)
+    params = init_params(model, key)["params"]
+    np.testing.assert_array_equal(params["decoder"]["kernel"], atoms)
+    in_use = np.asarray(unit_rows(jnp.asarray(atoms))) if unit_norm else atoms
+    np.testing.assert_array_equal(model.apply({"params": params}, method="decoder_weights"), in_use)
+    np.testing.assert_array_equal(params["encoder"]["kernel"], in_use.T)
+    for layer in ("encoder", "decoder"):
+        np.testing.assert_array_equal(params[layer]["bias"], 0.0)
+    # without atoms handed over it refuses; a module only applied (`jaxae.load`'s) needs none
+    with pytest.raises(ValueError, match=re.escape("model.init='atoms' is invalid")):
+        init_params(sae(init="atoms"), key)
+    x = inputs()
+    x_hat, _ = sae(init="atoms", unit_norm_decoder=unit_norm).apply({"params": params}, x)
+    chex.assert_trees_all_close(x_hat, model.apply({"params": params}, x)[0])
 
 
 def test_pre_bias_subtracts_the_decoder_bias_before_encoding(key: jax.Array) -> None:

@@ -17,7 +17,7 @@ import pytest
 import scipy.optimize
 
 from jaxae.config import Config, DataConfig, LossConfig, OptimConfig, TrainConfig
-from jaxae.optim import decay_mask, kernel_mask, line_search_args, make_optimizer
+from jaxae.optim import decay_mask, kernel_mask, lbfgs_step, line_search_args, make_optimizer
 
 
 @pytest.fixture(autouse=True)
@@ -364,6 +364,89 @@ def test_lbfgs_finds_scipys_ridge_optimum() -> None:
     assert np.all(np.diff(np.asarray(values)) <= 1e-15)
 
 
+def _ridge_lbfgs(
+    start: Any, iterations: int, progress_tol: float
+) -> tuple[Any, Any, jax.Array, jax.Array]:
+    """`iterations` of `lbfgs_step` on the ridge problem from `start`, in float64 (call under
+    `jax.enable_x64`): final params, optimizer state, `stopped`, and the objective (mean squared
+    error / 2 + wd / 2 |w|^2) at the start of each iteration."""
+    cfg = OptimConfig(
+        name="lbfgs", weight_decay=RIDGE_WD, decay_biases=False, progress_tol=progress_tol
+    )
+    a_NxF, y_N = (jnp.asarray(v) for v in ridge_data())
+    loss_fn = functools.partial(ridge_loss, a_NxF=a_NxF, y_N=y_N)
+    opt = make_optimizer(cfg)
+
+    def step(carry: tuple[Any, Any, jax.Array], _: None) -> tuple[Any, jax.Array]:
+        p, state, stopped = carry
+        value, grads = jax.value_and_grad(loss_fn)(p)
+        carry = lbfgs_step(
+            opt, grads, state, p, value_fn=loss_fn, value=value, cfg=cfg,
+            weight_decay=RIDGE_WD, stopped=stopped,
+        )  # fmt: skip
+        return carry, value + RIDGE_WD / 2 * jnp.sum(jnp.square(p["kernel"]))
+
+    init = (start, opt.init(start), jnp.zeros((), bool))
+    (params, state, stopped), values = jax.lax.scan(step, init, None, length=iterations)
+    return params, state, stopped, values
+
+
+def _ridge_start(scale: float) -> Any:
+    """Parameters all at `scale`, float64 under `jax.enable_x64`."""
+    return {"kernel": jnp.full((4,), scale, float), "bias": jnp.asarray(scale, float)}
+
+
+def test_lbfgs_stops_where_its_progress_ends_and_stays() -> None:
+    """minFunc's stop: once an iteration lowers the objective by less than `progress_tol` the
+    seed is `stopped` at the optimum, and later iterations change nothing, bit for bit. A stop on
+    the objective's value resolves the parameters to about the square root of its precision
+    (`sqrt(2 * 1e-16 / 0.19)`, 0.19 the Hessian's smallest eigenvalue here): 1e-7."""
+    with jax.enable_x64(True):
+        run = jax.jit(_ridge_lbfgs, static_argnums=(1, 2))
+        params_60, state_60, stopped_60, values = run(_ridge_start(0.0), 60, 1e-16)
+        params_90, state_90, stopped_90, _ = run(_ridge_start(0.0), 90, 1e-16)
+        early = run(_ridge_start(0.0), 5, 1e-16)
+    assert bool(stopped_60) and bool(stopped_90) and not bool(early[2])
+    chex.assert_trees_all_equal((params_60, state_60), (params_90, state_90))
+    a_NxF, y_N = ridge_data()
+    n, f = a_NxF.shape
+    design = np.hstack([a_NxF, np.ones((n, 1))])
+    exact = np.linalg.solve(
+        design.T @ design / n + RIDGE_WD * np.diag([1.0] * f + [0.0]), design.T @ y_N / n
+    )
+    got = np.append(np.asarray(params_60["kernel"]), np.asarray(params_60["bias"]))
+    np.testing.assert_allclose(got, exact, rtol=0, atol=1e-7)
+    exact_value = 0.5 * np.mean((design @ exact - y_N) ** 2) + RIDGE_WD / 2 * exact[:f] @ exact[:f]
+    np.testing.assert_allclose(np.asarray(values)[-1], exact_value, rtol=1e-15)
+    # the objective never rises, and is constant from the stop on
+    assert np.all(np.diff(np.asarray(values)) <= 0)
+
+
+def test_a_stopped_seed_leaves_the_others_as_they_run_alone() -> None:
+    """Under `vmap`, a seed started at the optimum stops at once and stays there, and the
+    seed beside it, still descending (8 iterations), runs as it does alone. A seed that stops
+    after its first iteration (a tolerance no step beats: its improving step is taken, then
+    nothing) keeps that step exactly."""
+    a_NxF, y_N = ridge_data()
+    design = np.hstack([a_NxF, np.ones((len(y_N), 1))])
+    penalty = RIDGE_WD * np.diag([1.0] * a_NxF.shape[1] + [0.0])
+    exact = np.linalg.solve(design.T @ design / len(y_N) + penalty, design.T @ y_N / len(y_N))
+    with jax.enable_x64(True):
+        near = {"kernel": jnp.asarray(exact[:-1]), "bias": jnp.asarray(exact[-1])}
+        far = _ridge_start(2.0)
+        starts = jax.tree.map(lambda *v: jnp.stack(v), near, far)
+        both = jax.jit(jax.vmap(lambda s: _ridge_lbfgs(s, 8, 1e-16)))(starts)
+        alone = jax.jit(lambda s: _ridge_lbfgs(s, 8, 1e-16))(far)
+        frozen = jax.jit(lambda s: _ridge_lbfgs(s, 30, 1e6))(far)
+        first = jax.jit(lambda s: _ridge_lbfgs(s, 1, 1e6))(far)
+    assert [bool(v) for v in both[2]] == [True, False]
+    chex.assert_trees_all_close(jax.tree.map(lambda v: v[0], both[0]), near, rtol=1e-12)
+    chex.assert_trees_all_close(jax.tree.map(lambda v: v[1], both[0]), alone[0], rtol=1e-12)
+    assert bool(frozen[2]) and bool(first[2])
+    chex.assert_trees_all_equal(frozen[0], first[0])
+    assert not np.array_equal(np.asarray(first[0]["bias"]), np.asarray(far["bias"]))
+
+
 # ------------------------------------------------------------------------------------------------
 # Config: what L-BFGS refuses
 
@@ -392,6 +475,7 @@ def test_lbfgs_full_batch_config_constructs() -> None:
         ({"optim": {"decoupled": True}}, "optim.decoupled", "learning rate"),
         ({"loss": {"resample_dead": True}}, "loss.resample_dead", "curvature"),
         ({"optim": {"memory_size": 0}}, "optim.memory_size", "positive integer"),
+        ({"optim": {"progress_tol": -1.0}}, "optim.progress_tol", "a finite number >= 0"),
         ({"optim": {"decay_biases": 1}}, "optim.decay_biases", "true or false"),
     ],
     ids=lambda v: v if isinstance(v, str) and "." in v else None,

@@ -69,6 +69,12 @@ def _fake_arm(arm: experiments.Arm, n: int, rng: np.random.Generator, index: int
         for _ in range(2)
     )
     atoms = rng.normal(size=(cfg.data.n_atoms, d)) if cfg.data.kind == "sparse" else None
+    x = np.zeros((4, d), np.float32)
+    if atoms is not None:  # `sparse` fits dictionary learning on it: sums of its atoms
+        own = np.random.default_rng(index)  # leaves the shared draws (and the figures) as they were
+        m = cfg.data.n_atoms
+        codes = own.exponential(size=(256, m)) * (own.uniform(size=(256, m)) < cfg.data.active / m)
+        x = (codes @ atoms).astype(np.float32)
     return ArmResult(
         arm=arm,
         params=params,
@@ -85,7 +91,7 @@ def _fake_arm(arm: experiments.Arm, n: int, rng: np.random.Generator, index: int
         pca_floor_fvu=floor,
         convergence_tol=0.01,
         reconstruction_tol=0.001,
-        x=np.zeros((4, d), np.float32),
+        x=x,
         init_params=init_params,
         ground_truth=atoms,
     )
@@ -246,6 +252,28 @@ def test_sparse_report_numbers_come_from_metrics(root: Path, name: str) -> None:
         assert stats[label]["pw_mcc_median"] == max(stats[lab]["pw_mcc_median"] for lab in same)
     assert "No mechanism reaches the cure" in text  # random weights recover nothing
     assert "GT-MCC = the true atoms matched one-to-one" in text
+    # dictionary learning: a row beside the mechanisms and a line of the text, in `sparse` only
+    dl = m["analysis"].get("dictionary_learning")
+    rows = [line for line in text.splitlines() if line.startswith("| dictionary learning |")]
+    typed = results.read_run(root / name)
+    headline = report.page_of(typed).headline(typed)
+    if name == "sparsity":
+        assert dl is None and not rows and "dictionary" not in text + headline
+        return
+    (row,) = rows
+    assert f"| {dl['heldout_fvu_median']:.3g} (held-out) |" in row
+    assert f"{dl['gt_mcc_median']:.3f} ({dl['gt_mcc_null_median']:.3f})" in row
+    assert f"{dl['gt_share']:.3f} [{dl['gt_share_ci95'][0]:.3f}, " in row
+    assert f"of {dl['fits']} fits" in row
+    assert f"{dl['pw_mcc_median']:.3f} ({dl['pw_mcc_null_median']:.3f}) | " in row
+    assert f"{dl['pw_share']:.3f} of {dl['pw_pairs']} |" in row
+    assert "the classical answer to recover a dictionary" in text
+    assert f"{dl['fit_s_total']:.1f} s for all fits" in text
+    reach = "reaches" if dl["cured"] else "does not reach"
+    assert f"recover a dictionary, {reach} the same floor: {dl['gt_share']:.0%} of its" in text
+    assert f"dictionary learning: GT {dl['gt_share']:.2f}, PW {dl['pw_share']:.2f}" in headline
+    atoms = report.base.read_arrays(root / name)["dictionary_learning_atoms"]
+    assert atoms.shape == (dl["fits"], dl["width"], m["config"]["data"]["n_features"])
 
 
 def test_sweep_verdict_follows_the_numbers(root: Path, tmp_path: Path) -> None:

@@ -22,8 +22,10 @@ from jaxae import cli, experiments, report, results, runner, sweep
 from jaxae.config import Config, override
 from jaxae.report import grid as report_grid
 
-# Tiny runs: two epochs of one epoch per chunk (so a run can stop between them), three seeds.
+# Tiny runs: two epochs of one epoch per chunk (so a run can stop between them), three seeds; an L1
+# penalty, so that the swept loss.weight changes every arm's training.
 ARGS = ["--seeds", "3", "--set", "train.chunk_epochs=1", "--set", "train.epochs=2"]
+ARGS += ["--set", "loss.sparsity=l1"]
 SWEEP = ["--sweep", "optim.learning_rate=1e-3,1e-2", "--sweep", "loss.weight=0,0.5"]
 SPECS = ["optim.learning_rate=0.001,0.01", "loss.weight=0,0.5"]
 KEYS = [
@@ -61,7 +63,7 @@ def _metrics(path: Path) -> dict:
 def test_shape_free_fields_become_arms_of_one_program():
     grid = sweep.expand(
         experiments.get("multiples"),
-        ["train.epochs=2"],
+        ["train.epochs=2", "loss.sparsity=l1"],
         ["optim.learning_rate=1e-4,1e-3,1e-2", "loss.weight=0.1,1,10"],
     )
     groups = experiments.groups_of(grid.experiment)
@@ -191,6 +193,7 @@ def test_metrics_json_keyed_by_grid_point(swept):
     assert grid["fields"] == ["optim.learning_rate", "loss.weight"]
     assert grid["values"] == {"optim.learning_rate": [0.001, 0.01], "loss.weight": [0.0, 0.5]}
     assert grid["shape_free"] == ["optim.learning_rate", "loss.weight"]
+    assert grid["ignored"] == {}  # both arms use both fields
     assert grid["programs"] == [
         {"arms": ["torch"], "points": KEYS},
         {"arms": ["flax"], "points": KEYS},
@@ -263,6 +266,98 @@ def test_main_metric_per_family():
     assert fallback is report_grid.FINAL_LOSS
     arm = types.SimpleNamespace(final_loss=[3.0, None, 1.0, 2.0])
     assert fallback.value(types.SimpleNamespace(arms={"a": arm}), "a") == 2.0
+
+
+# ------------------------------------------------------------------------------------------------
+# No silent copies: a swept or set value is never lost on an arm
+
+SPARSE_OWN = "arms kl w=0.03, kl w=0.1, l1 w=0.01, l1 w=0.03 set their own loss.weight"
+
+
+def test_a_field_an_arm_fixes_is_refused_for_sweep_and_set():
+    """sparse's penalised arms keep their own weights, so a swept or set weight would be lost on
+    them (and the unpenalised arms have none): both are refused, naming the arms."""
+    sparse = experiments.get("sparse")
+    own = re.escape(f"allowed is a field no arm fixes for itself ({SPARSE_OWN})")
+    with pytest.raises(
+        ValueError, match=rf"^--sweep='loss\.weight=0\.001,0\.1' is invalid: {own}$"
+    ):
+        sweep.expand(sparse, ["train.epochs=1"], ["loss.weight=0.001,0.1"])
+    with pytest.raises(ValueError, match=rf"^loss\.weight=0\.5 is invalid: {own}$"):
+        experiments.with_overrides(sparse, ["loss.weight=0.5"])
+    with pytest.raises(ValueError, match=r"^loss\.weight=0\.5 is invalid: .*kl w=0\.03"):
+        sweep.expand(sparse, ["loss.weight=0.5"], ["optim.learning_rate=1e-3,1e-2"])
+    # top-k arms with their own k: a swept k would be lost; a set k is the program's (allowed)
+    topk = dataclasses.replace(sparse, arms=tuple(experiments.groups_of(sparse)[1]), build=None)
+    with pytest.raises(ValueError, match=r"arms topk k=3, topk k=4 set their own model\.k\)$"):
+        sweep.expand(topk, [], ["model.k=4,5"])
+    assert {a.config.model.k for a in experiments.with_overrides(topk, ["model.k=6"]).arms} == {6}
+
+
+@pytest.mark.parametrize(
+    ("name", "sets", "spec", "why"),
+    [
+        (
+            "multiples",
+            [],
+            "loss.weight=0.1,1",
+            'read only with a penalty (loss.sparsity other than "none")',
+        ),
+        (
+            "multiples",
+            ["loss.sparsity=l1"],
+            "loss.rho=0.1,0.2",
+            'read only with loss.sparsity="kl"',
+        ),
+        # without a penalty the sparse arms' own weights are unused, not fixed
+        ("sparse", ["loss.sparsity=none"], "loss.weight=0.001,0.1", "loss.sparsity other than"),
+        ("sparse", [], "loss.aux_weight=0.01,0.03", "read only with the auxiliary top-k loss"),
+    ],
+)
+def test_a_field_no_arm_uses_is_refused(name, sets, spec, why):
+    field = spec.partition("=")[0]
+    message = f"--sweep={spec!r} is invalid: allowed is a field some arm uses (no arm of {name} "
+    message += f"uses {field}: "
+    with pytest.raises(ValueError, match=re.escape(message) + ".*" + re.escape(why)):
+        sweep.expand(experiments.get(name), sets, [spec])
+
+
+def test_arms_that_do_not_use_a_swept_field_are_the_same_at_every_value(tmp_path):
+    """Beside an L1 arm, a plain ReLU arm and an L1 model whose own weight is 0 (digits' `plain`)
+    do not use loss.weight: the sweep goes ahead, the plan names them, they keep their training
+    (identical results at every point) while the L1 arm's changes."""
+    cfg = override(experiments.get("multiples").config, ["train.epochs=2", "data.n_samples=200"])
+    l1 = override(cfg, ["loss.sparsity=l1"])
+    exp = dataclasses.replace(
+        experiments.get("multiples"),
+        arms=(
+            experiments.Arm("relu", cfg),
+            experiments.Arm("l1", l1),
+            experiments.Arm("plain", l1, hyper=(("sparsity_weight", 0.0),)),
+        ),
+    )
+    assert (
+        experiments.with_overrides(exp, ["loss.weight=0.5"]).arms[2].value("sparsity_weight") == 0
+    )
+    grid = sweep.expand(exp, [], ["loss.weight=0.1,3"])
+    assert grid.ignored == (("loss.weight", ("relu", "plain")),)
+    assert (
+        grid.plan()[-1]
+        == "  arms relu, plain do not use loss.weight: the same at each of its values"
+    )
+    out = experiments.run(grid.experiment, 2, seed=0)
+    first, second = sweep.point_results(grid, out.results)
+    for label in ("relu", "plain"):
+        np.testing.assert_array_equal(
+            first[label].figures["final_loss"], second[label].figures["final_loss"]
+        )
+    assert [r["plain"].summary().hyper for r in (first, second)] == [{"sparsity_weight": 0.0}] * 2
+    assert not np.array_equal(first["l1"].figures["final_loss"], second["l1"].figures["final_loss"])
+    data = sweep.write_run(tmp_path / "run", out, grid, [])
+    lines = report_grid.summary_lines(data, tmp_path / "run", report.main_metric(data))
+    assert "  relu: the same at every grid point (it reads no swept field)" in lines
+    assert any(line.startswith("  best for l1: loss.weight=") for line in lines)
+    assert not any(line.startswith(("  best for relu", "  best for plain")) for line in lines)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -436,9 +436,10 @@ def test_lbfgs_reaches_scipys_minimum_of_the_same_objective():
     comparable. Measured: jaxae 0.37758155037 (|grad| 2e-7), scipy 0.37758155039 (|grad| 4e-7),
     scipy run to convergence 0.37758155037: relative gaps ~5e-11. At N/4 = 75 they are 1e-3 and
     3e-4 above it, at 200 still 3e-8, so rtol 1e-7 tells a converged run from one that is not,
-    with three orders of margin for a different trajectory.
+    with three orders of margin for a different trajectory. Both optimisers' own stops are off
+    (scipy's `ftol` and `gtol` 0, jaxae's `optim.progress_tol` None), so both run all N.
     """
-    cfg = LBFGS
+    cfg = dataclasses.replace(LBFGS, optim=dataclasses.replace(LBFGS.optim, progress_tol=None))
     key = train.seed_keys(0, 1)[0]
     model = make_model(cfg.model, cfg.data.n_features)
     init = train.init_state(key, train.Hyper.from_config(cfg), model=model, cfg=cfg).params

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxae import data, memory, metrics, processes, runner, schema, train
-from jaxae.config import Config, override
+from jaxae.config import Config, invalid, override
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,12 +211,85 @@ def agreement(r: ArmResult) -> schema.Agreement:
     return schema.Agreement(**out)
 
 
-def with_overrides(exp: Experiment, assignments: list[str]) -> Experiment:
+# Config fields whose values are per-arm hyperparameters (`train.Hyper` fields): an arm may have its
+# own value (`Arm.hyper`; its own size, `Arm.n_active`), and one program trains many values.
+HYPER_FIELDS = {
+    "optim.learning_rate": "learning_rate",
+    "optim.weight_decay": "weight_decay",
+    "loss.weight": "sparsity_weight",
+    "loss.rho": "rho",
+    "model.k": "k",
+    "model.n_hidden": "n_active",
+}
+# Of those, the program's own largest k and width: a `--set` of them changes the program every arm
+# trains in (each arm's own k or size must fit in it), so it is never lost on an arm that has one.
+PROGRAM_FIELDS = ("model.k", "model.n_hidden")
+
+
+# Fields an arm's training may not read, and when it reads them (`uses`).
+USED_ONLY = {
+    "loss.weight": 'with a penalty (loss.sparsity other than "none")',
+    "loss.rho": 'with loss.sparsity="kl"',
+    "model.k": "with a top-k activation (model.activation topk or batchtopk)",
+    "optim.learning_rate": "with a step-size optimizer (L-BFGS's line search sets its steps)",
+    "loss.aux_weight": "with the auxiliary top-k loss (loss.aux_k > 0)",
+}
+
+
+def uses(arm: Arm, field: str) -> bool:
+    """Does the arm's training read `field` at all (`USED_ONLY`)? Every other field is taken as
+    read. An arm whose own sparsity weight is 0 (digits' `plain`: the L1 model without its
+    penalty) has no penalty, so it does not use `loss.weight`, as one with no `loss.sparsity`."""
+    cfg = arm.config
+    if field == "loss.weight":
+        return cfg.loss.sparsity != "none" and dict(arm.hyper).get("sparsity_weight") != 0
+    if field == "loss.rho":
+        return cfg.loss.sparsity == "kl"
+    if field == "model.k":
+        return cfg.model.k is not None
+    if field == "optim.learning_rate":
+        return cfg.optim.name != "lbfgs"
+    if field == "loss.aux_weight":
+        return cfg.loss.aux_k > 0
+    return True
+
+
+def fixes(arm: Arm, field: str) -> bool:
+    """Does the arm use a value of `field` of its own (a preset's knob, e.g. a sparse arm's
+    penalty weight, or its own hidden size), so that any value given for the field is lost on it?"""
+    if field == "model.n_hidden":
+        return arm.n_active is not None
+    return field in HYPER_FIELDS and uses(arm, field) and HYPER_FIELDS[field] in dict(arm.hyper)
+
+
+def own_text(field: str, labels: list[str]) -> str:
+    """What a refused `--set`/`--sweep` of a field arms fix for themselves allows, naming them."""
+    who = f"arm {labels[0]} sets its" if len(labels) == 1 else f"arms {', '.join(labels)} set their"
+    return f"a field no arm fixes for itself ({who} own {field})"
+
+
+def _refuse_own(arms: list[Arm], fields: list[str]) -> None:
+    """A `--set` value an arm would ignore (it has its own) is an error, never a silent no-op; the
+    program's k and width (`PROGRAM_FIELDS`) are not lost on such arms, so they pass."""
+    for field in dict.fromkeys(fields):
+        own = [a for a in arms if field not in PROGRAM_FIELDS and fixes(a, field)]
+        if own:
+            section, _, name = field.partition(".")
+            value = getattr(getattr(own[0].config, section), name)
+            raise invalid(field, value, own_text(field, [a.label for a in own]))
+
+
+def with_overrides(
+    exp: Experiment, assignments: list[str], *, swept: tuple[str, ...] = ()
+) -> Experiment:
     """`exp` with `--set section.field=value` applied to every arm (validated before training).
 
-    In a sweep, `model.n_hidden` is the program's width; the arms keep their own sizes, so it must
-    be at least the largest of them. Fields in `exp.base_only` reach the arms through the base
-    only. Host data (files) are loaded here once, so a bad file is a `ValueError` before training.
+    A value an arm would ignore because it has its own (`fixes`) is a `ValueError`, so no run is
+    silently the same as without it; `swept` names fields of `assignments` a sweep gives, which
+    it checks itself (`sweep.expand`). In a sweep, `model.n_hidden` is the program's width; the
+    arms keep their own sizes, so it must be at least the largest of them. Fields in
+    `exp.base_only` reach the arms through the base only. Host data (files) are loaded here once,
+    so a bad file is a `ValueError` before training.
     """
     if not assignments:
         return exp
@@ -239,6 +312,8 @@ def with_overrides(exp: Experiment, assignments: list[str]) -> Experiment:
                 "largest k this experiment sweeps"
             )
         arms.append(dataclasses.replace(arm, config=cfg))
+    fields = [a.partition("=")[0].strip() for a in assignments]
+    _refuse_own(arms, [f for f in fields if f not in swept])
     return dataclasses.replace(exp, arms=tuple(arms))
 
 

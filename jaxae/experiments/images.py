@@ -28,14 +28,20 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-import warnings
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxae import data, metrics, schema
+from jaxae import baselines, data, metrics, schema
+from jaxae.baselines import (
+    DictionaryLearning,
+    finite_mean,
+    finite_median,
+    pca_baseline,
+    pca_reconstruction,
+)
 from jaxae.config import Config, DataConfig, LossConfig, ModelConfig, OptimConfig, TrainConfig
 from jaxae.experiments.base import (
     Arm,
@@ -93,6 +99,9 @@ NG_RHO = 0.01
 NG_BETA = 3.0
 NG_LAMBDA = 1e-4
 NG_ITERATIONS = 400
+# minFunc's progress tolerance (`progTol`, its default) on Ng's cost: a run stops at the first
+# iteration that lowers it by less (`optim.progress_tol`, in jaxae's units by `ng_weights`).
+NG_PROGRESS_TOL = 1e-9
 # The same model under Adam on minibatches (what the optimiser changes): its step size and epochs.
 NG_ADAM_LR = 1e-2
 NG_ADAM_EPOCHS = 300
@@ -116,8 +125,9 @@ PATCHES_SEEDS = 8
 PATCHES_WHITEN_EPS = 0.1
 
 
-def ng_weights(n_features: int) -> tuple[float, float]:
-    """Ng's beta and lambda in jaxae's units: `(sparsity weight, weight decay)`.
+def ng_weights(n_features: int) -> tuple[float, float, float]:
+    """Ng's beta, lambda and minFunc's progTol in jaxae's units: `(sparsity weight, weight decay,
+    progress tolerance)`.
 
     Ng's cost (`sparseAutoencoderCost.m`) is
     `J = mean_i 1/2 |x_hat_i - x_i|^2 + lambda/2 (|W1|^2 + |W2|^2) + beta sum_j KL(rho || rho_j)`;
@@ -125,9 +135,11 @@ def ng_weights(n_features: int) -> tuple[float, float]:
     `wd/2 |W|^2` (the gradient `wd * W` in the optimizer chain; `optim.decay_biases=False` keeps it
     off the biases, as Ng's cost does). Ng's `J` times 2/D is jaxae's with `w = 2 beta / D` and
     `wd = 2 lambda / D`: the same function up to a constant factor, so the same optimum, and both
-    L-BFGS (its line search and curvature estimate) and Adam are blind to the overall scale.
+    L-BFGS (its line search and curvature estimate) and Adam are blind to the overall scale; a
+    tolerance on the cost's decrease scales by the same 2/D.
     """
-    return 2.0 * NG_BETA / n_features, 2.0 * NG_LAMBDA / n_features
+    scale = 2.0 / n_features
+    return scale * NG_BETA, scale * NG_LAMBDA, scale * NG_PROGRESS_TOL
 
 
 # Top-k's auxiliary loss revives dead units with the AUX_K largest of their pre-activations (Gao
@@ -236,13 +248,18 @@ def ng_exercise(base: Config) -> Config:
     """Ng's sparse autoencoder as he set it, on `base`'s data: `NG_HIDDEN` sigmoid units and a
     sigmoid output layer, his initialisation, KL to `NG_RHO` with weight `NG_BETA` and weight
     decay `NG_LAMBDA` on the kernels (in jaxae's units, `ng_weights`), full-batch L-BFGS for
-    `NG_ITERATIONS` iterations."""
-    weight, decay = ng_weights(base.data.n_features)
+    `NG_ITERATIONS` iterations that stop where minFunc's would (`NG_PROGRESS_TOL`)."""
+    weight, decay, progress_tol = ng_weights(base.data.n_features)
     ng = _plain(base, "sigmoid", sparsity="kl", weight=weight, rho=NG_RHO)
     return with_(
         ng,
         model={"n_hidden": NG_HIDDEN, "init": "ng", "output": "sigmoid", "pre_bias": False},
-        optim={"name": "lbfgs", "weight_decay": decay, "decay_biases": False},
+        optim={
+            "name": "lbfgs",
+            "weight_decay": decay,
+            "decay_biases": False,
+            "progress_tol": progress_tol,
+        },
         train={
             "epochs": NG_ITERATIONS,
             "batch_size": base.data.n_samples,
@@ -388,33 +405,6 @@ class Pca:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class DictionaryLearning:
-    """`MiniBatchDictionaryLearning` fitted from one kind of start (`dictionary_baseline`)."""
-
-    start: str
-    fits: int
-    width: int
-    k: int
-    heldout_fvu: list[float]
-    heldout_fvu_median: float
-    heldout_l0: list[float]
-    dead_atoms: list[int]
-    pw_mcc: list[float]
-    pw_mcc_mean: float
-    pw_mcc_median: float
-    # two chance levels: its own start (the analogue of an autoencoder's untrained weights) and
-    # random directions
-    pw_mcc_start: list[float]
-    pw_mcc_start_mean: float
-    pw_mcc_null_mean: float
-    fit_s: list[float]
-    # for the report: the atoms `[R, H, D]`, their firing `[R, H]`, fit 0's example reconstructions
-    atoms: np.ndarray | None = schema.host()
-    firing: np.ndarray | None = schema.host()
-    examples: np.ndarray | None = schema.host()
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class Verdict:
     """`digits`' floor (`against_dictionary_learning`): the best arm at dictionary learning's L0
     against dictionary learning from random starts."""
@@ -533,18 +523,6 @@ def _units(r: ArmResult, params: Any) -> tuple[np.ndarray, np.ndarray]:
     return encoder_rows(params)[:, :h], decoder_rows(params)[:, :h]
 
 
-def _mean(values: Any) -> float:
-    v = np.asarray(values, np.float64)
-    v = v[np.isfinite(v)]
-    return float(v.mean()) if v.size else float("nan")
-
-
-def _median(values: Any) -> float:
-    v = np.asarray(values, np.float64)
-    v = v[np.isfinite(v)]
-    return float(np.median(v)) if v.size else float("nan")
-
-
 def pair_agreement(r: ArmResult) -> dict[str, Any]:
     """`PairAgreement`'s fields: pw_mcc (decoder), pw_mcc_encoder and shared units between pairs
     of the first `PAIR_SEEDS` seeds (at most `MAX_PAIRS` pairs), and the same between the same
@@ -557,8 +535,8 @@ def pair_agreement(r: ArmResult) -> dict[str, Any]:
         for name in ("pw_mcc", "pw_mcc_encoder", "shared"):
             values = pairs.get(name, np.zeros(0))
             out[f"{name}{suffix}"] = values.tolist()
-            out[f"{name}{suffix}_mean"] = _mean(values)
-            out[f"{name}{suffix}_median"] = _median(values)
+            out[f"{name}{suffix}_mean"] = finite_mean(values)
+            out[f"{name}{suffix}_median"] = finite_median(values)
     out["pairs"] = len(out["pw_mcc"])
     return out
 
@@ -627,7 +605,7 @@ def filter_stats(f_SxHxPxP: np.ndarray, limits: tuple[float, float]) -> FilterSt
     figures = filter_figures(f_SxHxPxP, limits)
     return FilterStats(
         **{name: v.tolist() for name, v in figures.items()},
-        mean=FilterMeans(**{name: _mean(v) for name, v in figures.items()}),
+        mean=FilterMeans(**{name: finite_mean(v) for name, v in figures.items()}),
     )
 
 
@@ -656,10 +634,10 @@ def measure(r: ArmResult) -> Measures:
         heldout_fvu=held["fvu"].tolist(),
         heldout_fvu_quantiles=schema.Quantiles.of(held["fvu"]),
         heldout_l0=held["l0"].tolist(),
-        heldout_l0_mean=_mean(held["l0"]),
-        heldout_code_l1_mean=_mean(held["code_l1"]),
-        heldout_dead_units_mean=_mean(dead),
-        dead_units_mean=_mean(
+        heldout_l0_mean=finite_mean(held["l0"]),
+        heldout_code_l1_mean=finite_mean(held["code_l1"]),
+        heldout_dead_units_mean=finite_mean(dead),
+        dead_units_mean=finite_mean(
             metrics.dead_units(
                 r.figures["unit_active_fraction"], np.full(len(dead), r.arm.n_hidden)
             )
@@ -675,59 +653,6 @@ def measure(r: ArmResult) -> Measures:
 # Baselines: scikit-learn's PCA and dictionary learning, random filters
 
 
-def _host_fvu(x_hat_NxD: np.ndarray, x_NxD: np.ndarray) -> float:
-    """`metrics.fvu` on host arrays."""
-    return float(metrics.fvu(jnp.asarray(x_hat_NxD), jnp.asarray(x_NxD)))
-
-
-def pca_baseline(train_NxD: np.ndarray, held_MxD: np.ndarray) -> dict[str, Any]:
-    """scikit-learn's `PCA` fitted on the training split: held-out FVU with 1..D components (the
-    linear floor for a code of that many numbers) and the components, largest first."""
-    import sklearn.decomposition  # here, not at the top: only this family needs scikit-learn
-
-    pca = sklearn.decomposition.PCA(n_components=min(train_NxD.shape)).fit(train_NxD)
-    centred = held_MxD - pca.mean_
-    curve = []
-    for m in range(1, len(pca.components_) + 1):
-        c = pca.components_[:m]
-        curve.append(_host_fvu(pca.mean_ + centred @ c.T @ c, held_MxD))
-    return {
-        "heldout_fvu_by_components": curve,
-        "explained_variance_ratio": pca.explained_variance_ratio_.tolist(),
-        "components": pca.components_,
-        "mean": pca.mean_,
-    }
-
-
-def pca_reconstruction(pca: dict[str, Any], x_NxD: np.ndarray, m: int) -> np.ndarray:
-    """`x` through the first `m` components of `pca_baseline`."""
-    c = pca["components"][:m]
-    return pca["mean"] + (x_NxD - pca["mean"]) @ c.T @ c
-
-
-def dictionary_start(
-    key: jax.Array, train_NxD: np.ndarray, width: int, start: str, state: int
-) -> np.ndarray:
-    """The dictionary `MiniBatchDictionaryLearning` starts from, `start_HxD`.
-
-    "svd" is what scikit-learn does without `dict_init`: a randomized SVD of the mean-removed data
-    (at most D atoms, `random_state=state`), padded with zero atoms up to `width`; it hardly depends
-    on the random state. "random" is `width` random unit directions drawn from `fold_in(key,
-    state)`, so the fits start as independently as an autoencoder's seeds do.
-    """
-    import sklearn.utils.extmath
-
-    if start == "random":
-        draw = jax.random.normal(jax.random.fold_in(key, state), (width, train_NxD.shape[1]))
-        draw = np.asarray(draw, np.float64)
-        return draw / np.linalg.norm(draw, axis=-1, keepdims=True)
-    centred = train_NxD - train_NxD.mean(axis=0)
-    _, s_R, vt_RxD = sklearn.utils.extmath.randomized_svd(centred, width, random_state=state)
-    start_HxD = np.zeros((width, train_NxD.shape[1]))
-    start_HxD[: len(s_R)] = (s_R[:, None] * vt_RxD)[:width]
-    return start_HxD
-
-
 def dictionary_baseline(
     train_NxD: np.ndarray,
     held_MxD: np.ndarray,
@@ -737,63 +662,10 @@ def dictionary_baseline(
     start: str = "svd",
     key: jax.Array | None = None,
 ) -> DictionaryLearning:
-    """scikit-learn's `MiniBatchDictionaryLearning` (its defaults; `width` atoms) fitted on the
-    mean-removed training split with `random_state` 0..fits-1, each from `dictionary_start`
-    (`start` "svd", scikit-learn's own, or "random" from `key`); held-out codes by OMP with `k`
-    non-zeros. Its atoms are compared across random states with the same pw_mcc as the seeds of
-    an autoencoder; beside it, the same between its starting dictionaries and between random
-    directions."""
-    import sklearn.decomposition
-
-    mean_D = train_NxD.mean(axis=0)
-    key = jax.random.key(0) if key is None else key
-    atoms, held_fvu, l0, firing, examples, seconds, starts = [], [], [], [], [], [], []
-    for state in range(fits):
-        start_HxD = dictionary_start(key, train_NxD, width, start, state)
-        starts.append(start_HxD)
-        began = time.perf_counter()
-        dl = sklearn.decomposition.MiniBatchDictionaryLearning(
-            n_components=width,
-            transform_algorithm="omp",
-            transform_n_nonzero_coefs=k,
-            random_state=state,
-            max_iter=DL_MAX_ITER,
-            dict_init=start_HxD if start == "random" else None,
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # lars convergence chatter
-            dl.fit(train_NxD - mean_D)
-        code_MxH = dl.transform(held_MxD - mean_D)
-        seconds.append(time.perf_counter() - began)
-        x_hat = mean_D + code_MxH @ dl.components_
-        atoms.append(dl.components_)
-        held_fvu.append(_host_fvu(x_hat, held_MxD))
-        l0.append(float(np.mean(np.sum(code_MxH != 0, axis=-1))))
-        firing.append(np.mean(code_MxH != 0, axis=0))
-        examples.append(x_hat[:N_EXAMPLES])
-    atoms_RxHxD = np.stack(atoms)
-    pairs = metrics.pairwise_mcc(atoms_RxHxD)["pw_mcc"]
-    start_pairs = metrics.pairwise_mcc(np.stack(starts))["pw_mcc"]
-    return DictionaryLearning(
-        start=start,
-        fits=fits,
-        width=width,
-        k=k,
-        heldout_fvu=held_fvu,
-        heldout_fvu_median=float(np.median(held_fvu)),
-        heldout_l0=l0,
-        dead_atoms=[int(np.sum(f == 0)) for f in firing],
-        pw_mcc=pairs.tolist(),
-        pw_mcc_mean=_mean(pairs),
-        pw_mcc_median=_median(pairs),
-        pw_mcc_start=start_pairs.tolist(),
-        pw_mcc_start_mean=_mean(start_pairs),
-        pw_mcc_null_mean=metrics.random_unit_mcc_chance(width, train_NxD.shape[1]),
-        fit_s=seconds,
-        atoms=atoms_RxHxD,
-        firing=np.stack(firing),
-        examples=examples[0],
-    )
+    """`baselines.dictionary_baseline` as this family fits it: scikit-learn's defaults, at most
+    `DL_MAX_ITER` passes, `N_EXAMPLES` held-out reconstructions kept for the report."""
+    fit = baselines.DictionaryFit(max_iter=DL_MAX_ITER, examples=N_EXAMPLES)
+    return baselines.dictionary_baseline(train_NxD, held_MxD, width, k, fits, start, key, fit)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -292,7 +292,14 @@ def summary_lines(m: Swept, run_dir: Path, metric: MainMetric) -> list[str]:
     for key, row in values.items():
         cells = ", ".join(f"{label} {fmt(v, '.3g')}" for label, v in row.items())
         lines.append(f"  {key:<{width}}  {cells}")
+    # An arm that reads none of the swept fields is the same at every point: it has no best.
+    ignored = m["grid"].get("ignored", {})
+    fields = m["grid"]["fields"]
+    unchanged = set.intersection(*(set(ignored.get(f, ())) for f in fields)) if fields else set()
     for label in _labels(values):
+        if label in unchanged:
+            lines.append(f"  {label}: the same at every grid point (it reads no swept field)")
+            continue
         key = _best(values, label, metric)
         if key is not None:
             lines.append(f"  best for {label}: {key} ({fmt(values[key][label], '.3g')})")

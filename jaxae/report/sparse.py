@@ -3,13 +3,16 @@ every seed, do seeds then agree, and at what cost in reconstruction.
 
 Figures:
 - `agreement.png`: per mechanism (its chosen knob value), GT-MCC of every seed and PW-MCC of every
-  pair of seeds as strip plots, with the chance level (untrained weights) drawn beside them;
+  pair of seeds as strip plots, with the chance level (untrained weights) drawn beside them; and
+  dictionary learning's per fit and pair of fits (chance: its random starts), where it ran;
 - `atoms.png`: the true atoms beside two seeds' decoder directions matched to them, for the best
-  mechanism and the ReLU control;
+  mechanism and the ReLU control, and two fits' atoms of dictionary learning where it ran;
 - `tradeoff.png`: per mechanism, FVU, L0, GT-MCC and PW-MCC against its knob (median and 10-90%
   band over seeds or pairs), chance levels dashed, the chosen value marked.
 
-Every cross-seed number stands beside its chance level.
+Every cross-seed number stands beside its chance level. Dictionary learning (`sparse` only) is a
+row of the table and a line of the text beside the mechanisms, never one of them: the best
+mechanism and the cures are the autoencoders'.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from jaxae import metrics, results
-from jaxae.config import Config, DataConfig
-from jaxae.experiments.sparse import MechanismRow
+from jaxae.config import HOST_KINDS, Config, DataConfig
+from jaxae.experiments.sparse import DictionaryRow, MechanismRow
 from jaxae.report.base import (
     Figure,
     Metrics,
@@ -31,7 +34,9 @@ from jaxae.report.base import (
     fmt_ci,
     has_params,
     metrics_only,
+    num,
     nums,
+    read_arrays,
     read_params,
     save,
 )
@@ -45,6 +50,8 @@ MECHANISM_NAMES = {
     "l1": "L1 (unit-norm decoder)",
 }
 KNOB_NAMES = {"k": "k", "sparsity_weight": "penalty weight"}
+DL_LABEL = "dictionary learning"
+DL_ATOMS = "dictionary_learning_atoms"  # its atoms `[R, H, D]` in arrays.npz
 
 
 def _stats(m: Metrics) -> dict[str, MechanismRow]:
@@ -65,6 +72,10 @@ def _knob(s: MechanismRow) -> tuple[str, float] | None:
 
 def _name(mechanism: str) -> str:
     return MECHANISM_NAMES.get(mechanism, mechanism)
+
+
+def _dictionary(m: Metrics) -> DictionaryRow | None:
+    return m.analysis.dictionary_learning
 
 
 # ----------------------------------------------------------------------------------------------
@@ -100,7 +111,25 @@ def table(m: Metrics, arm_name: str) -> list[str]:
             f"{s.pw_pairs} | {fmt(s.shared_median, '.2f')} "
             f"({fmt(s.shared_null_median, '.2f')}) |"
         )
+    dl = _dictionary(m)
+    if dl is not None:
+        lines.append(_dictionary_row(dl))
     return lines
+
+
+def _dictionary_row(dl: DictionaryRow) -> str:
+    """Dictionary learning in the mechanisms' columns: per fit for per seed, per pair of fits for
+    per pair of seeds, its random starts for the chance level; its FVU is held-out."""
+    gt, gt_share = "n/a", "n/a"
+    if dl.gt_mcc_median is not None:
+        gt = f"{fmt(dl.gt_mcc_median, '.3f')} ({fmt(dl.gt_mcc_null_median, '.3f')})"
+        gt_share = f"{fmt(dl.gt_share, '.3f')} {fmt_ci(dl.gt_share_ci95)} of {dl.fits} fits"
+    return (
+        f"| {DL_LABEL} | | {fmt(dl.heldout_fvu_median, '.3g')} (held-out) | "
+        f"{fmt(dl.l0_median, '.2f')} | {fmt(dl.dead_atoms_mean, '.2f')} | {gt} | {gt_share} | "
+        f"{fmt(dl.pw_mcc_median, '.3f')} ({fmt(dl.pw_mcc_null_median, '.3f')}) | "
+        f"{fmt(dl.pw_share, '.3f')} of {dl.pw_pairs} | n/a |"
+    )
 
 
 def _mechanism_line(mechanism: str, label: str, s: MechanismRow, agree: float) -> str:
@@ -117,6 +146,37 @@ def _mechanism_line(mechanism: str, label: str, s: MechanismRow, agree: float) -
         f"agree (PW-MCC >= {agree:g}; median {s.pw_mcc_median:.3f}, chance "
         f"{s.pw_mcc_null_median:.3f}); median FVU {s.fvu_median:.3g}, L0 "
         f"{s.l0_median:.2f}."
+    )
+
+
+def _dictionary_line(dl: DictionaryRow, agree: float) -> str:
+    gt = (
+        f"{dl.gt_share:.0%} of fits recover the atoms (GT-MCC >= {agree:g}; median "
+        f"{dl.gt_mcc_median:.3f}, its random starts {dl.gt_mcc_null_median:.3f}), "
+        if dl.gt_share is not None
+        else ""
+    )
+    return (
+        f"- **Dictionary learning**, the classical answer to recover a dictionary (scikit-learn's "
+        f"`MiniBatchDictionaryLearning`, {dl.width} atoms, OMP codes with {dl.k} non-zeros, "
+        f"{dl.fits} random starts, {dl.passes} passes at batch {dl.batch_size}): {gt}"
+        f"{dl.pw_share:.0%} of pairs of fits agree (PW-MCC >= {agree:g}; median "
+        f"{dl.pw_mcc_median:.3f}, its random starts {dl.pw_mcc_null_median:.3f}); held-out FVU "
+        f"{dl.heldout_fvu_median:.3g}; {dl.fit_s_total:.1f} s for all fits."
+    )
+
+
+def _dictionary_verdict(dl: DictionaryRow) -> str:
+    """What dictionary learning does by the mechanisms' floor (with a ground truth)."""
+    if dl.gt_share is None:
+        return ""
+    reach = "reaches" if dl.cured else "does not reach"
+    return (
+        f" Dictionary learning, the classical answer to recover a dictionary, {reach} the same "
+        "floor: "
+        f"{dl.gt_share:.0%} of its {dl.fits} fits recover every atom (median GT-MCC "
+        f"{dl.gt_mcc_median:.3f}) and {dl.pw_share:.0%} of its pairs of fits agree (median "
+        f"PW-MCC {dl.pw_mcc_median:.3f})."
     )
 
 
@@ -143,19 +203,34 @@ def _data_phrase(data: DataConfig) -> str:
     )
 
 
+def _draw_phrase(draw: Any) -> str:
+    """This draw of atoms, to read its rates beside other draws' (`--set data.seed=...`)."""
+    if draw is None:
+        return ""
+    return (
+        f" Of this draw of atoms, the two closest are at |cosine| {draw.coherence:.3f}, and the "
+        f"least-used atom fires in {draw.least_used} samples (the mean atom in "
+        f"{draw.mean_used:.0f})."
+    )
+
+
 def text(m: Metrics) -> tuple[list[str], str]:
     analysis = m.analysis
     stats, chosen, agree = analysis.arms, analysis.chosen, analysis.agree
     share = analysis.cure_share
     cfg = Config.from_dict(m.config)
     lines = [
-        f"Data: {_data_phrase(cfg.data)}; every model has {cfg.model.n_hidden} hidden units.",
+        f"Data: {_data_phrase(cfg.data)}; every model has {cfg.model.n_hidden} hidden units."
+        + _draw_phrase(analysis.draw),
         "",
         "Each mechanism's knob value is chosen without the ground truth: the value whose seeds "
         "agree best (highest median PW-MCC between seed pairs). Per mechanism at that value:",
         "",
     ]
     lines += [_mechanism_line(mech, lab, stats[lab], agree) for mech, lab in chosen.items()]
+    dl = analysis.dictionary_learning
+    if dl is not None:
+        lines += ["", "Beside them:", "", _dictionary_line(dl, agree)]
     cured = [lab for lab, ok in (analysis.cured or {}).items() if ok]
     best = analysis.best
     if best is None:
@@ -182,10 +257,33 @@ def text(m: Metrics) -> tuple[list[str], str]:
             f"its seeds agree at a median PW-MCC of {r.pw_mcc_median:.3f} (chance "
             f"{r.pw_mcc_null_median:.3f})."
         )
+    if dl is not None:
+        verdict += _dictionary_verdict(dl)
     return lines, verdict
 
 
+def _heldout_phrase(data: DataConfig) -> str:
+    """Where dictionary learning's held-out samples come from (`sparse.heldout_x`)."""
+    if data.kind in HOST_KINDS:
+        return "the data's held-out split"
+    return "fresh codes on the same atoms" if data.kind == "sparse" else "a fresh draw"
+
+
 def definitions(m: Metrics) -> str:
+    dl = _dictionary(m)
+    baseline = (
+        ""
+        if dl is None
+        else (
+            f" Dictionary learning: scikit-learn's `MiniBatchDictionaryLearning` fitted on the "
+            f"same training data, once per random state from {dl.width} random unit directions "
+            f"(lasso penalty {dl.alpha:.3g} while fitting; no mean removed; each atom given the "
+            "sign its codes carry), its codes then by OMP; its GT-MCC is per fit, its PW-MCC per "
+            "pair of fits, its chance the same for its random starts, its FVU and L0 on "
+            f"{dl.heldout_samples} held-out samples "
+            f"({_heldout_phrase(Config.from_dict(m.config).data)})."
+        )
+    )
     return (
         "Definitions: GT-MCC = the true atoms matched one-to-one to a seed's unit-normalised "
         "decoder directions (Hungarian assignment on signed cosine, maximising the total), mean "
@@ -194,7 +292,7 @@ def definitions(m: Metrics) -> str:
         f"{metrics.SHARED_COSINE:g} (Paulo & Belrose 2025); chance = the same figure for the "
         "same seeds' untrained weights; L0 = mean number of active units per sample; a dead unit "
         "is never active on any sample; FVU = sum of squared reconstruction errors / sum of "
-        "squared deviations from the feature means."
+        "squared deviations from the feature means." + baseline
     )
 
 
@@ -206,6 +304,10 @@ def headline(m: Metrics) -> str:
         s = analysis.arms[lab]
         gt = f"GT {fmt(s.gt_share, '.2f')}, " if s.gt_share is not None else ""
         parts.append(f"{mech}: {gt}PW {fmt(s.pw_share, '.2f')}")
+    dl = analysis.dictionary_learning
+    if dl is not None:
+        gt = f"GT {fmt(dl.gt_share, '.2f')}, " if dl.gt_share is not None else ""
+        parts.append(f"{DL_LABEL}: {gt}PW {fmt(dl.pw_share, '.2f')}")
     return f"share of seeds (GT-MCC) / pairs (PW-MCC) >= {analysis.agree:g}: " + "; ".join(parts)
 
 
@@ -233,24 +335,30 @@ def plot_agreement(m: Metrics, path: Path) -> None:
     )
     rng = np.random.default_rng(0)
     labels = list(chosen.values())
+    dl = _dictionary(m)
+    chance = f"chance (untrained weights{' or random starts' if dl else ''}, median)"
     for ax, (key, title) in zip(axes[0], panels, strict=True):
-        for i, lab in enumerate(labels):
-            values, null = getattr(arms[lab], key), getattr(arms[lab], key + "_null")
-            if values is None:
-                continue
+        strips = [
+            (i, getattr(arms[lab], key), np.median(nums(getattr(arms[lab], key + "_null"))))
+            for i, lab in enumerate(labels)
+            if getattr(arms[lab], key) is not None
+        ]
+        if dl is not None and getattr(dl, key) is not None:
+            strips.append((len(labels), getattr(dl, key), num(getattr(dl, key + "_null_median"))))
+        for i, values, null in strips:
             _strip(ax, i, nums(values), f"C{i}", rng)
-            null = nums(null)
             ax.hlines(
-                np.median(null),
+                null,
                 i - 0.35,
                 i + 0.35,
                 color="C3",
                 linestyle="--",
                 linewidth=1.2,
-                label="chance (untrained weights, median)" if i == 0 else None,
+                label=chance if i == 0 else None,
             )
         ax.axhline(m.analysis.agree, color="0.4", linewidth=0.8, linestyle=":")
-        ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize="small")
+        ticks = labels + ([DL_LABEL] if dl is not None else [])
+        ax.set_xticks(range(len(ticks)), ticks, rotation=20, ha="right", fontsize="small")
         ax.set_ylabel({"gt_mcc": "GT-MCC", "pw_mcc": "PW-MCC"}[key])
         ax.set_title(title)
         ax.set_ylim(min(0.0, ax.get_ylim()[0]), 1.02)
@@ -267,8 +375,13 @@ def _matched_rows(w_HxD: np.ndarray, atoms_MxD: np.ndarray) -> np.ndarray:
     return np.where(partner[:, None] >= 0, unit[np.maximum(partner, 0)], 0.0)
 
 
+def _decoder(params: Any, label: str) -> np.ndarray:
+    return np.asarray(params[label]["params"]["decoder"]["kernel"])
+
+
 def plot_atoms(m: Metrics, run_dir: Path, path: Path) -> bool:
-    """True atoms beside two seeds' matched decoder directions (best mechanism and ReLU)."""
+    """True atoms beside two seeds' matched decoder directions (best mechanism and ReLU), and two
+    fits' atoms of dictionary learning where it ran."""
     truth_path = Path(run_dir) / results.GROUND_TRUTH
     analysis = m.analysis
     if not truth_path.is_file() or analysis.best is None or not has_params(run_dir):
@@ -277,21 +390,30 @@ def plot_atoms(m: Metrics, run_dir: Path, path: Path) -> bool:
     if atoms.ndim != 2:  # a dictionary per seed: nothing single to show
         return False
     params = read_params(run_dir)
-    shown = [analysis.best] + [analysis.chosen[k] for k in ("relu",) if k in analysis.chosen]
     n_seeds = min(2, m.n_seeds)
+    rows = [
+        [("true atoms", atoms)]
+        + [
+            (f"seed {s}: {lab}", _matched_rows(_decoder(params, lab)[s], atoms))
+            for s in range(n_seeds)
+        ]
+        for lab in [analysis.best] + [analysis.chosen[k] for k in ("relu",) if k in analysis.chosen]
+    ]
+    fitted = read_arrays(run_dir).get(DL_ATOMS)
+    if fitted is not None and len(fitted) >= n_seeds:
+        rows.append(
+            [("true atoms", atoms)]
+            + [(f"fit {r}: {DL_LABEL}", _matched_rows(fitted[r], atoms)) for r in range(n_seeds)]
+        )
     fig, axes = plt.subplots(
-        len(shown),
+        len(rows),
         1 + n_seeds,
-        figsize=(2.2 * (1 + n_seeds) + 1, 0.14 * len(atoms) * len(shown) + 1.2),
+        figsize=(2.2 * (1 + n_seeds) + 1, 0.14 * len(atoms) * len(rows) + 1.2),
         layout="constrained",
         squeeze=False,
     )
     image = None
-    for row, lab in enumerate(shown):
-        decoder = np.asarray(params[lab]["params"]["decoder"]["kernel"])
-        panels = [("true atoms", atoms)] + [
-            (f"seed {s}: {lab}", _matched_rows(decoder[s], atoms)) for s in range(n_seeds)
-        ]
+    for row, panels in enumerate(rows):
         for ax, (title, w) in zip(axes[row], panels, strict=True):
             image = ax.imshow(
                 w, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto", interpolation="nearest"
@@ -377,20 +499,29 @@ def plot_tradeoff(m: Metrics, path: Path) -> None:
 
 
 def _figures(m: Metrics, run_dir: Path) -> dict[str, Figure]:
+    dl = _dictionary(m) is not None
     agreement = Figure(
         "agreement.png",
         "agreement across seeds",
         "Left: GT-MCC of every seed (dots; black bar: median); right: PW-MCC of every pair of "
-        "seeds; for each mechanism at its chosen knob value. Red dashes: chance, the same figure "
-        f"for the same seeds' untrained weights; dotted line: {m.analysis.agree:g}.",
+        "seeds; for each mechanism at its chosen knob value"
+        + (", and for dictionary learning per fit and per pair of fits" if dl else "")
+        + ". Red dashes: chance, the same figure for the same seeds' untrained weights"
+        + (" (dictionary learning's: its random starts)" if dl else "")
+        + f"; dotted line: {m.analysis.agree:g}.",
         metrics_only(plot_agreement),
     )
     atoms = Figure(
         "atoms.png",
         "true atoms and matched decoder directions",
         "Each row of a panel is one true atom (left) or the unit-normalised decoder direction a "
-        "seed matched to it; columns are the features. Top: the best mechanism; bottom: the "
-        "ReLU control.",
+        "seed matched to it; columns are the features. Top: the best mechanism; "
+        + (
+            "then the ReLU control; last, two fits of dictionary learning (their atoms matched "
+            "the same way)."
+            if dl
+            else "bottom: the ReLU control."
+        ),
         plot_atoms,
     )
     tradeoff = Figure(
