@@ -372,7 +372,7 @@ class Autoencoder(nn.Module):
     k: int | None = None
     initializer: str = "torch"  # `model.init`: "torch", "flax", "ng" or "atoms"
     # "atoms" only: `atoms_HxD`, the true dictionary `init_params` starts the decoder at (handed
-    # over by `runner.programs`, one seed at a time; None in a module that is only applied)
+    # over by `train.init_arms`, one seed at a time; None in a module that is only applied)
     atoms: jax.Array | None = None
     unit_norm_decoder: bool = False
     pre_bias: bool = False
@@ -511,7 +511,7 @@ def _at_atoms(model: Autoencoder, params: Any) -> Any:
             "model.init",
             model.initializer,
             "'atoms' only with the data's true atoms handed to the model "
-            "(`Autoencoder(atoms=atoms_HxD)`, as `runner.programs` does)",
+            "(`Autoencoder(atoms=atoms_HxD)`, as `train.init_arms` does)",
         )
     atoms_HxD = jnp.asarray(model.atoms, jnp.float32)
     chex.assert_shape(atoms_HxD, (model.n_hidden, model.n_features))
