@@ -582,6 +582,14 @@ def test_an_arrays_atoms_start_needs_one_unit_per_row_of_its_atoms_file(tmp_path
     [
         (["multiples", "--set", "model.init=atoms"], "model.init='atoms' is invalid"),
         (["sparse", "--set", "model.init=atoms", "--set", "data.n_atoms=40"], "model.n_hidden=48"),
+        (  # a hidden-size sweep: its narrower arms mask units, so they would drop atoms
+            [
+                "noise",
+                *("--set", "data.kind=sparse", "--set", "data.n_atoms=10"),
+                *("--set", "model.init=atoms"),
+            ],
+            "'atoms' only where every unit is in use (arm ",
+        ),
     ],
 )
 def test_the_cli_refuses_an_atoms_start_in_one_line(capsys, tmp_path, argv, named) -> None:

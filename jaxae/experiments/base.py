@@ -304,6 +304,14 @@ def with_overrides(
                 f"model.n_hidden={cfg.model.n_hidden} is invalid: allowed is at least "
                 f"{arm.n_active}, the largest hidden size this experiment sweeps"
             )
+        if cfg.model.init == "atoms" and arm.n_active not in (None, cfg.model.n_hidden):
+            # the oracle start is one unit per atom; a masked unit would drop an atom
+            raise invalid(
+                "model.init",
+                cfg.model.init,
+                f"'atoms' only where every unit is in use (arm {arm.label} uses {arm.n_active} "
+                f"of {cfg.model.n_hidden})",
+            )
         k = dict(arm.hyper).get("k")
         if k is not None and (cfg.model.k is None or k > cfg.model.k):
             largest = max(dict(a.hyper).get("k", 0) for a in built if a.config == arm.config)
