@@ -309,7 +309,7 @@ def _refuse_copies(specs: list[str], fields: list[str], exps: list[Experiment]) 
         if own and field != "model.n_hidden":
             _fail(spec, own_text(field, own))
         if not any(uses(a, field) for a in arms):
-            why = f"no arm of {exps[0].name} uses {field}: it is read only {USED_ONLY[field]}"
+            why = f"no arm of {exps[0].name} uses {field}: it is read only {USED_ONLY[field].when}"
             _fail(spec, f"a field some arm uses ({why})")
 
 

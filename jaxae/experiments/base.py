@@ -22,7 +22,7 @@ import dataclasses
 import functools
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -226,32 +226,39 @@ HYPER_FIELDS = {
 PROGRAM_FIELDS = ("model.k", "model.n_hidden")
 
 
-# Fields an arm's training may not read, and when it reads them (`uses`).
-USED_ONLY = {
-    "loss.weight": 'with a penalty (loss.sparsity other than "none")',
-    "loss.rho": 'with loss.sparsity="kl"',
-    "model.k": "with a top-k activation (model.activation topk or batchtopk)",
-    "optim.learning_rate": "with a step-size optimizer (L-BFGS's line search sets its steps)",
-    "loss.aux_weight": "with the auxiliary top-k loss (loss.aux_k > 0)",
+class Reads(NamedTuple):
+    """When an arm's training reads a field: in words, and as a test of the arm."""
+
+    when: str
+    test: Callable[[Arm], bool]
+
+
+# Fields an arm's training may not read, and when it reads them (`uses`). An arm whose own
+# sparsity weight is 0 (digits' `plain`: the L1 model without its penalty) has no penalty.
+USED_ONLY: dict[str, Reads] = {
+    "loss.weight": Reads(
+        'with a penalty (loss.sparsity other than "none")',
+        lambda a: a.config.loss.sparsity != "none" and dict(a.hyper).get("sparsity_weight") != 0,
+    ),
+    "loss.rho": Reads('with loss.sparsity="kl"', lambda a: a.config.loss.sparsity == "kl"),
+    "model.k": Reads(
+        "with a top-k activation (model.activation topk or batchtopk)",
+        lambda a: a.config.model.k is not None,
+    ),
+    "optim.learning_rate": Reads(
+        "with a step-size optimizer (L-BFGS's line search sets its steps)",
+        lambda a: a.config.optim.name != "lbfgs",
+    ),
+    "loss.aux_weight": Reads(
+        "with the auxiliary top-k loss (loss.aux_k > 0)", lambda a: a.config.loss.aux_k > 0
+    ),
 }
 
 
 def uses(arm: Arm, field: str) -> bool:
     """Does the arm's training read `field` at all (`USED_ONLY`)? Every other field is taken as
-    read. An arm whose own sparsity weight is 0 (digits' `plain`: the L1 model without its
-    penalty) has no penalty, so it does not use `loss.weight`, as one with no `loss.sparsity`."""
-    cfg = arm.config
-    if field == "loss.weight":
-        return cfg.loss.sparsity != "none" and dict(arm.hyper).get("sparsity_weight") != 0
-    if field == "loss.rho":
-        return cfg.loss.sparsity == "kl"
-    if field == "model.k":
-        return cfg.model.k is not None
-    if field == "optim.learning_rate":
-        return cfg.optim.name != "lbfgs"
-    if field == "loss.aux_weight":
-        return cfg.loss.aux_k > 0
-    return True
+    read."""
+    return field not in USED_ONLY or USED_ONLY[field].test(arm)
 
 
 def fixes(arm: Arm, field: str) -> bool:

@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxae import baselines, data, metrics, schema
+from jaxae.baselines import finite_median
 from jaxae.config import (
     HOST_KINDS,
     Config,
@@ -206,12 +207,6 @@ def _arms(mechanisms: tuple[str, ...], wide: bool) -> Callable[[Config], tuple[A
 # Analysis
 
 
-def _median(values: list[float] | np.ndarray) -> float:
-    v = np.asarray(values, np.float64)
-    v = v[np.isfinite(v)]
-    return float(np.median(v)) if v.size else float("nan")
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class MechanismRow:
     """One arm of the table: medians, shares at `AGREE` (a 95% interval for seeds), chance levels;
@@ -318,6 +313,22 @@ class Analysis:
     arrays: dict[str, np.ndarray] = schema.arrays()
 
 
+def recovery(gt_mcc: Any, null: Any, recovered: Any) -> dict[str, Any]:
+    """The recovery figures of a row, from GT-MCC per seed (or fit), their chance level and the
+    share of atoms each recovers: median, 10% quantile, chance median, share at `AGREE` with its
+    95% interval, median share recovered (`MechanismRow`'s and `DictionaryRow`'s fields)."""
+    gt = np.asarray(gt_mcc, np.float64)
+    n_gt = int(np.sum(gt >= AGREE))
+    return {
+        "gt_mcc_median": finite_median(gt),
+        "gt_mcc_q10": float(np.quantile(gt, 0.1)),
+        "gt_mcc_null_median": finite_median(null),
+        "gt_share": n_gt / gt.size,
+        "gt_share_ci95": metrics.wilson_interval(n_gt, gt.size),
+        "recovered_median": finite_median(recovered),
+    }
+
+
 def arm_stats(r: ArmResult) -> MechanismRow:
     """A table row: medians, shares at `AGREE` (95% intervals for seeds), chance levels."""
     m: schema.Agreement = r.measures
@@ -326,30 +337,19 @@ def arm_stats(r: ArmResult) -> MechanismRow:
     dead = metrics.dead_units(
         r.figures["unit_active_fraction"], np.full(len(r.diverged), r.arm.n_hidden)
     )
-    truth: dict[str, Any] = {}
-    if m.gt_mcc:
-        gt = np.asarray(m.gt_mcc, np.float64)
-        n_gt = int(np.sum(gt >= AGREE))
-        truth = {
-            "gt_mcc_median": _median(gt),
-            "gt_mcc_q10": float(np.quantile(gt, 0.1)),
-            "gt_mcc_null_median": _median(m.gt_mcc_null),
-            "gt_share": n_gt / gt.size,
-            "gt_share_ci95": metrics.wilson_interval(n_gt, gt.size),
-            "recovered_median": _median(m.recovered),
-        }
+    truth = recovery(m.gt_mcc, m.gt_mcc_null, m.recovered) if m.gt_mcc else {}
     return MechanismRow(
         mechanism=mechanism_of(r.arm.label),
         knob=dict(r.arm.hyper),
-        fvu_median=_median(r.figures["fvu"]),
-        l0_median=_median(r.figures["l0"]),
+        fvu_median=finite_median(r.figures["fvu"]),
+        l0_median=finite_median(r.figures["l0"]),
         dead_units_mean=float(np.mean(dead)),
-        pw_mcc_median=_median(pw),
-        pw_mcc_null_median=_median(m.pw_mcc_null),
+        pw_mcc_median=finite_median(pw),
+        pw_mcc_null_median=finite_median(m.pw_mcc_null),
         pw_share=n_pw / pw.size if pw.size else float("nan"),
         pw_pairs=int(pw.size),
-        shared_median=_median(m.shared),
-        shared_null_median=_median(m.shared_null),
+        shared_median=finite_median(m.shared),
+        shared_null_median=finite_median(m.shared_null),
         **truth,
     )
 
@@ -475,17 +475,9 @@ def dictionary_learning(results: dict[str, ArmResult]) -> tuple[DictionaryRow, n
     found: dict[str, Any] = {}
     if truth is not None:
         gt = metrics.ground_truth_mcc(dl.atoms, truth)
-        n_gt = int(np.sum(gt["gt_mcc"] >= AGREE))
-        found = {
-            "gt_mcc": gt["gt_mcc"].tolist(),
-            "gt_mcc_median": _median(gt["gt_mcc"]),
-            "gt_mcc_q10": float(np.quantile(gt["gt_mcc"], 0.1)),
-            "gt_mcc_null_median": _median(metrics.ground_truth_mcc(dl.starts, truth)["gt_mcc"]),
-            "gt_share": n_gt / DL_FITS,
-            "gt_share_ci95": metrics.wilson_interval(n_gt, DL_FITS),
-            "recovered_median": _median(gt["recovered"]),
-            "cured": bool(n_gt / DL_FITS >= CURE_SHARE and pw_share >= CURE_SHARE),
-        }
+        null = metrics.ground_truth_mcc(dl.starts, truth)["gt_mcc"]
+        found = {"gt_mcc": gt["gt_mcc"].tolist(), **recovery(gt["gt_mcc"], null, gt["recovered"])}
+        found["cured"] = bool(found["gt_share"] >= CURE_SHARE and pw_share >= CURE_SHARE)
     row = DictionaryRow(
         width=width,
         k=k,
@@ -496,11 +488,11 @@ def dictionary_learning(results: dict[str, ArmResult]) -> tuple[DictionaryRow, n
         heldout_samples=len(held_MxD),
         heldout_fvu=dl.heldout_fvu,
         heldout_fvu_median=dl.heldout_fvu_median,
-        l0_median=_median(dl.heldout_l0),
+        l0_median=finite_median(dl.heldout_l0),
         dead_atoms_mean=float(np.mean(dl.dead_atoms)),
         pw_mcc=dl.pw_mcc,
         pw_mcc_median=dl.pw_mcc_median,
-        pw_mcc_null_median=_median(dl.pw_mcc_start),
+        pw_mcc_null_median=finite_median(dl.pw_mcc_start),
         pw_share=pw_share,
         pw_pairs=int(pw.size),
         fit_s=dl.fit_s,
