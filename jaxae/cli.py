@@ -43,6 +43,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from jaxae import experiments, export, memory, processes, report, results, schema, sweep
 from jaxae.cores import use_every_core
+from jaxae.experiments import atlas
 from jaxae.experiments.images import ImageArm
 
 console = Console(stderr=True)
@@ -304,6 +305,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_list() -> int:
     for exp in experiments.EXPERIMENTS.values():
         print(f"{exp.name:13s} {exp.section:10s} {exp.default_seeds:4d} seeds  {exp.summary}")
+    runs = f"{atlas.SEEDS}x{atlas.DICTIONARIES}"
+    print(f"{atlas.NAME:13s} {'§1.5 map':10s} {runs:>4s} seeds  {atlas.SUMMARY}")
     return 0
 
 
@@ -393,6 +396,8 @@ def cmd_run(args: argparse.Namespace, stop: StopFlag) -> int:
         raise UsageError("run needs an experiment name (see `jaxae list`) or --resume DIR")
     _positive("--seeds", args.seeds)
     _positive("--epochs", args.epochs)
+    if args.name == atlas.NAME:
+        return _atlas(args, stop)
     if args.epochs is not None:
         overrides.append(f"train.epochs={args.epochs}")
     exp, grid = _experiment(args.name, overrides, args.sweeps)
@@ -401,6 +406,39 @@ def cmd_run(args: argparse.Namespace, stop: StopFlag) -> int:
     with _writing(out_dir, "--out"):
         _checked(lambda: results.check_writable(out_dir))
         return _train(exp, n_seeds, args.seed, out_dir, overrides, stop, None, grid)
+
+
+def _atlas(args: argparse.Namespace, stop: StopFlag) -> int:
+    """`run atlas`: every program of the atlas's grid (jaxae/experiments/atlas.py), then one run
+    directory. A stop (Ctrl-C, SIGTERM) ends it between programs with nothing written."""
+    if args.sweeps:
+        raise UsageError(
+            "--sweep is invalid for atlas: allowed is --set atlas.FIELD=V1,V2,... (its grid is "
+            "its own)"
+        )
+    spec = _checked(
+        lambda: atlas.spec_of(args.overrides, seeds=args.seeds, epochs=args.epochs, seed=args.seed)
+    )
+    out_dir = args.out or Path("runs") / atlas.NAME
+    with _writing(out_dir, "--out"):
+        _checked(lambda: results.check_writable(out_dir))
+        with _progress() as bar:
+            task = bar.add_task(f"atlas x{spec.seeds} seeds", total=None)
+
+            def progress(i: int, n: int, prog: atlas.Program) -> bool:
+                bar.update(task, completed=i, total=n)
+                bar.update(task, description=f"atlas: {prog.mechanism} M/D={prog.ratio}")
+                return stop.signal is not None
+
+            found = atlas.run(spec, progress=progress)
+        if found is None:
+            console.print("stopped; nothing written (an atlas run starts again from the top)")
+            return 128 + (stop.signal or signal.SIGINT)
+        data = results.write_atlas(out_dir, found, render=report.render_run)
+    if data:
+        t = data["timing"]
+        print(f"{out_dir}: {len(data['cells'])} cells in {t['total_s']:.0f} s; report.md")
+    return 0
 
 
 def cmd_reproduce(args: argparse.Namespace, stop: StopFlag) -> int:

@@ -258,6 +258,10 @@ class ModelConfig:
     pre_bias: bool = False  # encode x - b_d (the decoder bias) instead of x
     # the encoder starts as the (unit-normed, if so) decoder transposed (always with init "atoms")
     tied_init: bool = False
+    # tied weights (Makhzani & Frey 2013): the encoder kernel is the decoder rows in use,
+    # transposed, at every step, so the model has no encoder kernel of its own (tied_init adds
+    # nothing to it); the encoder keeps its own bias
+    tied: bool = False
     # "jumprelu" only: the width epsilon of the rectangle kernel of its straight-through gradients,
     # and every unit's starting threshold (both 0.001 in the paper and in SAELens; on data whose
     # activations are of order 1 a threshold that small learns slowly, see jaxae/model.py)
@@ -269,7 +273,7 @@ class ModelConfig:
         _one_of("model.activation", self.activation, ACTIVATIONS)
         _one_of("model.init", self.init, INITS)
         _one_of("model.output", self.output, OUTPUTS)
-        for name in ("unit_norm_decoder", "pre_bias", "tied_init"):
+        for name in ("unit_norm_decoder", "pre_bias", "tied_init", "tied"):
             if not isinstance(getattr(self, name), bool):
                 _fail(f"model.{name}", getattr(self, name), "true or false")
         if self.activation in K_ACTIVATIONS:

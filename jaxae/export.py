@@ -26,14 +26,15 @@ module, `JumpReLUSAE.encode` and `decode` in `jumprelu_sae.py`):
     x_hat = feature_acts @ W_dec + b_dec
 
 which is jaxae's model (jaxae/model.py) with `W_enc` the encoder kernel, `b_enc` its bias, `b_dec`
-the decoder bias and `apply_b_dec_to_input` = `model.pre_bias`. jaxae's unit-norm decoder
-(`model.unit_norm_decoder`) is a reparameterisation: the rows in use are the kernel's rows divided
-by their norms. They are folded in: `W_dec` holds the rows in use (`metadata.jaxae.decoder` says
-so), so SAELens needs no rescaling. Hidden units the arm masks (a hidden-size sweep's narrower
-arms, trained inside the widest model) are dropped: they are the last units, always zero, so the
-exported SAE has the arm's units in use and computes the same codes (`metadata.jaxae.dropped_units`
-counts them). Ties at top-k's k-th value keep every tied unit in jaxae and exactly k in SAELens;
-for real-valued inputs ties do not occur.
+the decoder bias and `apply_b_dec_to_input` = `model.pre_bias`; a tied model (`model.tied`) has no
+encoder kernel of its own, so its `W_enc` is `W_dec` transposed, the kernel it encodes with. jaxae's
+unit-norm decoder (`model.unit_norm_decoder`) is a reparameterisation: the rows in use are the
+kernel's rows divided by their norms. They are folded in: `W_dec` holds the rows in use
+(`metadata.jaxae.decoder` says so), so SAELens needs no rescaling. Hidden units the arm masks (a
+hidden-size sweep's narrower arms, trained inside the widest model) are dropped: they are the last
+units, always zero, so the exported SAE has the arm's units in use and computes the same codes
+(`metadata.jaxae.dropped_units` counts them). Ties at top-k's k-th value keep every tied unit in
+jaxae and exactly k in SAELens; for real-valued inputs ties do not occur.
 
 A JumpReLU arm is exported as SAELens's JumpReLU SAE with its learned thresholds
 `exp(log_threshold)` (as SAELens's own `JumpReLUTrainingSAE` saves itself). A BatchTopK arm is
@@ -108,12 +109,14 @@ def saelens_weights(
 ) -> dict[str, np.ndarray]:
     """`W_enc` [d_in, d_sae], `b_enc` [d_sae], `W_dec` [d_sae, d_in] (the decoder rows in use:
     unit-norm ones folded in), `b_dec` [d_in] of one seed's autoencoder, float32; and a JumpReLU
-    SAE's `threshold` [d_sae] when given."""
+    SAE's `threshold` [d_sae] when given. A tied model's (`model.tied`) `W_enc` is `W_dec`
+    transposed, the kernel its encoder uses."""
     p = ae.params["params"]
+    w_dec = ae.atoms
     arrays = {
-        "W_enc": p["encoder"]["kernel"],
+        "W_enc": w_dec.T if ae.model.tied else p["encoder"]["kernel"],
         "b_enc": p["encoder"]["bias"],
-        "W_dec": ae.atoms,
+        "W_dec": w_dec,
         "b_dec": p["decoder"]["bias"],
     }
     if threshold_H is not None:
@@ -180,6 +183,12 @@ def saelens_config(run: Run, arm: str, seed: int, threshold: float | None = None
                     "(kernel rows divided by their norms) folded in"
                     if cfg.model.unit_norm_decoder
                     else "W_dec is jaxae's decoder kernel"
+                ),
+                "encoder": (
+                    "W_enc is W_dec transposed: jaxae's tied encoder (model.tied) reads the "
+                    "decoder rows in use"
+                    if cfg.model.tied
+                    else "W_enc is jaxae's encoder kernel"
                 ),
                 "dropped_units": width - h,  # masked (never active) hidden units left out
                 "config": cfg.to_dict(),

@@ -4,6 +4,8 @@ Shape legend: B batch, N samples, K batches, D features, H hidden units.
 
 Parameters are a plain pytree `{"params": {"encoder": {...}, "decoder": {...}}}` (JumpReLU adds
 `"jump": {"log_threshold": [H]}`), so `init` and every function of the parameters vmap over seeds.
+A tied autoencoder (`model.tied`) has no encoder kernel: its encoder is `{"bias": [H]}` and reads
+the decoder rows in use, transposed (`TiedEncoder`).
 An optional `mask_H` switches hidden units off, which lets one compiled program train several
 hidden sizes (units past the size are masked to zero). The oracle start (`model.init="atoms"`) is
 the one initialiser that needs the data: the module carries the true atoms (`atoms`) only to be
@@ -356,6 +358,31 @@ class Decoder(nn.Module):
         return self.output(x_BxD), aux_x_BxD
 
 
+class TiedEncoder(nn.Module):
+    """The encoder of a tied autoencoder (`model.tied`; Makhzani & Frey 2013): `x -> x @ w_DxH +
+    b_e` with `w_DxH` the decoder rows in use, transposed, handed over at every call, so its one
+    parameter is its own bias `b_e`.
+
+    The bias starts as the untied encoder's does: `nn.Dense`'s bias initialiser of the same
+    `initializer`, from the same key (a Dense draws its kernel first, so at init that draw is made
+    and left unused). A tied model thus starts with the biases and decoder of an untied one of the
+    same key, and as the same function as one with `tied_init`.
+    """
+
+    n_hidden: int
+    fan_in: int  # D, the encoder's fan-in (its bias's bound under "torch")
+    initializer: str = "torch"
+
+    def setup(self) -> None:
+        _, bias_init = _initialisers(self.initializer, self.fan_in, self.n_hidden)
+        if self.is_initializing():
+            self.make_rng("params")  # the untied kernel's draw, so the bias gets the Dense's key
+        self.bias = self.param("bias", bias_init, (self.n_hidden,))
+
+    def __call__(self, x_BxD: jax.Array, w_DxH: jax.Array) -> jax.Array:
+        return x_BxD @ w_DxH + jnp.broadcast_to(self.bias, (*x_BxD.shape[:-1], self.n_hidden))
+
+
 class Autoencoder(nn.Module):
     """`x -> h = act(W_e (x - b_pre) + b_e) -> x_hat = out(W_d h + b_d)`, `out` the identity or a
     sigmoid (`output`).
@@ -364,6 +391,7 @@ class Autoencoder(nn.Module):
     module field) is the largest k the program supports and every call may pass a smaller, possibly
     traced, `k`; "batchtopk" applies to the rows of a call together unless the call passes its
     inference `threshold` (see the module docstring). "jumprelu" learns a threshold per unit.
+    With `tied`, `W_e` is the decoder rows in use, transposed, at every step (`TiedEncoder`).
     """
 
     n_features: int
@@ -377,12 +405,16 @@ class Autoencoder(nn.Module):
     unit_norm_decoder: bool = False
     pre_bias: bool = False
     tied_init: bool = False
+    tied: bool = False  # `model.tied`: the encoder kernel is the decoder rows in use, transposed
     output: str = "linear"  # `model.output`: "linear" or "sigmoid"
     jump_bandwidth: float = 0.001  # `model.jump_bandwidth`: JumpReLU's kernel width epsilon
     jump_init: float = 0.001  # `model.jump_init`: JumpReLU's starting threshold
 
     def setup(self) -> None:
-        self.encoder = _dense(self.n_hidden, self.n_features, self.initializer)
+        if self.tied:
+            self.encoder = TiedEncoder(self.n_hidden, self.n_features, self.initializer)
+        else:
+            self.encoder = _dense(self.n_hidden, self.n_features, self.initializer)
         self.decoder = Decoder(
             self.n_features,
             self.n_hidden,
@@ -399,7 +431,7 @@ class Autoencoder(nn.Module):
         chex.assert_shape(x_BxD, (..., self.n_features))
         if self.pre_bias:
             x_BxD = x_BxD - jnp.broadcast_to(self.decoder.bias, x_BxD.shape)
-        pre_BxH = self.encoder(x_BxD)
+        pre_BxH = self.encoder(x_BxD, self.encoder_weights()) if self.tied else self.encoder(x_BxD)
         if mask_H is None:
             return pre_BxH
         mask_H = jnp.broadcast_to(mask_H, pre_BxH.shape)
@@ -492,6 +524,13 @@ class Autoencoder(nn.Module):
         """`w_HxD`, the decoder rows in use (unit vectors with `unit_norm_decoder`)."""
         return self.decoder.weights()
 
+    def encoder_weights(self) -> jax.Array:
+        """`w_DxH`, the encoder kernel in use: its own, or with `tied` the decoder rows in use,
+        transposed."""
+        if self.tied:
+            return self.decoder_weights().T
+        return self.encoder.variables["params"]["kernel"]
+
     def __call__(
         self,
         x_BxD: jax.Array,
@@ -523,11 +562,15 @@ def init_params(model: Autoencoder, key: jax.Array) -> Any:
     """`model.init`, then, with `tied_init`, the encoder kernel set to the decoder rows in use,
     transposed (so each unit starts by reading the direction it writes). The oracle start
     (`initializer="atoms"`) puts the decoder kernel at the true atoms and ties the encoder the same
-    way, biases zero: where a run that recovers the atoms would end, to test whether it stays."""
+    way, biases zero: where a run that recovers the atoms would end, to test whether it stays. A
+    `tied` model has no encoder kernel to set: its encoder reads the decoder rows at every call,
+    so it already starts (and stays) that way."""
     params = model.init(key, jnp.zeros((1, model.n_features)))
     if model.initializer == "atoms":
         params = _at_atoms(model, params)
     elif not model.tied_init:
+        return params
+    if model.tied:
         return params
     w_HxD = model.apply(params, method="decoder_weights")
     encoder = {**params["params"]["encoder"], "kernel": w_HxD.T}
@@ -545,6 +588,7 @@ def make_model(cfg: ModelConfig, n_features: int) -> Autoencoder:
         unit_norm_decoder=cfg.unit_norm_decoder,
         pre_bias=cfg.pre_bias,
         tied_init=cfg.tied_init,
+        tied=cfg.tied,
         output=cfg.output,
         jump_bandwidth=cfg.jump_bandwidth,
         jump_init=cfg.jump_init,

@@ -44,7 +44,8 @@ def resample_dead(
     of the pool `pool_PxD` (samples with weight `w_P` 0 are padding and never chosen), normalised:
     the decoder row becomes that direction (at the mean norm of the live rows), the encoder column
     the same direction at the live columns' mean norm, the encoder bias 0, and the unit's dead count
-    restarts. Adam's moments of a dead unit's weights have already decayed (it had no gradient for
+    restarts (a tied model, `model.tied`, has no encoder kernel: its encoder follows the decoder
+    rows). Adam's moments of a dead unit's weights have already decayed (it had no gradient for
     `dead_steps` steps), so they are left as they are. With more dead units than pool samples the
     last ones share the last sample's direction.
     """
@@ -63,14 +64,14 @@ def resample_dead(
     rank_H = jnp.clip(jnp.cumsum(dead_H) - 1, 0, n_worst - 1)  # the i-th dead unit, i-th worst
     direction_HxD = unit_rows(residual_PxD[worst_W[rank_H]])
     p = state.params["params"]
-    encoder_DxH, decoder_HxD = p["encoder"]["kernel"], p["decoder"]["kernel"]
+    decoder_HxD = p["decoder"]["kernel"]
     dead_1xH, dead_Hx1 = dead_H[None, :], dead_H[:, None]
-    encoder = {
-        "kernel": jnp.where(
+    encoder = {**p["encoder"], "bias": jnp.where(dead_H, 0.0, p["encoder"]["bias"])}
+    if not model.tied:  # a tied encoder reads the decoder rows: re-aiming them re-aims it
+        encoder_DxH = p["encoder"]["kernel"]
+        encoder["kernel"] = jnp.where(
             dead_1xH, direction_HxD.T * _column_norms(encoder_DxH, live_H), encoder_DxH
-        ),
-        "bias": jnp.where(dead_H, 0.0, p["encoder"]["bias"]),
-    }
+        )
     decoder = {
         **p["decoder"],
         "kernel": jnp.where(

@@ -474,6 +474,18 @@ def write_run(
     return data
 
 
+@processes.on_writer(lambda *args, **kwargs: {})
+def write_atlas(out_dir: Path, atlas: Any, render: Any | None = None) -> dict[str, Any]:
+    """Write a finished atlas run (`experiments.atlas.Atlas`) to `out_dir` atomically: its
+    metrics.json, then `render(staging_dir)`'s figures and report."""
+    with staged(out_dir) as staging:
+        data = {**schema.encode(atlas), "versions": versions()}
+        write_json(staging / METRICS, data)
+        if render is not None:
+            render(staging)
+    return data
+
+
 @processes.on_writer(lambda out_dir, *args, **kwargs: partial_dir(out_dir))
 def write_partial(
     out_dir: Path, out: RunOutput, overrides: list[str], sweep: list[str] | None = None

@@ -210,11 +210,21 @@ class SeedData:
 
     @classmethod
     def of(
-        cls, cfg: Config, keys: jax.Array, mesh: SeedMesh, batch: int, resident: bool
+        cls,
+        cfg: Config,
+        keys: jax.Array,
+        mesh: SeedMesh,
+        batch: int,
+        resident: bool,
+        given: np.ndarray | None = None,
     ) -> SeedData:
         """The run's data: the shared set, placed on every device; or the per-seed sets, drawn
         on the devices and kept there for a `resident` run (one batch of `batch` seeds, padded),
-        else drawn `batch` seeds at a time to the host."""
+        else drawn `batch` seeds at a time to the host; or the per-seed sets `given`."""
+        if given is not None:
+            if resident:
+                return cls(True, given, jax.device_put(_pad_seeds(given, batch), mesh.by_seed))
+            return cls(True, given)
         if not cfg.data.per_seed:
             x = shared_data(cfg)
             return cls(False, x, _place(np.asarray(x), mesh.replicated))
@@ -250,18 +260,24 @@ def _prepare(
     mesh: SeedMesh,
     memory_budget: int | None,
     compiler_options: dict[str, Any] | None,
+    given: np.ndarray | None = None,
 ) -> tuple[memory.MemoryPlan, SeedData, _Chunks]:
     """The memory plan and compiled chunk program of a run, its data placed, and where its state
     lives: one batch on one process keeps it on the devices from chunk to chunk; otherwise it
     waits on the host and every chunk runs batch after batch through the same program."""
     n_seeds = keys.shape[0]
     per_seed = cfg.data.per_seed
-    x_one = jax.eval_shape(programs(cfg).seed_data, keys[:1]) if per_seed else shared_data(cfg)
+    if given is not None:
+        x_one = jax.ShapeDtypeStruct((1, *given.shape[1:]), given.dtype)
+    elif per_seed:
+        x_one = jax.eval_shape(programs(cfg).seed_data, keys[:1])
+    else:
+        x_one = shared_data(cfg)
     plan, run_chunk = _chunk_program(
         cfg, state, x_one, n_seeds, mesh, memory_budget, compiler_options
     )
     resident = plan.n_batches == 1 and jax.process_count() == 1
-    data = SeedData.of(cfg, keys, mesh, plan.batch_seeds, resident)
+    data = SeedData.of(cfg, keys, mesh, plan.batch_seeds, resident, given)
     chunks = (_ResidentChunks if resident else _HostChunks)(
         run_chunk, state, data, mesh, n_seeds, plan.batch_seeds
     )
@@ -291,6 +307,7 @@ def train_seeds(
     resume: tuple[TrainState, np.ndarray, int] | None = None,
     compiler_options: dict[str, Any] | None = None,
     memory_budget: int | None = None,
+    x: np.ndarray | None = None,
 ) -> TrainResult:
     """Train seeds `0..n_seeds-1` of `cfg` as one sharded program, chunk by chunk.
 
@@ -298,6 +315,9 @@ def train_seeds(
     its key and shuffle (e.g. a learning-rate sweep); by default one arm of the config's own
     values, `[S, 1]`. The state and history carry the arm axis after the seed axis.
     `keys`, if given, replaces `seed_keys(seed, n_seeds)` (e.g. to train a chosen subset of seeds).
+    `x`, if given, is every seed's own data set `x_SxNxD` (float32, with `data.per_seed`, whose
+    `n_samples` and `n_features` it must have), trained on instead of the config's draw: the atlas
+    (jaxae/experiments/atlas.py) trains seeds of different data in one program this way.
     `callback(progress)` runs after every chunk; returning True stops the run at that chunk boundary
     (the result then has `finished == False` and can be resumed). Its own time (e.g. writing a
     checkpoint) is left out of the training time. `resume=(state, history, epochs)`
@@ -316,8 +336,16 @@ def train_seeds(
     keys = _checked_keys(n_seeds, seed, keys)
     mesh = SeedMesh(tuple(_seed_devices(devices, n_seeds)))
     t0 = time.perf_counter()
+    if x is not None:
+        x = np.asarray(x)
+        want = (keys.shape[0], cfg.data.n_samples, cfg.data.n_features)
+        if not cfg.data.per_seed or x.shape != want or x.dtype != np.float32:
+            raise ValueError(
+                f"x of shape {x.shape} ({x.dtype}) is invalid: allowed is float32 {want}, one "
+                "data set per seed, with data.per_seed=true"
+            )
     state, history, epochs_done = _start(cfg, keys, hyper, resume)
-    plan, data, chunks = _prepare(cfg, keys, state, mesh, memory_budget, compiler_options)
+    plan, data, chunks = _prepare(cfg, keys, state, mesh, memory_budget, compiler_options, x)
     compile_s = time.perf_counter() - t0
 
     t1 = time.perf_counter()

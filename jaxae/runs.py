@@ -237,6 +237,7 @@ class Run:
             unit_norm_decoder=cfg.model.unit_norm_decoder,
             pre_bias=cfg.model.pre_bias,
             tied_init=cfg.model.tied_init,
+            tied=cfg.model.tied,
             output=cfg.model.output,
             jump_bandwidth=cfg.model.jump_bandwidth,
             jump_init=cfg.model.jump_init,
@@ -244,16 +245,16 @@ class Run:
 
     def _params(self, arm: str, seed: int | None) -> Any:
         """The arm's parameters (one seed's, or all), masked units dropped (JumpReLU's
-        thresholds `jump.log_threshold` too)."""
+        thresholds `jump.log_threshold` too). A tied arm (`model.tied`) has no encoder kernel."""
         h = self.n_hidden(arm)
         p = self.params[arm]["params"]
         pick = (lambda v: v) if seed is None else (lambda v: v[seed])
         enc, dec = p["encoder"], p["decoder"]
+        encoder = {"bias": jnp.asarray(pick(enc["bias"])[..., :h])}
+        if "kernel" in enc:
+            encoder["kernel"] = jnp.asarray(pick(enc["kernel"])[..., :h])
         out = {
-            "encoder": {
-                "kernel": jnp.asarray(pick(enc["kernel"])[..., :h]),
-                "bias": jnp.asarray(pick(enc["bias"])[..., :h]),
-            },
+            "encoder": encoder,
             "decoder": {
                 "kernel": jnp.asarray(pick(dec["kernel"])[..., :h, :]),
                 "bias": jnp.asarray(pick(dec["bias"])),
@@ -363,7 +364,9 @@ def _read_metrics(path: Path) -> dict[str, Any]:
 
 
 def _widths(params: dict[str, Any]) -> dict[str, int]:
-    return {arm: int(np.shape(p["params"]["encoder"]["kernel"])[-1]) for arm, p in params.items()}
+    """Every arm's stored width H: the decoder kernel's `[S, H, D]` middle axis (every model has a
+    decoder kernel; a tied one has no encoder kernel)."""
+    return {arm: int(np.shape(p["params"]["decoder"]["kernel"])[-2]) for arm, p in params.items()}
 
 
 def _arm_configs(path: Path, metrics: dict[str, Any], widths: dict[str, int]) -> dict[str, Config]:

@@ -28,7 +28,8 @@ def _main(capsys, *argv: str) -> tuple[int, str, str]:
 def test_list_names_every_experiment(capsys):
     code, out, _ = _main(capsys, "list")
     assert code == 0
-    assert [line.split()[0] for line in out.splitlines()] == list(experiments.EXPERIMENTS)
+    names = [line.split()[0] for line in out.splitlines()]
+    assert names == [*experiments.EXPERIMENTS, "atlas"]  # the atlas: a grid of `sparse` runs
 
 
 @pytest.mark.parametrize(
@@ -59,6 +60,7 @@ def test_list_names_every_experiment(capsys):
         (["run", "sparse", "--set", "loss.resample_dead=maybe"], "loss.resample_dead"),
         (["run", "sparse", "--set", "model.unit_norm_decoder=2"], "model.unit_norm_decoder"),
         (["run", "sparse", "--set", "model.tied_init=x"], "model.tied_init"),
+        (["run", "sparse", "--set", "model.tied=x"], "model.tied"),
         (["run", "sparse", "--set", "model.pre_bias=x"], "model.pre_bias"),
         (["run", "sparse", "--set", "model.k=2"], "model.k=2"),
     ],

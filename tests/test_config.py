@@ -147,7 +147,7 @@ INVALID = [
     invalid("data.noise", float("inf"), "a finite number >= 0", data={"noise": float("inf")}),
     *(
         invalid(f"model.{name}", "yes", "true or false", model={name: "yes"})
-        for name in ("unit_norm_decoder", "pre_bias", "tied_init")
+        for name in ("unit_norm_decoder", "pre_bias", "tied_init", "tied")
     ),
     invalid("loss.aux_k", -1, "an integer >= 0", loss={"aux_k": -1}),
     invalid("loss.aux_k", 2, "0 unless model.activation is 'topk'", loss={"aux_k": 2}),

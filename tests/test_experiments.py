@@ -114,6 +114,20 @@ def test_sweep_analysis_reports_every_size(offset_run):
     assert floors[0] > 1e-4 and max(floors[1:]) < 1e-12  # the data have rank 2
 
 
+def test_a_tied_models_encoder_rows_are_its_decoder_rows():
+    """A tied tree (`model.tied`) has no encoder kernel: its encoder rows are the decoder's."""
+    kernel_SxHxD = np.random.default_rng(0).normal(size=(2, 3, 4))
+    tied = {
+        "params": {
+            "encoder": {"bias": np.zeros((2, 3))},
+            "decoder": {"kernel": kernel_SxHxD, "bias": np.zeros((2, 4))},
+        }
+    }
+    np.testing.assert_array_equal(experiments.encoder_rows(tied), kernel_SxHxD)
+    untied = {"params": {**tied["params"], "encoder": {"kernel": np.swapaxes(-kernel_SxHxD, 1, 2)}}}
+    np.testing.assert_array_equal(experiments.encoder_rows(untied), -kernel_SxHxD)
+
+
 def test_overcomplete_control_is_identical_and_agreement_has_its_chance_level():
     exp = experiments.with_overrides(experiments.get("overcomplete"), ["train.epochs=2"])
     out = experiments.run(exp, 3)

@@ -55,7 +55,7 @@ def test_digits_arms_and_programs():
     assert arms["kl"].config.loss.sparsity == "kl"
     revived = arms["topk_revived"].config
     assert (revived.model.activation, revived.model.k) == ("topk", images.DIGITS_K)
-    assert revived.model.unit_norm_decoder and revived.model.pre_bias and revived.model.tied_init
+    assert revived.model.unit_norm_decoder and revived.model.pre_bias and revived.model.tied
     assert revived.loss.resample_dead and revived.loss.resample_rare > 0
     assert revived.loss.aux_k == 0 and revived.optim.schedule == "cosine"
     assert len(experiments.groups_of(experiments.get("digits"))) == 4

@@ -453,3 +453,110 @@ def test_pre_bias_subtracts_the_decoder_bias_before_encoding(key: jax.Array) -> 
 def test_is_active_means_positive_pre_activation(activation, h, active) -> None:
     model = build(activation)
     np.testing.assert_array_equal(model.is_active(jnp.asarray([h])), [active])
+
+
+# ------------------------------------------------------------------------------------------------
+# Tied weights (`model.tied`): the encoder kernel is the decoder rows in use, transposed
+
+
+@pytest.mark.parametrize("activation", ["relu", "topk", "jumprelu"])
+def test_a_tied_model_has_no_encoder_kernel(key: jax.Array, activation: str) -> None:
+    k = 2 if activation == "topk" else None
+    model = make_model(ModelConfig(n_hidden=H, activation=activation, k=k, tied=True), D)
+    shapes = jax.tree.map(lambda a: a.shape, jax.eval_shape(model.init, key, jnp.zeros((1, D))))
+    want = {"encoder": {"bias": (H,)}, "decoder": {"kernel": (H, D), "bias": (D,)}}
+    if activation == "jumprelu":
+        want["jump"] = {"log_threshold": (H,)}
+    assert shapes == {"params": want}
+
+
+@pytest.mark.parametrize("pre_bias", [False, True])
+@pytest.mark.parametrize("unit_norm", [False, True])
+def test_tied_pre_activations_read_the_decoder_rows_in_use(
+    key: jax.Array, unit_norm: bool, pre_bias: bool
+) -> None:
+    """`pre = (x - b_d if pre_bias) @ W_d_in_use^T + b_e`, masked units as untied ones."""
+    model = sae(tied=True, unit_norm_decoder=unit_norm, pre_bias=pre_bias)
+    params = jax.tree.map(np.array, model.init(key, jnp.zeros((1, D))))
+    p = params["params"]
+    p["encoder"]["bias"] = np.linspace(-1.0, 1.0, H).astype(np.float32)
+    p["decoder"]["bias"] = np.linspace(-2.0, 3.0, D).astype(np.float32)
+    w = np.asarray(model.apply(params, method="decoder_weights"), np.float64)
+    np.testing.assert_array_equal(model.apply(params, method="encoder_weights"), w.T)
+    x = np.asarray(inputs(), np.float64)
+    pre = (x - p["decoder"]["bias"] * pre_bias) @ w.T + p["encoder"]["bias"]
+    got = model.apply(params, jnp.asarray(x, jnp.float32), method="pre_activations")
+    np.testing.assert_allclose(got, pre, rtol=1e-5, atol=1e-5)
+    masked = model.apply(params, jnp.asarray(x, jnp.float32), jnp.asarray(MASK), method="encode")
+    want = np.where(MASK > 0, np.maximum(pre, 0.0), 0.0)
+    np.testing.assert_allclose(masked, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("init_name", ["torch", "flax", "ng"])
+def test_a_tied_model_starts_as_a_tied_init_one(key: jax.Array, init_name: str) -> None:
+    """Same key, same decoder and encoder bias as the untied model (its bias initialiser, its
+    draw); with `tied_init` the untied one starts as the same function."""
+    from jaxae.model import init_params
+
+    tied = init_params(sae(tied=True, init=init_name), key)["params"]
+    untied = init_params(sae(tied_init=True, init=init_name), key)["params"]
+    chex.assert_trees_all_equal(tied["decoder"], untied["decoder"])
+    np.testing.assert_array_equal(tied["encoder"]["bias"], untied["encoder"]["bias"])
+    if init_name == "torch":  # uniform on +-1/sqrt(D), not zero
+        assert np.all(np.abs(tied["encoder"]["bias"]) <= 1 / math.sqrt(D))
+        assert np.any(tied["encoder"]["bias"] != 0)
+    x = inputs()
+    chex.assert_trees_all_close(
+        sae(tied=True).apply({"params": tied}, x),
+        sae().apply({"params": untied}, x),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+
+
+@pytest.mark.parametrize("unit_norm", [False, True])
+def test_a_tied_atoms_start_is_the_atoms(key: jax.Array, unit_norm: bool) -> None:
+    from jaxae.model import init_params, unit_rows
+
+    atoms = (
+        np.asarray(jax.random.normal(jax.random.key(7), (H, D))) * np.arange(1.0, H + 1)[:, None]
+    )
+    atoms = atoms.astype(np.float32)
+    model = sae(init="atoms", tied=True, unit_norm_decoder=unit_norm).clone(atoms=atoms)
+    params = init_params(model, key)
+    np.testing.assert_array_equal(params["params"]["decoder"]["kernel"], atoms)
+    np.testing.assert_array_equal(params["params"]["encoder"]["bias"], 0.0)
+    in_use = np.asarray(unit_rows(jnp.asarray(atoms))) if unit_norm else atoms
+    np.testing.assert_array_equal(model.apply(params, method="encoder_weights"), in_use.T)
+
+
+def test_tied_gradient_adds_the_encoder_path_to_the_decoder_kernel(key: jax.Array) -> None:
+    """The tied decoder kernel's gradient is the untied model's (same decoder, encoder kernel its
+    transpose) plus the untied encoder kernel's gradient, transposed: the encoder path
+    contributes."""
+    from jaxae.model import init_params
+
+    tied_model, untied_model = sae(tied=True), sae(tied_init=True)
+    untied = init_params(untied_model, key)
+    tied = {
+        "params": {**untied["params"], "encoder": {"bias": untied["params"]["encoder"]["bias"]}}
+    }
+    x = inputs()
+
+    def loss(model: Autoencoder, p: Any) -> jax.Array:
+        return jnp.mean(jnp.square(model.apply(p, x)[0] - x))
+
+    g_tied = jax.grad(functools.partial(loss, tied_model))(tied)["params"]
+    g_untied = jax.grad(functools.partial(loss, untied_model))(untied)["params"]
+    chex.assert_tree_all_finite(g_tied)
+    assert not np.allclose(g_tied["decoder"]["kernel"], g_untied["decoder"]["kernel"])
+    np.testing.assert_allclose(
+        g_tied["decoder"]["kernel"],
+        g_untied["decoder"]["kernel"] + g_untied["encoder"]["kernel"].T,
+        rtol=1e-5,
+        atol=1e-7,
+    )
+    for layer in ("encoder", "decoder"):
+        np.testing.assert_allclose(
+            g_tied[layer]["bias"], g_untied[layer]["bias"], rtol=1e-5, atol=1e-7
+        )

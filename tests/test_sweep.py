@@ -312,6 +312,8 @@ def test_a_field_an_arm_fixes_is_refused_for_sweep_and_set():
         # without a penalty the sparse arms' own weights are unused, not fixed
         ("sparse", ["loss.sparsity=none"], "loss.weight=0.001,0.1", "loss.sparsity other than"),
         ("sparse", [], "loss.aux_weight=0.01,0.03", "read only with the auxiliary top-k loss"),
+        # tied weights have no encoder kernel to start at the decoder's transpose
+        ("multiples", ["model.tied=true"], "model.tied_init=false,true", "model.tied false"),
     ],
 )
 def test_a_field_no_arm_uses_is_refused(name, sets, spec, why):

@@ -180,6 +180,31 @@ def test_tiny_run_learns():
     assert np.median(last) < 0.1 * np.median(first)
 
 
+def _tied(cfg: Config) -> Config:
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, tied=True))
+
+
+def test_a_tied_run_learns():
+    """`model.tied`: no encoder kernel is trained; the run learns as the untied one does
+    (`test_tiny_run_learns`) and stays finite."""
+    res = runner.train_seeds(_tied(_tiny(epochs=40, chunk_epochs=40)), 8)
+    assert set(res.state.params["params"]["encoder"]) == {"bias"}
+    chex.assert_tree_all_finite(res.state.params)
+    assert not res.diverged.any()
+    first, last = res.history_SxAxE[..., 0], res.history_SxAxE[..., -1]
+    assert np.median(last) < 0.1 * np.median(first)
+
+
+def test_a_tied_seed_in_batch_equals_seed_alone():
+    cfg = _tied(TINY)
+    batch = runner.train_seeds(cfg, 8, seed=3)
+    keys = train.seed_keys(3, 8)
+    for i in (0, 6):
+        alone = runner.train_seeds(cfg, 1, keys=keys[i : i + 1])
+        _close(jax.tree.map(lambda v, i=i: v[i : i + 1], batch.state.params), alone.state.params)
+        np.testing.assert_allclose(batch.history_SxAxE[i], alone.history_SxAxE[0], rtol=1e-5)
+
+
 def test_bad_seed_count_raises():
     with pytest.raises(ValueError, match="n_seeds"):
         runner.train_seeds(TINY, 0)
@@ -300,6 +325,33 @@ def test_resample_re_aims_only_dead_units_at_the_worst_residuals(padded: bool):
         kernel, old = np.asarray(q[layer]["kernel"]), np.asarray(p[layer]["kernel"])
         live = ~dead if layer == "decoder" else (slice(None), ~dead)
         np.testing.assert_array_equal(kernel[live], old[live])
+    np.testing.assert_array_equal(new.since_fired, [0, 0, 1, 0, 0, 2])
+
+
+def test_resampling_a_tied_model_re_aims_its_decoder_rows_only():
+    """A tied model has no encoder kernel: resampling sets the dead units' decoder rows and encoder
+    biases, so their encoder (the decoder rows in use, transposed) follows; nothing else moves."""
+    cfg = dataclasses.replace(_tied(SPARSE), loss=LossConfig(dead_steps=3, resample_dead=True))
+    model = make_model(cfg.model, cfg.data.n_features)
+    state, x = _state_with_biases(cfg, np.linspace(-0.5, 0.5, 6))
+    state = state.replace(since_fired=jnp.array([0, 3, 1, 7, 0, 2], jnp.int32))  # 1 and 3 dead
+    residual = np.asarray(x - model.apply(state.params, x)[0])
+    worst = np.argsort(-np.sum(residual**2, axis=1))[:2]
+    direction = residual[worst] / np.linalg.norm(residual[worst], axis=1, keepdims=True)
+    new = resample.resample_dead(state, x, _rates(model, state, x), model=model, cfg=cfg)
+    p, q = state.params["params"], new.params["params"]
+    assert set(q["encoder"]) == {"bias"}
+    dead = np.array([False, True, False, True, False, False])
+    w = np.asarray(model.apply(new.params, method="decoder_weights"))
+    np.testing.assert_allclose(w[dead], direction, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(model.apply(new.params, method="encoder_weights"), w.T)
+    kernel, old = np.asarray(q["decoder"]["kernel"]), np.asarray(p["decoder"]["kernel"])
+    np.testing.assert_array_equal(kernel[~dead], old[~dead])
+    assert not np.allclose(kernel[dead], old[dead])
+    bias = np.asarray(q["encoder"]["bias"])
+    np.testing.assert_array_equal(bias[dead], 0.0)
+    np.testing.assert_array_equal(bias[~dead], np.asarray(p["encoder"]["bias"])[~dead])
+    np.testing.assert_array_equal(q["decoder"]["bias"], p["decoder"]["bias"])
     np.testing.assert_array_equal(new.since_fired, [0, 0, 1, 0, 0, 2])
 
 

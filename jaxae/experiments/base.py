@@ -176,8 +176,17 @@ SIMILARITY_SEEDS = 100
 
 
 def encoder_rows(params: Any) -> np.ndarray:
-    """Encoder weights as one row per hidden unit: `w_SxHxD`."""
-    return np.swapaxes(np.asarray(params["params"]["encoder"]["kernel"]), -1, -2)
+    """Encoder weights as one row per hidden unit: `w_SxHxD`.
+
+    A tied model (`model.tied`) has no encoder kernel: its rows are the decoder's (`decoder_rows`),
+    the raw decoder kernel rows. With a unit-norm decoder the rows in use differ from them only by
+    each row's scale, so the scale-invariant measures that read them (cosine matching, filter
+    orientation and locality) are those of the encoder in use.
+    """
+    encoder = params["params"]["encoder"]
+    if "kernel" not in encoder:
+        return decoder_rows(params)
+    return np.swapaxes(np.asarray(encoder["kernel"]), -1, -2)
 
 
 def decoder_rows(params: Any) -> np.ndarray:
@@ -251,6 +260,11 @@ USED_ONLY: dict[str, Reads] = {
     ),
     "loss.aux_weight": Reads(
         "with the auxiliary top-k loss (loss.aux_k > 0)", lambda a: a.config.loss.aux_k > 0
+    ),
+    # tied weights have no encoder kernel to start anywhere; the oracle start always ties it
+    "model.tied_init": Reads(
+        'with an untied encoder and no oracle start (model.tied false, model.init not "atoms")',
+        lambda a: not a.config.model.tied and a.config.model.init != "atoms",
     ),
 }
 

@@ -84,9 +84,18 @@ RESAMPLE_RARE = 0.5
 
 MECHANISMS = ("relu", "topk", "topk_revive", "kl", "l1")
 
-# The Hyper field each mechanism sweeps, and how a label names it.
+# The Hyper field each mechanism sweeps, and how a label names it. BatchTopK and JumpReLU (the
+# mechanisms whose count of active units adapts per sample) are built here for the atlas
+# (jaxae/experiments/atlas.py); `sparse` and `sparsity` train the first five.
 KNOBS = {"topk": ("k", "k"), "topk_revive": ("k", "k"), "kl": ("sparsity_weight", "w"),
-         "l1": ("sparsity_weight", "w")}  # fmt: skip
+         "l1": ("sparsity_weight", "w"), "batchtopk": ("k", "k"),
+         "jumprelu": ("sparsity_weight", "w")}  # fmt: skip
+K_MECHANISMS = ("topk", "topk_revive", "batchtopk")
+# JumpReLU's recipe: thresholds start at JUMP_INIT with straight-through kernel width
+# JUMP_BANDWIDTH (the paper's 0.001 suits activations of order 0.001-0.1; these data's true
+# activations are of order 1, and a threshold that small would take most of training to move).
+JUMP_INIT = 0.1
+JUMP_BANDWIDTH = 0.05
 
 # Dictionary learning beside the mechanisms (`dictionary_learning`): fits (random_state 0..n-1, each
 # from random unit directions); its lasso penalty while fitting, as a share of a typical
@@ -146,8 +155,9 @@ def mechanism_config(mechanism: str, base: Config, k_max: int) -> Config:
     h = base.model.n_hidden
     if mechanism == "relu":
         return base
-    if mechanism in ("topk", "topk_revive"):
-        cfg = with_(_sae(base), model={"activation": "topk", "k": min(k_max, h)})
+    if mechanism in K_MECHANISMS:
+        activation = "batchtopk" if mechanism == "batchtopk" else "topk"
+        cfg = with_(_sae(base), model={"activation": activation, "k": min(k_max, h)})
         if mechanism == "topk_revive":
             revive = {"dead_steps": DEAD_STEPS, "resample_dead": True}
             cfg = with_(cfg, loss={**revive, "resample_rare": RESAMPLE_RARE})
@@ -155,6 +165,9 @@ def mechanism_config(mechanism: str, base: Config, k_max: int) -> Config:
     if mechanism == "kl":
         rho = min(0.5, base.data.active / base.data.n_atoms)
         return with_(base, model={"activation": "sigmoid"}, loss={"sparsity": "kl", "rho": rho})
+    if mechanism == "jumprelu":
+        model = {"activation": "jumprelu", "jump_init": JUMP_INIT, "jump_bandwidth": JUMP_BANDWIDTH}
+        return with_(_sae(base), model=model, loss={"sparsity": "l0"})
     return with_(_sae(base), loss={"sparsity": "l1"})  # l1
 
 
@@ -172,12 +185,18 @@ L1_WEIGHTS = (0.01, 0.03)
 L1_WEIGHTS_WIDE = (0.001, 0.003, 0.01, 0.03, 0.1)
 KL_WEIGHTS = (0.03, 0.1)
 KL_WEIGHTS_WIDE = (0.003, 0.01, 0.03, 0.1, 0.3)
+# JumpReLU's L0 weight: the count of firing units costs this much each, against a reconstruction
+# error per feature of order active / features.
+L0_WEIGHTS = (0.003, 0.01)
+L0_WEIGHTS_WIDE = (0.001, 0.003, 0.01, 0.03, 0.1)
 
 
 def grid(mechanism: str, base: Config, wide: bool) -> tuple[float, ...]:
     """The knob values a mechanism sweeps (none for relu)."""
-    if mechanism in ("topk", "topk_revive"):
+    if mechanism in K_MECHANISMS:
         return _k_grid(base, wide)
+    if mechanism == "jumprelu":
+        return L0_WEIGHTS_WIDE if wide else L0_WEIGHTS
     if mechanism == "l1":
         return L1_WEIGHTS_WIDE if wide else L1_WEIGHTS
     if mechanism == "kl":
@@ -188,7 +207,7 @@ def grid(mechanism: str, base: Config, wide: bool) -> tuple[float, ...]:
 def mechanism_arms(mechanism: str, base: Config, wide: bool) -> tuple[Arm, ...]:
     """One program per mechanism; its knob values are arms inside it."""
     values = grid(mechanism, base, wide)
-    k_max = int(max(values)) if mechanism in ("topk", "topk_revive") else 0
+    k_max = int(max(values)) if mechanism in K_MECHANISMS else 0
     cfg = mechanism_config(mechanism, base, k_max)
     if not values:
         return (Arm(label(mechanism), cfg),)

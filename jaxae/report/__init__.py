@@ -16,7 +16,7 @@ from pathlib import Path
 from types import ModuleType
 
 from jaxae import experiments, results
-from jaxae.report import base, grid, images, sparse, tutorial
+from jaxae.report import atlas, base, grid, images, sparse, tutorial
 from jaxae.report.base import FIGURES, GENERIC_PAGE, REPORT, Figure, Metrics, Page, plot_loss
 
 __all__ = [
@@ -76,6 +76,9 @@ def main_metric(m: grid.Swept | Metrics) -> grid.MainMetric:
 def render_run(run_dir: Path) -> None:
     """Write `run_dir/figures/*.png` and `run_dir/report.md` from the run's files."""
     raw = base.read_metrics(run_dir)
+    if atlas.is_atlas(raw):  # the atlas's grid of cells: its heatmaps
+        atlas.render(run_dir, raw)
+        return
     if grid.is_swept(raw):  # every grid point's own report, then the summary over the grid
         grid.render(run_dir, raw, page_of, main_metric(raw))
         return

@@ -628,6 +628,8 @@ def _recipe(cfg: Config) -> str:
         parts.append(f"KL to rho {loss.rho} (weight {fmt(loss.weight, '.4g')})")
     if loss.resample_dead:
         parts.append("dead and rare units resampled")
+    if model.tied:
+        parts.append("tied weights")
     if optim.name == "lbfgs":
         parts.append(f"full-batch L-BFGS, {train_cfg.epochs} iterations")
     else:

@@ -302,20 +302,34 @@ def plot_similarity(m: Metrics, path: Path) -> None:
     save(fig, path)
 
 
-def _encoder_kernels(run_dir: Path, label: str, n_hidden: int) -> np.ndarray | None:
-    """Encoder kernels `[S, D, H]` of one arm (units past `n_hidden` dropped), if stored."""
+def _encoder_kernels(
+    run_dir: Path, label: str, n_hidden: int, unit_norm: bool = False
+) -> np.ndarray | None:
+    """Encoder kernels `[S, D, H]` of one arm (units past `n_hidden` dropped), if stored. A tied
+    arm (`model.tied`) stores none: its kernel in use is the decoder rows in use, transposed (the
+    decoder kernel's rows at unit length with `unit_norm`, `model.unit_norm_decoder`)."""
     tree = read_params(run_dir)
     try:
-        kernel = tree[label]["params"]["encoder"]["kernel"]
+        layers = tree[label]["params"]
+        if "kernel" in layers["encoder"]:
+            kernel = np.asarray(layers["encoder"]["kernel"])
+        else:
+            rows = np.asarray(layers["decoder"]["kernel"])
+            if unit_norm:
+                norms = np.linalg.norm(rows, axis=-1, keepdims=True)
+                rows = rows / np.where(norms > 0, norms, 1.0)
+            kernel = np.swapaxes(rows, -1, -2)
     except (KeyError, TypeError):
         return None
-    return np.asarray(kernel)[:, :, :n_hidden]
+    return kernel[:, :, :n_hidden]
 
 
 def plot_weights(m: Metrics, run_dir: Path, path: Path, *, label: str, phrase: str) -> bool:
     """Encoder weights (features x units) of arm `label`'s first seeds side by side, titled with
     `phrase` (how the text names the arm); False if not stored."""
-    kernels = _encoder_kernels(run_dir, label, int(m.arms[label].n_hidden))
+    # metrics.json's `config` is the first arm's: each arm plotted here is it or shares its model
+    unit_norm = bool(m.config["model"].get("unit_norm_decoder", False))
+    kernels = _encoder_kernels(run_dir, label, int(m.arms[label].n_hidden), unit_norm)
     if kernels is None or kernels.shape[0] == 0:
         return False
     n = min(WEIGHT_SEEDS, kernels.shape[0])
