@@ -161,11 +161,11 @@ def _positive(name: str, value: int | None) -> None:
         raise UsageError(f"{name}={value} is invalid: allowed is a positive integer")
 
 
-def _progress() -> Progress:
+def _progress(unit: str = "epochs") -> Progress:
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
-        TextColumn("{task.completed}/{task.total} epochs"),
+        TextColumn(f"{{task.completed}}/{{task.total}} {unit}"),
         TimeElapsedColumn(),
         TextColumn("eta"),
         TimeRemainingColumn(),
@@ -422,7 +422,7 @@ def _atlas(args: argparse.Namespace, stop: StopFlag) -> int:
     out_dir = args.out or Path("runs") / atlas.NAME
     with _writing(out_dir, "--out"):
         _checked(lambda: results.check_writable(out_dir))
-        with _progress() as bar:
+        with _progress("programs") as bar:
             task = bar.add_task(f"atlas x{spec.seeds} seeds", total=None)
 
             def progress(i: int, n: int, prog: atlas.Program) -> bool:
