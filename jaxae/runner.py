@@ -295,6 +295,18 @@ def _stop_requested(
     return stop
 
 
+def _given_data(cfg: Config, keys: jax.Array, x: np.ndarray) -> np.ndarray:
+    """`train_seeds`' `x`, checked: float32 `x_SxNxD`, one data set per seed of `keys`."""
+    x = np.asarray(x)
+    want = (keys.shape[0], cfg.data.n_samples, cfg.data.n_features)
+    if not cfg.data.per_seed or x.shape != want or x.dtype != np.float32:
+        raise ValueError(
+            f"x of shape {x.shape} ({x.dtype}) is invalid: allowed is float32 {want}, one "
+            "data set per seed, with data.per_seed=true"
+        )
+    return x
+
+
 def train_seeds(
     cfg: Config,
     n_seeds: int,
@@ -336,14 +348,7 @@ def train_seeds(
     keys = _checked_keys(n_seeds, seed, keys)
     mesh = SeedMesh(tuple(_seed_devices(devices, n_seeds)))
     t0 = time.perf_counter()
-    if x is not None:
-        x = np.asarray(x)
-        want = (keys.shape[0], cfg.data.n_samples, cfg.data.n_features)
-        if not cfg.data.per_seed or x.shape != want or x.dtype != np.float32:
-            raise ValueError(
-                f"x of shape {x.shape} ({x.dtype}) is invalid: allowed is float32 {want}, one "
-                "data set per seed, with data.per_seed=true"
-            )
+    x = None if x is None else _given_data(cfg, keys, x)
     state, history, epochs_done = _start(cfg, keys, hyper, resume)
     plan, data, chunks = _prepare(cfg, keys, state, mesh, memory_budget, compiler_options, x)
     compile_s = time.perf_counter() - t0

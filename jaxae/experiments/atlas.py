@@ -310,16 +310,20 @@ def _cell_figures(
     rows = [i for i, r in enumerate(prog.rows) if r.cell == cell]
     values = knob_values(prog.mechanism, spec, cell)
     field = sparse.KNOBS.get(prog.mechanism, (None,))[0]
+    trained_SxAxHxD, untrained_SxAxHxD = decoder_rows(params)[rows], decoder_rows(init_params)[rows]
+    # the cell's rows of each dictionary: the seeds whose agreement is measured
+    by_dictionary = [
+        [j for j, i in enumerate(rows) if prog.rows[i].dictionary == d]
+        for d in range(spec.dictionaries)
+    ]
     per_arm = []
     for a in range(prog.arms):
-        dec = decoder_rows(params)[rows, a]
+        dec, untrained = trained_SxAxHxD[:, a], untrained_SxAxHxD[:, a]
         gt = metrics.ground_truth_mcc(dec, atoms_SxMxD[rows])["gt_mcc"]
         pw, null = [], []
-        for d in range(spec.dictionaries):
-            same = [j for j, i in enumerate(rows) if prog.rows[i].dictionary == d]
+        for same in by_dictionary:
             pw += metrics.pairwise_mcc(dec[same])["pw_mcc"].tolist()
-            untrained = decoder_rows(init_params)[rows, a][same]
-            null += metrics.pairwise_mcc(untrained)["pw_mcc"].tolist()
+            null += metrics.pairwise_mcc(untrained[same])["pw_mcc"].tolist()
         per_arm.append(
             {
                 "gt": gt,
@@ -410,18 +414,12 @@ def train_program(
     )
     host = jax.device_get(result.state)
     figures, _ = runner.evaluate_seeds(prog.config, result.state, x_SxNxD, devices=devices)
-    init_params = runner.programs(prog.config).init(keys, hyper).params
+    init_params = jax.device_get(runner.programs(prog.config).init(keys, hyper).params)
     cells = list(dict.fromkeys(r.cell for r in prog.rows))
+    diverged_SxA = np.asarray(host.diverged)
     found = [
         _cell_figures(
-            prog,
-            spec,
-            cell,
-            figures,
-            host.params,
-            jax.device_get(init_params),
-            atoms_SxMxD,
-            np.asarray(host.diverged),
+            prog, spec, cell, figures, host.params, init_params, atoms_SxMxD, diverged_SxA
         )
         for cell in cells
     ]
