@@ -151,10 +151,16 @@ def dictionary_start(
     "svd" is what scikit-learn does without `dict_init`: a randomized SVD of the mean-removed data
     (at most D atoms, `random_state=state`), padded with zero atoms up to `width`; it hardly depends
     on the random state. "random" is `width` random unit directions drawn from `fold_in(key,
-    state)`, so the fits start as independently as an autoencoder's seeds do.
+    state)`, so the fits start as independently as an autoencoder's seeds do. "data" is `width`
+    distinct training rows drawn from `fold_in(key, state)`, minus the data's mean, as unit
+    vectors: k-means' random start, as an autoencoder's `model.init="data"`.
     """
     import sklearn.utils.extmath
 
+    if start == "data":
+        pick = jax.random.choice(jax.random.fold_in(key, state), len(train_NxD), (width,), False)
+        rows = train_NxD[np.asarray(pick)] - train_NxD.mean(axis=0)
+        return rows / np.linalg.norm(rows, axis=-1, keepdims=True)
     if start == "random":
         draw = jax.random.normal(jax.random.fold_in(key, state), (width, train_NxD.shape[1]))
         draw = np.asarray(draw, np.float64)
@@ -185,7 +191,8 @@ def dictionary_baseline(
 ) -> DictionaryLearning:
     """scikit-learn's `MiniBatchDictionaryLearning` (`width` atoms, set as `fit` says) fitted on
     the training split (mean-removed unless `fit.centre` is off) with `random_state` 0..fits-1,
-    each from `dictionary_start` (`start` "svd", scikit-learn's own, or "random" from `key`);
+    each from `dictionary_start` (`start` "svd", scikit-learn's own, or "random" or "data" from
+    `key`);
     held-out codes by OMP with `k` non-zeros. Its atoms are compared across random states with
     the same pw_mcc as the seeds of an autoencoder; beside it, the same between its starting
     dictionaries and between random directions. `fit_s` times each fit and its held-out codes."""
@@ -207,7 +214,7 @@ def dictionary_baseline(
             transform_algorithm="omp",
             transform_n_nonzero_coefs=k,
             random_state=state,
-            dict_init=start_HxD if start == "random" else None,
+            dict_init=None if start == "svd" else start_HxD,
             **({} if fit.early_stopping else {"tol": 0.0, "max_no_improvement": None}),
         )
         with warnings.catch_warnings():

@@ -19,8 +19,8 @@ from typing import Any, Literal
 DataKind = Literal["multiples", "offset", "gaussian", "sparse", "digits", "patches", "array"]
 Magnitude = Literal["halfnormal", "uniform", "exponential", "one"]
 Firing = Literal["exact", "bernoulli"]
-Activation = Literal["relu", "sigmoid", "identity", "topk", "batchtopk", "jumprelu"]
-Init = Literal["torch", "flax", "ng", "atoms"]
+Activation = Literal["relu", "sigmoid", "identity", "topk", "batchtopk", "jumprelu", "omp"]
+Init = Literal["torch", "flax", "ng", "atoms", "data"]
 Output = Literal["linear", "sigmoid"]
 Sparsity = Literal["none", "kl", "l1", "l0"]
 Shuffle = Literal["feistel", "sort"]
@@ -58,8 +58,11 @@ OPTIMIZERS: tuple[str, ...] = typing.get_args(Optimizer)
 WHITENINGS: tuple[str, ...] = typing.get_args(Whiten)
 # Activations whose every output lies in (0, 1): the only ones a KL penalty on mean activation fits.
 UNIT_INTERVAL_ACTIVATIONS: tuple[str, ...] = ("sigmoid",)
-# Activations with a k (`model.k`): per row ("topk") or on average over the batch ("batchtopk").
-K_ACTIVATIONS: tuple[str, ...] = ("topk", "batchtopk")
+# Activations with a k (`model.k`): per row ("topk"), on average over the batch ("batchtopk"), or
+# the steps of a pursuit over the decoder ("omp").
+K_ACTIVATIONS: tuple[str, ...] = ("topk", "batchtopk", "omp")
+# The activations the auxiliary top-k loss serves (it ranks dead units' pre-activations).
+AUX_ACTIVATIONS: tuple[str, ...] = ("topk", "batchtopk")
 # The model fields only JumpReLU reads, and their defaults (the paper's: Rajamanoharan et al. 2024).
 JUMP_DEFAULTS: dict[str, float] = {"jump_bandwidth": 0.001, "jump_init": 0.001}
 
@@ -236,18 +239,25 @@ class ModelConfig:
     n_hidden: int = 1  # H, hidden units
     # hidden nonlinearity; "topk" keeps the k largest of each row (after ReLU); "batchtopk" the
     # k x B largest of a batch of B rows in training, and at inference the units above one global
-    # threshold (jaxae/model.py); "jumprelu" is `z H(z - theta)` with a learned threshold per unit
+    # threshold (jaxae/model.py); "jumprelu" is `z H(z - theta)` with a learned threshold per unit;
+    # "omp" codes each row by orthogonal matching pursuit over the decoder rows (tied, unit-norm)
     activation: Activation = "relu"
-    # active units per sample for "topk", on average for "batchtopk" (None otherwise). It is the
-    # program's largest k: a seed's own k (`train.Hyper.k`) may be smaller, so one program sweeps k
-    # without recompiling.
+    # active units per sample for "topk", on average for "batchtopk", pursuit steps for "omp" (None
+    # otherwise). It is the program's largest k: a seed's own k (`train.Hyper.k`) may be smaller,
+    # so one program sweeps k without recompiling.
     k: int | None = None
+    # "omp" only: the pursuit steps when the trained model codes data (held-out figures,
+    # `jaxae.load`), which may differ from the k it trains with; None: k
+    infer_k: int | None = None
     # "torch": nn.Linear's default, kernel and bias uniform(+-1/sqrt(fan_in)); "flax": Dense's
     # (LeCun normal, zero bias); "ng": Ng's CS294A `initializeParameters.m`, both kernels
     # uniform(+-sqrt(6 / (H + D + 1))), zero biases; "atoms": the oracle start, the decoder rows
     # at the data's true atoms (each seed's own with data.per_seed) and the encoder at the decoder
     # rows in use transposed (as with tied_init, which it implies), every bias zero. Only on data
     # with true atoms (data.kind "sparse", or "array" with data.atoms) and one unit per atom.
+    # "data": k-means' random start, the decoder bias at the training data's mean and the decoder
+    # rows at distinct random training rows (each seed's own draw) minus it; the encoder as with
+    # "atoms", its bias zero.
     init: Init = "torch"
     # The decoder's output: "linear" (`h @ W_d + b_d`) or "sigmoid" of it (Ng's `a3`, for data
     # scaled into (0, 1)).
@@ -286,7 +296,8 @@ class ModelConfig:
             if not 1 <= self.k <= self.n_hidden:
                 _fail("model.k", self.k, f"an integer in 1..{self.n_hidden} (model.n_hidden)")
         elif self.k is not None:
-            _fail("model.k", self.k, "None unless model.activation is 'topk' or 'batchtopk'")
+            _fail("model.k", self.k, "None unless model.activation is 'topk', 'batchtopk' or 'omp'")
+        self._check_pursuit()
         for name, default in JUMP_DEFAULTS.items():
             _positive_float(f"model.{name}", getattr(self, name))
             if self.activation != "jumprelu" and getattr(self, name) != default:
@@ -295,6 +306,34 @@ class ModelConfig:
                     getattr(self, name),
                     f"{default:g} (the default) unless model.activation is 'jumprelu'",
                 )
+
+    @property
+    def code_k(self) -> int | None:
+        """The k the trained model codes data with: `infer_k` if set, else `k`."""
+        return self.k if self.infer_k is None else self.infer_k
+
+    def _check_pursuit(self) -> None:
+        """`model.infer_k` is the pursuit's alone; the pursuit ("omp") reads its correlations and
+        Gram matrix off the decoder rows, so it needs them tied, unit-norm and linear."""
+        if self.infer_k is not None:
+            if self.activation != "omp":
+                _fail("model.infer_k", self.infer_k, "None unless model.activation is 'omp'")
+            if isinstance(self.infer_k, bool) or not isinstance(self.infer_k, int):
+                _fail("model.infer_k", self.infer_k, f"None or an integer in 1..{self.n_hidden}")
+            if not 1 <= self.infer_k <= self.n_hidden:
+                _fail("model.infer_k", self.infer_k, f"an integer in 1..{self.n_hidden}")
+        if self.activation != "omp":
+            return
+        for name in ("tied", "unit_norm_decoder"):
+            if not getattr(self, name):
+                _fail(
+                    f"model.{name}",
+                    getattr(self, name),
+                    "true with model.activation='omp' (the pursuit codes with the decoder rows, "
+                    "unit vectors, as its encoder)",
+                )
+        if self.output != "linear":
+            _fail("model.output", self.output, "'linear' with model.activation='omp'")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -484,7 +523,7 @@ class Config:
                 "gradient only through its thresholds; model.activation is "
                 f"{self.model.activation!r})",
             )
-        if self.loss.aux_k > 0 and self.model.activation not in K_ACTIVATIONS:
+        if self.loss.aux_k > 0 and self.model.activation not in AUX_ACTIVATIONS:
             _fail(
                 "loss.aux_k",
                 self.loss.aux_k,

@@ -545,6 +545,10 @@ def shared_data(cfg: Config) -> jax.Array:
     return make_data(jax.random.key(cfg.data.seed), cfg.data)
 
 
+# Folded into a seed's key for the rows `data_start` draws (apart from the draws of its init).
+DATA_START_SALT = 7
+
+
 def _seed_data_key(key: jax.Array, cfg: Config) -> jax.Array:
     return jax.random.fold_in(jax.random.key(cfg.data.seed), jax.random.key_data(key)[-1])
 
@@ -561,6 +565,22 @@ def seed_atoms(key: jax.Array, cfg: Config) -> jax.Array | None:
     per_seed = cfg.data.per_seed
     data_key = _seed_data_key(key, cfg) if per_seed else jax.random.key(cfg.data.seed)
     return ground_truth(data_key, cfg.data)
+
+
+def data_start(key: jax.Array, cfg: Config) -> tuple[jax.Array, jax.Array]:
+    """`(rows_HxD, mean_D)` of `model.init="data"`: the mean of the data set the seed of `key`
+    trains on, and `model.n_hidden` of its rows (distinct while there are as many rows) drawn from
+    the seed's key, minus that mean. Pure in the key, so it runs per seed inside the init
+    program."""
+    if cfg.data.per_seed:
+        x_NxD = seed_data(key, cfg)
+    else:  # drawn (or loaded) now, not traced: host data is loaded outside jit
+        with jax.ensure_compile_time_eval():
+            x_NxD = jnp.asarray(shared_data(cfg), jnp.float32)
+    n, h = x_NxD.shape[0], cfg.model.n_hidden
+    idx_H = jax.random.choice(jax.random.fold_in(key, DATA_START_SALT), n, (h,), replace=h > n)
+    mean_D = jnp.mean(x_NxD, axis=0)
+    return x_NxD[idx_H] - mean_D[None, :], mean_D
 
 
 def trained_atoms(cfg: Config, keys: jax.Array | None = None) -> jax.Array | None:

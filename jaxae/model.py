@@ -34,6 +34,12 @@ Two activations of the SAE literature are more than a function of each pre-activ
   (measured: median theta 0.002-0.003 after 39,000 steps on 32 atoms of magnitude one in 16
   dimensions); a start near the other atoms' interference (`model.jump_init`) and a wider window
   (`model.jump_bandwidth`) let them.
+
+A third codes by a search rather than a map: "omp" (an MP-SAE, Costa et al. 2025, with the
+orthogonal refit) picks, k times, the decoder row most correlated with what is left of the input
+and refits the picked rows by least squares (`orthogonal_pursuit`), the encoder being the tied
+unit-norm decoder itself. It needs no batch and no threshold; once trained it may code with more
+steps (`model.infer_k`, `make_model(..., coding=True)`) than it trained with.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxae.config import K_ACTIVATIONS, ModelConfig, invalid
+from jaxae.config import ModelConfig, invalid
 
 
 def torch_linear_init(
@@ -88,7 +94,7 @@ def _initialisers(init: str, fan_in: int, fan_out: int):
         return torch_linear_init(fan_in)
     if init == "ng":
         return ng_init(fan_in, fan_out), nn.initializers.zeros_init()
-    if init == "atoms":
+    if init in ("atoms", "data"):
         return nn.initializers.zeros_init(), nn.initializers.zeros_init()
     return nn.initializers.lecun_normal(), nn.initializers.zeros_init()
 
@@ -249,6 +255,69 @@ def batch_top_k_threshold(pre_NxH: jax.Array, k: jax.Array | int, batch_size: in
     return jnp.where(jnp.any(found_K), total / n_found, 0.0)
 
 
+# Added to the diagonal of each pursuit's Gram system, so two equal decoder rows (a singular
+# system) still give finite coefficients.
+PURSUIT_RIDGE = 1e-6
+
+
+def orthogonal_pursuit(
+    corr_BxH: jax.Array,
+    gram_HxH: jax.Array,
+    k: jax.Array | int,
+    k_max: int,
+    mask_H: jax.Array | None = None,
+) -> jax.Array:
+    """Orthogonal matching pursuit (Pati et al. 1993) of each row, in correlation space: the code
+    `h_BxH` with at most k non-zeros whose `h @ W` is the least-squares fit of x on the k rows of W
+    (unit vectors) it picks greedily, one at a time, each the row most correlated (in absolute
+    value) with the residual so far.
+
+    `corr_BxH = x @ W.T` and `gram_HxH = W @ W.T`; the residual's correlations after a fit `a` on
+    the picked rows S are `corr - a @ gram[S]`, so x itself is never needed. `k` may be traced (a
+    per-seed value under `vmap`) up to the static `k_max`: every one of the `k_max` steps picks a
+    row, and the final fit uses the first k. Picks are made without gradient (an argmax has
+    none); the coefficients are differentiable in x and W through the least-squares solve. With
+    k = 1 it is plain matching pursuit's first step: the most correlated row, times its
+    correlation. Units where `mask_H` is 0 are never picked.
+    """
+    chex.assert_rank(corr_BxH, 2)
+    n_rows, h = corr_BxH.shape
+    k_max = min(k_max, h)
+    open_BxH = jnp.ones_like(corr_BxH, bool)
+    if mask_H is not None:
+        open_BxH = open_BxH & (jnp.broadcast_to(mask_H, corr_BxH.shape) > 0)
+    picked: list[jax.Array] = []
+    coef_BxT = jnp.zeros((n_rows, 0), corr_BxH.dtype)
+    residual_BxH = corr_BxH
+    for t in range(k_max):
+        score_BxH = jnp.where(open_BxH, jnp.abs(jax.lax.stop_gradient(residual_BxH)), -jnp.inf)
+        j_B = jnp.argmax(score_BxH, axis=-1)
+        picked.append(j_B)
+        open_BxH = open_BxH & (jnp.arange(h)[None, :] != j_B[:, None])
+        idx_BxT = jnp.stack(picked, axis=-1)
+        in_fit_T = jnp.arange(t + 1) < k
+        coef_BxT = _fit_picked(corr_BxH, gram_HxH, idx_BxT, in_fit_T)
+        rows_BxTxH = gram_HxH[idx_BxT]
+        residual_BxH = corr_BxH - jnp.einsum("bt,bth->bh", coef_BxT, rows_BxTxH)
+    onehot_BxTxH = jax.nn.one_hot(jnp.stack(picked, axis=-1), h, dtype=corr_BxH.dtype)
+    return jnp.einsum("bt,bth->bh", coef_BxT, onehot_BxTxH)
+
+
+def _fit_picked(
+    corr_BxH: jax.Array, gram_HxH: jax.Array, idx_BxT: jax.Array, in_fit_T: jax.Array
+) -> jax.Array:
+    """`coef_BxT`: the least-squares coefficients of each row on its picked rows `idx_BxT`, those
+    outside the fit (`in_fit_T` False: steps past k) held at 0 by an identity row in the system."""
+    n_rows, t = idx_BxT.shape
+    sub_BxTxT = jnp.take_along_axis(gram_HxH[idx_BxT], idx_BxT[:, None, :], axis=-1)
+    both_BxTxT = jnp.broadcast_to(in_fit_T[:, None] & in_fit_T[None, :], sub_BxTxT.shape)
+    eye_BxTxT = jnp.broadcast_to(jnp.eye(t, dtype=corr_BxH.dtype), sub_BxTxT.shape)
+    sub_BxTxT = jnp.where(both_BxTxT, sub_BxTxT, eye_BxTxT) + PURSUIT_RIDGE * eye_BxTxT
+    rhs_BxT = jnp.take_along_axis(corr_BxH, idx_BxT, axis=-1)
+    rhs_BxT = jnp.where(jnp.broadcast_to(in_fit_T, (n_rows, t)), rhs_BxT, 0.0)
+    return jnp.linalg.solve(sub_BxTxT, rhs_BxT[..., None])[..., 0]
+
+
 def _rectangle(u: jax.Array) -> jax.Array:
     """The rectangle kernel `1{|u| < 1/2}` of the JumpReLU paper's pseudo-derivatives."""
     return ((u > -0.5) & (u < 0.5)).astype(u.dtype)
@@ -382,6 +451,11 @@ class TiedEncoder(nn.Module):
     def __call__(self, x_BxD: jax.Array, w_DxH: jax.Array) -> jax.Array:
         return x_BxD @ w_DxH + jnp.broadcast_to(self.bias, (*x_BxD.shape[:-1], self.n_hidden))
 
+    def correlations(self, x_BxD: jax.Array, w_DxH: jax.Array) -> jax.Array:
+        """`x @ w_DxH` without the bias: a pursuit's correlations (`activation="omp"`). The bias
+        is still made, and left unused, so every tied model has the same parameters."""
+        return x_BxD @ w_DxH
+
 
 class Autoencoder(nn.Module):
     """`x -> h = act(W_e (x - b_pre) + b_e) -> x_hat = out(W_d h + b_d)`, `out` the identity or a
@@ -392,16 +466,21 @@ class Autoencoder(nn.Module):
     traced, `k`; "batchtopk" applies to the rows of a call together unless the call passes its
     inference `threshold` (see the module docstring). "jumprelu" learns a threshold per unit.
     With `tied`, `W_e` is the decoder rows in use, transposed, at every step (`TiedEncoder`).
+    "omp" codes by orthogonal matching pursuit over the (tied, unit-norm) decoder rows, `k` steps,
+    on the correlations `W_e (x - b_pre)` (no encoder bias).
     """
 
     n_features: int
     n_hidden: int
     activation: str = "relu"
-    k: int | None = None
-    initializer: str = "torch"  # `model.init`: "torch", "flax", "ng" or "atoms"
+    k: int | None = None  # the largest k of the program (for "omp": of training and coding)
+    initializer: str = "torch"  # `model.init`: "torch", "flax", "ng", "atoms" or "data"
     # "atoms" only: `atoms_HxD`, the true dictionary `init_params` starts the decoder at (handed
     # over by `train.init_arms`, one seed at a time; None in a module that is only applied)
     atoms: jax.Array | None = None
+    # "data" only: the decoder bias to start at (the training mean; `atoms` then holds the
+    # starting rows, `jaxae.data.data_start`)
+    start_bias: jax.Array | None = None
     unit_norm_decoder: bool = False
     pre_bias: bool = False
     tied_init: bool = False
@@ -431,11 +510,16 @@ class Autoencoder(nn.Module):
         chex.assert_shape(x_BxD, (..., self.n_features))
         if self.pre_bias:
             x_BxD = x_BxD - jnp.broadcast_to(self.decoder.bias, x_BxD.shape)
-        pre_BxH = self.encoder(x_BxD, self.encoder_weights()) if self.tied else self.encoder(x_BxD)
+        if self.activation == "omp":  # the pursuit's correlations: no encoder bias
+            pre_BxH = self.encoder.correlations(x_BxD, self.encoder_weights())
+        elif self.tied:
+            pre_BxH = self.encoder(x_BxD, self.encoder_weights())
+        else:
+            pre_BxH = self.encoder(x_BxD)
         if mask_H is None:
             return pre_BxH
         mask_H = jnp.broadcast_to(mask_H, pre_BxH.shape)
-        masked = -jnp.inf if self.activation in K_ACTIVATIONS else 0.0
+        masked = -jnp.inf if self.activation in ("topk", "batchtopk") else 0.0
         return jnp.where(mask_H > 0, pre_BxH, masked)
 
     def activate(
@@ -466,6 +550,9 @@ class Autoencoder(nn.Module):
             h_BxH = threshold_relu(pre_BxH, threshold)
         elif self.activation == "batchtopk":
             h_BxH = batch_top_k_relu(pre_BxH, k, rows_B)
+        elif self.activation == "omp":
+            w_HxD = self.decoder_weights()
+            h_BxH = orthogonal_pursuit(pre_BxH, w_HxD @ w_HxD.T, k, self.k, mask_H)
         else:
             h_BxH = top_k_relu(pre_BxH, k, self.k)
         return h_BxH if mask_H is None else h_BxH * jnp.broadcast_to(mask_H, h_BxH.shape)
@@ -555,6 +642,8 @@ def _at_atoms(model: Autoencoder, params: Any) -> Any:
     atoms_HxD = jnp.asarray(model.atoms, jnp.float32)
     chex.assert_shape(atoms_HxD, (model.n_hidden, model.n_features))
     decoder = {**params["params"]["decoder"], "kernel": atoms_HxD}
+    if model.start_bias is not None:
+        decoder["bias"] = jnp.asarray(model.start_bias, jnp.float32)
     return {"params": {**params["params"], "decoder": decoder}}
 
 
@@ -564,9 +653,10 @@ def init_params(model: Autoencoder, key: jax.Array) -> Any:
     (`initializer="atoms"`) puts the decoder kernel at the true atoms and ties the encoder the same
     way, biases zero: where a run that recovers the atoms would end, to test whether it stays. A
     `tied` model has no encoder kernel to set: its encoder reads the decoder rows at every call,
-    so it already starts (and stays) that way."""
+    so it already starts (and stays) that way. The data start (`initializer="data"`) is the same
+    with training rows for atoms and the decoder bias at their mean (`start_bias`)."""
     params = model.init(key, jnp.zeros((1, model.n_features)))
-    if model.initializer == "atoms":
+    if model.initializer in ("atoms", "data"):
         params = _at_atoms(model, params)
     elif not model.tied_init:
         return params
@@ -577,13 +667,14 @@ def init_params(model: Autoencoder, key: jax.Array) -> Any:
     return {"params": {**params["params"], "encoder": encoder}}
 
 
-def make_model(cfg: ModelConfig, n_features: int) -> Autoencoder:
-    """The module a config describes."""
+def make_model(cfg: ModelConfig, n_features: int, coding: bool = False) -> Autoencoder:
+    """The module a config describes: as it trains, or with `coding` as the trained model codes
+    data (a pursuit's `model.infer_k` steps in place of the k it trains with)."""
     return Autoencoder(
         n_features=n_features,
         n_hidden=cfg.n_hidden,
         activation=cfg.activation,
-        k=cfg.k,
+        k=cfg.code_k if coding else cfg.k,
         initializer=cfg.init,
         unit_norm_decoder=cfg.unit_norm_decoder,
         pre_bias=cfg.pre_bias,

@@ -35,7 +35,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxae import memory
-from jaxae.config import Config
+from jaxae.config import Config, invalid
 from jaxae.data import seed_data, shared_data
 from jaxae.metrics import evaluate_each
 from jaxae.model import Autoencoder, make_model
@@ -297,6 +297,10 @@ def _stop_requested(
 
 def _given_data(cfg: Config, keys: jax.Array, x: np.ndarray) -> np.ndarray:
     """`train_seeds`' `x`, checked: float32 `x_SxNxD`, one data set per seed of `keys`."""
+    if cfg.model.init == "data":
+        raise invalid(
+            "model.init", "data", "a start that needs no data when train_seeds is given x"
+        )
     x = np.asarray(x)
     want = (keys.shape[0], cfg.data.n_samples, cfg.data.n_features)
     if not cfg.data.per_seed or x.shape != want or x.dtype != np.float32:

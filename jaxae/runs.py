@@ -215,10 +215,13 @@ class Run:
 
     def k(self, arm: str) -> int | None:
         """Top-k's or BatchTopK's k of the arm: its own (`arms.<label>.hyper.k`), else its
-        config's; None for other activations."""
+        config's; a pursuit's (`omp`) steps it codes with, `model.infer_k` if set; None for other
+        activations."""
         cfg = self.configs[self.check_arm(arm)]
         if cfg.model.activation not in K_ACTIVATIONS:
             return None
+        if cfg.model.infer_k is not None:
+            return cfg.model.infer_k
         own = self.metrics.arms[arm].hyper.get("k")
         return int(own) if own is not None else int(cfg.model.k)
 

@@ -39,7 +39,7 @@ from jax import lax
 
 from jaxae import shuffle
 from jaxae.config import Config
-from jaxae.data import seed_atoms, seed_data, shared_data
+from jaxae.data import data_start, seed_atoms, seed_data, shared_data
 from jaxae.losses import total_loss
 from jaxae.model import Autoencoder, hidden_mask, init_params, make_model
 from jaxae.optim import lbfgs_step, make_optimizer
@@ -214,9 +214,13 @@ def init_arms(key: jax.Array, hyper_A: Hyper, *, model: Autoencoder, cfg: Config
     """A fresh seed with A arms (`hyper_A`, `[A]` leaves): every arm from the same key, so they
     start from the same weights and share the seed's shuffle key. With `model.init="atoms"` the
     model first gets the true atoms of the data this seed trains on (`seed_atoms`; the model
-    knows no data), so seed i starts the same in any batch of seeds."""
+    knows no data), so seed i starts the same in any batch of seeds; with `model.init="data"`, the
+    rows and mean of that data it starts from (`data_start`)."""
     if cfg.model.init == "atoms":
         model = model.clone(atoms=seed_atoms(key, cfg))
+    elif cfg.model.init == "data":
+        rows_HxD, mean_D = data_start(key, cfg)
+        model = model.clone(atoms=rows_HxD, start_bias=mean_D)
     init = functools.partial(init_state, key, model=model, cfg=cfg)
     return over_arms(init, n_arms(hyper_A), in_axes=0, out_axes=ARM_AXES)(hyper_A)
 

@@ -100,8 +100,8 @@ def test_a_value_the_arms_would_ignore_exits_2_naming_them(capsys, tmp_path, arg
     [
         (
             ["--set", "model.k=3"],
-            "model.k=3 is invalid: allowed is None unless model.activation is 'topk' or "
-            "'batchtopk'",
+            "model.k=3 is invalid: allowed is None unless model.activation is 'topk', "
+            "'batchtopk' or 'omp'",
         ),
         (
             ["--sweep", "optim.eps="],

@@ -216,7 +216,7 @@ INVALID = [
     invalid(
         "model.k",
         2,
-        "None unless model.activation is 'topk' or 'batchtopk'",
+        "None unless model.activation is 'topk', 'batchtopk' or 'omp'",
         "jumprelu",
         model={"n_hidden": 4, "activation": "jumprelu", "k": 2},
     ),

@@ -40,7 +40,7 @@ def test_the_family_is_registered_with_its_pages():
 
 def test_digits_arms_and_programs():
     arms = _arms(experiments.get("digits"))
-    assert list(arms) == ["plain", "l1", "topk", "topk_revived", "kl"]
+    assert list(arms) == ["plain", "l1", "topk", "topk_revived", "omp", "kl"]
     assert {a.config.data.kind for a in arms.values()} == {"digits"}
     assert {(a.config.data.n_samples, a.config.data.n_features) for a in arms.values()} == {
         (1438, 64)
@@ -58,7 +58,12 @@ def test_digits_arms_and_programs():
     assert revived.model.unit_norm_decoder and revived.model.pre_bias and revived.model.tied
     assert revived.loss.resample_dead and revived.loss.resample_rare > 0
     assert revived.loss.aux_k == 0 and revived.optim.schedule == "cosine"
-    assert len(experiments.groups_of(experiments.get("digits"))) == 4
+    pursuit = arms["omp"].config
+    assert (pursuit.model.activation, pursuit.model.k) == ("omp", images.PURSUIT_TRAIN_K)
+    assert pursuit.model.infer_k == images.DIGITS_K and pursuit.model.init == "data"
+    assert pursuit.model.tied and pursuit.model.unit_norm_decoder and pursuit.model.pre_bias
+    assert not pursuit.loss.resample_dead and pursuit.loss.resample_rare == 0
+    assert len(experiments.groups_of(experiments.get("digits"))) == 5
 
 
 def test_patches_arms_follow_ngs_exercise():
@@ -256,7 +261,7 @@ def test_digits_end_to_end(digits_run: Path):
             "reconstructions.png",
             *(
                 f"filters_{n}.png"
-                for n in ("plain", "l1", "topk", "topk_revived", "kl", "dictionary_learning")
+                for n in ("plain", "l1", "topk", "topk_revived", "omp", "kl", "dictionary_learning")
             ),
         },
     )
@@ -269,9 +274,14 @@ def test_digits_end_to_end(digits_run: Path):
     random_start = m["analysis"]["dictionary_learning_random"]
     assert random_start["start"] == "random" and random_start["fits"] == 2
     assert f"{random_start['pw_mcc_mean']:.3f} ({random_start['pw_mcc_start_mean']:.3f})" in text
+    data_start = m["analysis"]["dictionary_learning_data"]
+    assert data_start["start"] == "data" and data_start["fits"] == 2
+    assert f"{data_start['pw_mcc_mean']:.3f} ({data_start['pw_mcc_start_mean']:.3f})" in text
+    # the pursuit codes held-out digits with infer_k = k non-zeros, as dictionary learning's OMP
+    assert m["arms"]["omp"]["heldout_l0"] == pytest.approx([images.DIGITS_K] * 3)
     judged = m["analysis"]["against_dictionary_learning"]
-    # the arms as sparse as dictionary learning's OMP codes: the top-k arms (L0 = k)
-    assert {"topk", "topk_revived"} <= set(judged["arms"]) and "plain" not in judged["arms"]
+    # the arms as sparse as dictionary learning's OMP codes: the top-k and pursuit arms (L0 = k)
+    assert {"topk", "topk_revived", "omp"} <= set(judged["arms"]) and "plain" not in judged["arms"]
     assert judged["dl_pw_mcc_median"] == random_start["pw_mcc_median"]
     assert "**Verdict.** The arm whose seeds agree most is" in text
 

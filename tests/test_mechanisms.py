@@ -240,19 +240,18 @@ def _tiny(activation: str) -> Config:
 ARMS = {"batchtopk": ("k", (2, 3)), "jumprelu": ("sparsity_weight", (0.01, 0.1))}
 
 
-@pytest.mark.parametrize("activation", ["batchtopk", "jumprelu"])
-def test_seed_in_a_batch_of_seeds_and_arms_equals_seed_alone(activation: str) -> None:
-    cfg = _tiny(activation)
-    field, values = ARMS[activation]
-    hyper_A = train.stack_arms([train.Hyper.from_config(cfg, **{field: v}) for v in values])
+def assert_seed_in_batch_is_seed_alone(
+    cfg: Config, hyper_A: train.Hyper, n: int = 4, i: int = 2, seed: int = 3
+) -> runner.TrainResult:
+    """Train `n` seeds with arms `hyper_A` in one program, then seed `i` alone: the same parameters
+    and loss history (to float rounding). Returns the batch's result."""
 
     def hyper(n: int) -> train.Hyper:
         return jax.tree.map(lambda v: jnp.broadcast_to(v, (n, *v.shape)), hyper_A)
 
-    batch = runner.train_seeds(cfg, 4, seed=3, hyper=hyper(4))
+    batch = runner.train_seeds(cfg, n, seed=seed, hyper=hyper(n))
     assert not batch.diverged.any()
-    i = 2
-    alone = runner.train_seeds(cfg, 1, keys=train.seed_keys(3, 4)[i : i + 1], hyper=hyper(1))
+    alone = runner.train_seeds(cfg, 1, keys=train.seed_keys(seed, n)[i : i + 1], hyper=hyper(1))
     chex.assert_trees_all_close(
         jax.tree.map(lambda v: v[i : i + 1], batch.state.params),
         alone.state.params,
@@ -260,6 +259,15 @@ def test_seed_in_a_batch_of_seeds_and_arms_equals_seed_alone(activation: str) ->
         atol=1e-6,
     )
     np.testing.assert_allclose(batch.history_SxAxE[i], alone.history_SxAxE[0], rtol=1e-5)
+    return batch
+
+
+@pytest.mark.parametrize("activation", ["batchtopk", "jumprelu"])
+def test_seed_in_a_batch_of_seeds_and_arms_equals_seed_alone(activation: str) -> None:
+    cfg = _tiny(activation)
+    field, values = ARMS[activation]
+    hyper_A = train.stack_arms([train.Hyper.from_config(cfg, **{field: v}) for v in values])
+    batch = assert_seed_in_batch_is_seed_alone(cfg, hyper_A)
     # the arms trained apart (their knob changed the run) and JumpReLU's thresholds moved
     params = batch.state.params["params"]
     assert not np.allclose(params["encoder"]["kernel"][:, 0], params["encoder"]["kernel"][:, 1])

@@ -261,10 +261,11 @@ USED_ONLY: dict[str, Reads] = {
     "loss.aux_weight": Reads(
         "with the auxiliary top-k loss (loss.aux_k > 0)", lambda a: a.config.loss.aux_k > 0
     ),
-    # tied weights have no encoder kernel to start anywhere; the oracle start always ties it
+    # tied weights have no encoder kernel to start anywhere; the oracle and data starts tie it
     "model.tied_init": Reads(
-        'with an untied encoder and no oracle start (model.tied false, model.init not "atoms")',
-        lambda a: not a.config.model.tied and a.config.model.init != "atoms",
+        "with an untied encoder started apart from the data (model.tied false, model.init not "
+        '"atoms" or "data")',
+        lambda a: not a.config.model.tied and a.config.model.init not in ("atoms", "data"),
     ),
 }
 

@@ -254,7 +254,7 @@ def plot_fvu_l0(m: Metrics, path: Path) -> None:
             label=f"{label} ({len(a.heldout_fvu)} seeds)",
         )
     fits = _dictionary_learning(m)
-    for (start, dl), marker in zip(fits, ("x", "+"), strict=False):
+    for (start, dl), marker in zip(fits, ("x", "+", "1"), strict=False):
         ax.scatter(
             nums(dl.heldout_l0),
             nums(dl.heldout_fvu),
@@ -478,7 +478,13 @@ def _dictionary_learning(m: Metrics) -> list[tuple[str, DictionaryLearning]]:
     a = m.analysis
     if not isinstance(a, Digits):
         return []
-    return [("SVD start", a.dictionary_learning), ("random start", a.dictionary_learning_random)]
+    starts = [("SVD start", a.dictionary_learning), ("random start", a.dictionary_learning_random)]
+    if a.dictionary_learning_data is not None:
+        starts.append(("data start", a.dictionary_learning_data))
+    return starts
+
+
+_IN_WORDS = {2: "two", 3: "three"}
 
 
 def _dl_row(dl: DictionaryLearning, start: str) -> str:
@@ -547,7 +553,8 @@ def digits_text(m: Metrics) -> tuple[list[str], str]:
         "components as top-k's k (the best linear code of that size), and "
         f"`MiniBatchDictionaryLearning` ({dl.width} atoms, its defaults, on the "
         f"mean-removed digits) with OMP codes of {dl.k} non-zeros, random_state "
-        f"0..{dl.fits - 1}, from two starts. Its own start is a randomized "
+        f"0..{dl.fits - 1}, from {_IN_WORDS[len(_dictionary_learning(m))]} starts. Its own "
+        "start is a randomized "
         "SVD of the data (at most as many atoms as pixels; the rest are zero until refilled from "
         "samples), which hardly depends on the random state: those starting dictionaries already "
         f"agree at pw_mcc {fmt(dl.pw_mcc_start_mean, '.3f')}. The random start "
@@ -555,6 +562,15 @@ def digits_text(m: Metrics) -> tuple[list[str], str]:
         f"autoencoder's seeds do (pw_mcc {fmt(dl_random.pw_mcc_start_mean, '.3f')} at the "
         "start). The last column's chance level is, for dictionary learning, its start's.",
     ]
+    dl_data = analysis.dictionary_learning_data
+    if dl_data is not None:
+        lines[-1] += (
+            " The data start (distinct random training digits minus their mean, as unit "
+            "vectors: k-means' random start, and the pursuit arm's `model.init=\"data\"`) "
+            "already agrees at pw_mcc "
+            f"{fmt(dl_data.pw_mcc_start_mean, '.3f')}, since any two sets of digits look alike; "
+            "it is the fair reference for an arm started that way."
+        )
     rows = "\n".join(f"- `{label}`: {_recipe(cfg)}" for label, cfg in _arm_configs(m).items())
     lines += ["", rows]
     return lines, _digits_verdict(m)
@@ -585,7 +601,20 @@ def _digits_verdict(m: Metrics) -> str:
         f"{fmt(analysis.dictionary_learning.pw_mcc_median, '.3f')}), at a "
         f"held-out FVU of {fmt(judged.heldout_fvu_median, '.3f')}, {within} "
         f"{fmt(judged.fvu_margin, '.2f')} of dictionary learning's "
-        f"{fmt(judged.dl_heldout_fvu_median, '.3f')}."
+        f"{fmt(judged.dl_heldout_fvu_median, '.3f')}.{_data_start_note(m, judged.best)}"
+    )
+
+
+def _data_start_note(m: Metrics, best: str) -> str:
+    """The best arm beside dictionary learning from its own start, if it starts at the data."""
+    dl_data = m.analysis.dictionary_learning_data
+    if dl_data is None or _arm_configs(m)[best].model.init != "data":
+        return ""
+    return (
+        f" `{best}` starts at training digits (chance {fmt(m.arms[best].pw_mcc_null_mean, '.3f')}"
+        "); dictionary learning from such a start agrees at a median pw_mcc of "
+        f"{fmt(dl_data.pw_mcc_median, '.3f')} (held-out FVU "
+        f"{fmt(dl_data.heldout_fvu_median, '.3f')})."
     )
 
 
@@ -624,6 +653,14 @@ def _recipe(cfg: Config) -> str:
     model, loss, optim, train_cfg, data_cfg = cfg.model, cfg.loss, cfg.optim, cfg.train, cfg.data
     units = f"top-{model.k}" if model.activation == "topk" else model.activation
     parts = [f"{model.n_hidden} {units} units, {model.output} output"]
+    if model.activation == "omp":
+        parts[0] = (
+            f"{model.n_hidden} units coded by orthogonal matching pursuit over the tied "
+            f"unit-norm decoder, {model.k} step(s) per sample in training and {model.code_k} "
+            "in coding"
+        )
+    if model.init == "data":
+        parts.append("decoder started at random training samples minus their mean")
     if loss.sparsity == "kl":
         parts.append(f"KL to rho {loss.rho} (weight {fmt(loss.weight, '.4g')})")
     if loss.resample_dead:
