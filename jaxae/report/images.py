@@ -571,8 +571,7 @@ def digits_text(m: Metrics) -> tuple[list[str], str]:
             f"{fmt(dl_data.pw_mcc_start_mean, '.3f')}, since any two sets of digits look alike; "
             "it is the fair reference for an arm started that way."
         )
-    rows = "\n".join(f"- `{label}`: {_recipe(cfg)}" for label, cfg in _arm_configs(m).items())
-    lines += ["", rows]
+    lines += ["", "\n".join(_recipes(m))]
     return lines, _digits_verdict(m)
 
 
@@ -648,10 +647,21 @@ def _orientation_rows(m: Metrics) -> list[str]:
     return lines
 
 
-def _recipe(cfg: Config) -> str:
-    """One arm's setting in words: width, units, optimiser, data whitening."""
+def _recipes(m: Metrics) -> list[str]:
+    """`- label: recipe` for every arm, each top-k arm with its own k (`hyper.k`), which may be
+    below its program's largest (`model.k`)."""
+    return [
+        f"- `{label}`: {_recipe(cfg, m.arms[label].hyper.get('k'))}"
+        for label, cfg in _arm_configs(m).items()
+    ]
+
+
+def _recipe(cfg: Config, k: float | None = None) -> str:
+    """One arm's setting in words: width, units (top-k's own `k` if given), optimiser, data
+    whitening."""
     model, loss, optim, train_cfg, data_cfg = cfg.model, cfg.loss, cfg.optim, cfg.train, cfg.data
-    units = f"top-{model.k}" if model.activation == "topk" else model.activation
+    top = model.k if k is None else int(k)
+    units = f"top-{top}" if model.activation == "topk" else model.activation
     parts = [f"{model.n_hidden} {units} units, {model.output} output"]
     if model.activation == "omp":
         parts[0] = (
@@ -734,7 +744,7 @@ def patches_text(m: Metrics) -> tuple[list[str], str]:
         "`optim.weight_decay` = 2 lambda / D), full-batch L-BFGS, on photographs whitened whole. "
         "`ng_adam` and `ng_zca` each change one thing: the optimiser, or the whitening.",
         "",
-        *[f"- `{label}`: {_recipe(cfg)}" for label, cfg in _arm_configs(m).items()],
+        *_recipes(m),
         "",
         *(_filter_text(m) if side else ["(The inputs are not square images.)"]),
     ]
