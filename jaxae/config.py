@@ -61,8 +61,9 @@ UNIT_INTERVAL_ACTIVATIONS: tuple[str, ...] = ("sigmoid",)
 # Activations with a k (`model.k`): per row ("topk"), on average over the batch ("batchtopk"), or
 # the steps of a pursuit over the decoder ("omp").
 K_ACTIVATIONS: tuple[str, ...] = ("topk", "batchtopk", "omp")
-# The activations the auxiliary top-k loss serves (it ranks dead units' pre-activations).
-AUX_ACTIVATIONS: tuple[str, ...] = ("topk", "batchtopk")
+# The activations that keep the largest pre-activations: a masked unit reads -inf there, so it never
+# wins a slot, and the auxiliary top-k loss (which ranks dead units' pre-activations) serves them.
+RANKING_ACTIVATIONS: tuple[str, ...] = ("topk", "batchtopk")
 # The model fields only JumpReLU reads, and their defaults (the paper's: Rajamanoharan et al. 2024).
 JUMP_DEFAULTS: dict[str, float] = {"jump_bandwidth": 0.001, "jump_init": 0.001}
 
@@ -307,10 +308,12 @@ class ModelConfig:
                     f"{default:g} (the default) unless model.activation is 'jumprelu'",
                 )
 
-    @property
-    def code_k(self) -> int | None:
-        """The k the trained model codes data with: `infer_k` if set, else `k`."""
-        return self.k if self.infer_k is None else self.infer_k
+    def code_k(self, trained_k: float | None = None) -> float | None:
+        """The k the trained model codes data with: `infer_k` if set, else the k it trained with
+        (`trained_k`, an arm's own, if given; else `k`)."""
+        if self.infer_k is not None:
+            return self.infer_k
+        return self.k if trained_k is None else trained_k
 
     def _check_pursuit(self) -> None:
         """`model.infer_k` is the pursuit's alone; the pursuit ("omp") reads its correlations and
@@ -523,7 +526,7 @@ class Config:
                 "gradient only through its thresholds; model.activation is "
                 f"{self.model.activation!r})",
             )
-        if self.loss.aux_k > 0 and self.model.activation not in AUX_ACTIVATIONS:
+        if self.loss.aux_k > 0 and self.model.activation not in RANKING_ACTIVATIONS:
             _fail(
                 "loss.aux_k",
                 self.loss.aux_k,

@@ -53,7 +53,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxae.config import ModelConfig, invalid
+from jaxae.config import RANKING_ACTIVATIONS, ModelConfig, invalid
 
 
 def torch_linear_init(
@@ -449,7 +449,8 @@ class TiedEncoder(nn.Module):
         self.bias = self.param("bias", bias_init, (self.n_hidden,))
 
     def __call__(self, x_BxD: jax.Array, w_DxH: jax.Array) -> jax.Array:
-        return x_BxD @ w_DxH + jnp.broadcast_to(self.bias, (*x_BxD.shape[:-1], self.n_hidden))
+        pre_BxH = self.correlations(x_BxD, w_DxH)
+        return pre_BxH + jnp.broadcast_to(self.bias, pre_BxH.shape)
 
     def correlations(self, x_BxD: jax.Array, w_DxH: jax.Array) -> jax.Array:
         """`x @ w_DxH` without the bias: a pursuit's correlations (`activation="omp"`). The bias
@@ -519,7 +520,7 @@ class Autoencoder(nn.Module):
         if mask_H is None:
             return pre_BxH
         mask_H = jnp.broadcast_to(mask_H, pre_BxH.shape)
-        masked = -jnp.inf if self.activation in ("topk", "batchtopk") else 0.0
+        masked = -jnp.inf if self.activation in RANKING_ACTIVATIONS else 0.0
         return jnp.where(mask_H > 0, pre_BxH, masked)
 
     def activate(
@@ -674,7 +675,7 @@ def make_model(cfg: ModelConfig, n_features: int, coding: bool = False) -> Autoe
         n_features=n_features,
         n_hidden=cfg.n_hidden,
         activation=cfg.activation,
-        k=cfg.code_k if coding else cfg.k,
+        k=cfg.code_k() if coding else cfg.k,
         initializer=cfg.init,
         unit_norm_decoder=cfg.unit_norm_decoder,
         pre_bias=cfg.pre_bias,

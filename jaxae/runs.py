@@ -220,10 +220,8 @@ class Run:
         cfg = self.configs[self.check_arm(arm)]
         if cfg.model.activation not in K_ACTIVATIONS:
             return None
-        if cfg.model.infer_k is not None:
-            return cfg.model.infer_k
         own = self.metrics.arms[arm].hyper.get("k")
-        return int(own) if own is not None else int(cfg.model.k)
+        return int(cfg.model.code_k(own))
 
     def _model(self, arm: str) -> Autoencoder:
         cfg = self.configs[arm]

@@ -521,10 +521,9 @@ def heldout_x(cfg: Config) -> np.ndarray:
 def _apply_args(r: ArmResult) -> dict[str, Any]:
     """The units in use and the k the trained arm codes with (a pursuit's `model.infer_k`)."""
     cfg = r.arm.config
-    k = r.arm.value("k") if cfg.model.infer_k is None else cfg.model.infer_k
     return {
         "mask_H": hidden_mask(jnp.int32(r.arm.n_hidden), cfg.model.n_hidden),
-        "k": jnp.int32(k),
+        "k": jnp.int32(cfg.model.code_k(r.arm.value("k"))),
     }
 
 

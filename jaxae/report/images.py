@@ -607,7 +607,7 @@ def _digits_verdict(m: Metrics) -> str:
 def _data_start_note(m: Metrics, best: str) -> str:
     """The best arm beside dictionary learning from its own start, if it starts at the data."""
     dl_data = m.analysis.dictionary_learning_data
-    if dl_data is None or _arm_configs(m)[best].model.init != "data":
+    if dl_data is None or Config.from_dict(m.arms[best].config).model.init != "data":
         return ""
     return (
         f" `{best}` starts at training digits (chance {fmt(m.arms[best].pw_mcc_null_mean, '.3f')}"
@@ -666,7 +666,7 @@ def _recipe(cfg: Config, k: float | None = None) -> str:
     if model.activation == "omp":
         parts[0] = (
             f"{model.n_hidden} units coded by orthogonal matching pursuit over the tied "
-            f"unit-norm decoder, {model.k} step(s) per sample in training and {model.code_k} "
+            f"unit-norm decoder, {model.k} step(s) per sample in training and {model.code_k()} "
             "in coding"
         )
     if model.init == "data":
