@@ -364,6 +364,10 @@ class LossConfig:
     resample_rare: float = 0.0
     resample_every: int = 1  # epochs between resamplings (a re-aimed unit's time to settle)
     resample_pool: int = 512
+    # > 0: when the busiest unit fires on more than this multiple of the median unit's share of
+    # the epoch's samples, the first re-aimed unit splits it (jaxae/resample.py, `_split_busiest`)
+    # instead of taking a residual; 0 turns it off
+    resample_split: float = 0.0
 
     def __post_init__(self) -> None:
         _one_of("loss.sparsity", self.sparsity, SPARSITIES)
@@ -380,6 +384,13 @@ class LossConfig:
             _fail("loss.resample_dead", self.resample_dead, "true or false")
         _positive_int("loss.resample_every", self.resample_every)
         _positive_int("loss.resample_pool", self.resample_pool)
+        split = self.resample_split
+        if (
+            isinstance(split, bool)
+            or not isinstance(split, int | float)
+            or not (split == 0 or split > 1)
+        ):
+            _fail("loss.resample_split", split, "0 (off) or a number > 1")
         rare = self.resample_rare
         if isinstance(rare, bool) or not isinstance(rare, int | float) or not 0 <= rare < 1:
             _fail("loss.resample_rare", rare, "a number in [0, 1) (0: dead units only)")

@@ -27,6 +27,34 @@ def _column_norms(w_DxH: jax.Array, weight_H: jax.Array) -> jax.Array:
     return jnp.where(total > 0, jnp.sum(norms_H * weight_H) / jnp.maximum(total, 1), 1.0)
 
 
+def _split_busiest(
+    h_PxH: jax.Array,
+    residual_PxD: jax.Array,
+    error_P: jax.Array,
+    w_HxD: jax.Array,
+    rate_H: jax.Array,
+    mask_H: jax.Array,
+    median_rate: jax.Array,
+    share: float,
+) -> tuple[jax.Array, jax.Array]:
+    """Where the busiest unit (the highest firing rate) fires on more than `share` times the
+    median unit's rate: the direction its part of its worst-reconstructed pool sample plus that
+    sample's residual, `h_pb w_b + (x_p - x_hat_p)`, normalised, and True; else False.
+
+    A unit covering two similar atoms fires on the samples of both (about twice the median
+    rate), and with k at the true count a unit re-aimed at the residual alone never enters the
+    top k on their samples: the residual is the small part the busy unit misses. This direction is
+    the whole atom that the busy unit codes poorly in that sample, so the re-aimed unit takes that
+    atom and the busy unit is left with the other one.
+    """
+    busy = jnp.argmax(jnp.where(mask_H > 0, rate_H, -jnp.inf))
+    fires_P = h_PxH[:, busy] != 0
+    p = jnp.argmax(jnp.where(fires_P, error_P, -jnp.inf))
+    target_1xD = unit_rows((h_PxH[p, busy] * w_HxD[busy] + residual_PxD[p])[None, :])
+    split = (rate_H[busy] > share * median_rate) & jnp.any(fires_P)
+    return target_1xD, split
+
+
 def resample_dead(
     state: TrainState,
     pool_PxD: jax.Array,
@@ -47,14 +75,15 @@ def resample_dead(
     restarts (a tied model, `model.tied`, has no encoder kernel: its encoder follows the decoder
     rows). Adam's moments of a dead unit's weights have already decayed (it had no gradient for
     `dead_steps` steps), so they are left as they are. With more dead units than pool samples the
-    last ones share the last sample's direction.
+    last ones share the last sample's direction. With `loss.resample_split`, the first of them
+    may instead split the busiest unit (`_split_busiest`).
     """
     mask_H = hidden_mask(state.hyper.n_active, model.n_hidden)
     median_rate = jnp.nanmedian(jnp.where(mask_H > 0, rate_H, jnp.nan))
     rare_H = rate_H < cfg.loss.resample_rare * median_rate
     dead_H = ((state.since_fired >= cfg.loss.dead_steps) | rare_H) & (mask_H > 0)
     live_H = ((~dead_H) & (mask_H > 0)).astype(jnp.float32)
-    x_hat_PxD, _ = model.apply(state.params, pool_PxD, mask_H, state.hyper.k)
+    x_hat_PxD, h_PxH = model.apply(state.params, pool_PxD, mask_H, state.hyper.k)
     residual_PxD = pool_PxD - x_hat_PxD
     error_P = jnp.sum(jnp.square(residual_PxD), axis=-1)
     if w_P is not None:
@@ -63,6 +92,20 @@ def resample_dead(
     worst_W = lax.top_k(error_P, n_worst)[1]
     rank_H = jnp.clip(jnp.cumsum(dead_H) - 1, 0, n_worst - 1)  # the i-th dead unit, i-th worst
     direction_HxD = unit_rows(residual_PxD[worst_W[rank_H]])
+    if cfg.loss.resample_split > 0:  # the first re-aimed unit splits the busiest one
+        w_HxD = model.apply(state.params, method=model.decoder_weights)
+        target_1xD, split = _split_busiest(
+            h_PxH,
+            residual_PxD,
+            error_P,
+            w_HxD,
+            rate_H,
+            mask_H,
+            median_rate,
+            cfg.loss.resample_split,
+        )
+        first_Hx1 = (dead_H & (rank_H == 0) & split)[:, None]
+        direction_HxD = jnp.where(first_Hx1, target_1xD, direction_HxD)
     p = state.params["params"]
     decoder_HxD = p["decoder"]["kernel"]
     dead_1xH, dead_Hx1 = dead_H[None, :], dead_H[:, None]

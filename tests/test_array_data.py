@@ -164,6 +164,7 @@ def test_a_users_array_with_its_atoms_runs_the_sparse_preset_end_to_end(capsys, 
         # tests/test_load.py): four programs to compile, not five
         "loss.resample_dead=false",
         "loss.resample_rare=0",
+        "loss.resample_split=0",
         "loss.dead_steps=100",
     ]
     argv = ["run", "sparse", "--seeds", "2", "--epochs", "2", "--out", str(out), *_flags(sets)]

@@ -164,6 +164,15 @@ INVALID = [
     invalid("loss.resample_rare", 1.0, "a number in [0, 1)", loss={"resample_rare": 1.0}),
     invalid("loss.resample_rare", -0.1, "a number in [0, 1)", loss={"resample_rare": -0.1}),
     invalid("loss.resample_pool", 0, "a positive integer", loss={"resample_pool": 0}),
+    *(
+        invalid(
+            "loss.resample_split",
+            v,
+            "0 (off) or a number > 1",
+            loss={"resample_dead": True, "resample_split": v},
+        )
+        for v in (1.0, 0.5, -2.0, float("nan"), True)
+    ),
     invalid("optim.schedule", "step", "one of", optim={"schedule": "step"}),
     invalid("optim.final_lr_ratio", 2.0, "a number in [0, 1]", optim={"final_lr_ratio": 2.0}),
     # sparse firing: exact, or each atom independently (bernoulli) with uniform or Zipf p_i

@@ -34,6 +34,7 @@ SPARSE_SETS = [
     "model.n_hidden=6",
     "loss.resample_dead=false",
     "loss.resample_rare=0",
+    "loss.resample_split=0",
     "loss.dead_steps=100",
 ]
 OFFSET_SETS = ["model.activation=topk", "model.k=2"]

@@ -381,6 +381,41 @@ def test_resample_rare_re_aims_a_unit_that_fires_on_one_sample():
     np.testing.assert_allclose(new_kernel[0], worst / np.linalg.norm(worst), atol=1e-5)
 
 
+def test_resample_split_gives_the_first_dead_unit_the_busiest_units_worst_sample():
+    """`loss.resample_split`: when the busiest unit fires on more than that multiple of the median
+    unit's rate, the first dead unit takes that unit's part of its worst-reconstructed sample
+    plus the sample's residual; the next dead unit takes the second-worst residual as before.
+    At a rate below the multiple the split is off and resampling is as without the option."""
+    loss = LossConfig(dead_steps=3, resample_dead=True, resample_split=1.5)
+    cfg = dataclasses.replace(SPARSE, loss=loss)
+    model = make_model(cfg.model, cfg.data.n_features)
+    state, x = _state_with_biases(cfg, np.zeros(6))
+    state = state.replace(since_fired=jnp.array([0, 3, 1, 7, 0, 2], jnp.int32))  # 1 and 3 dead
+    x_hat, h = (np.asarray(v) for v in model.apply(state.params, x))
+    residual = np.asarray(x) - x_hat
+    error = np.sum(residual**2, axis=1)
+    w = np.asarray(model.apply(state.params, method="decoder_weights"))
+    busy = 4
+    fires = h[:, busy] != 0
+    assert 0 < fires.sum() < len(x)
+    p = np.flatnonzero(fires)[np.argmax(error[fires])]
+    target = h[p, busy] * w[busy] + residual[p]
+    second = residual[np.argsort(-error)[1]]
+    rates = jnp.array([0.2, 0.0, 0.2, 0.0, 0.5, 0.2])  # the median unit's 0.2; unit 4 at 2.5x
+    split = resample.resample_dead(state, x, rates, model=model, cfg=cfg)
+    new_w = np.asarray(model.apply(split.params, method="decoder_weights"))
+    np.testing.assert_allclose(new_w[1], target / np.linalg.norm(target), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(new_w[3], second / np.linalg.norm(second), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(new_w[[0, 2, 4, 5]], w[[0, 2, 4, 5]])
+
+    calm = rates.at[busy].set(0.29)  # 1.45x the median: no split
+    plain_cfg = dataclasses.replace(cfg, loss=dataclasses.replace(loss, resample_split=0.0))
+    chex.assert_trees_all_equal(
+        resample.resample_dead(state, x, calm, model=model, cfg=cfg).params,
+        resample.resample_dead(state, x, rates, model=model, cfg=plain_cfg).params,
+    )
+
+
 @pytest.mark.parametrize("n_samples", [64, 60])
 def test_an_epoch_resamples_from_its_own_firing_counts_and_last_minibatches(n_samples: int):
     """The loop's resampling equals doing it by hand: the epoch's steps, the units' firing counts

@@ -8,7 +8,9 @@ mechanism is one compiled program that sweeps its own sparsity knob as arms:
 - `topk`: k-sparse (Makhzani & Frey 2013), knob k;
 - `topk_revive`: the same with dead units revived: in the first half of training, at each epoch's
   end, dead and rarely firing units are resampled at the residuals of the worst-reconstructed
-  samples among the epoch's last minibatches (after Bricken et al. 2023), knob k;
+  samples among the epoch's last minibatches (after Bricken et al. 2023), and the first of them
+  splits the busiest unit when it fires on more than `RESAMPLE_SPLIT` times the median unit's
+  share (`loss.resample_split`), knob k;
 - `kl`: sigmoid units with Ng's KL penalty towards rho = active / atoms, knob its weight beta;
 - `l1`: ReLU with an L1 penalty and a unit-norm decoder, knob its weight lambda.
 
@@ -81,6 +83,12 @@ DEAD_STEPS = 5
 # share of the median unit's. A unit stuck on a rare mixture of atoms, left alive by a few firings,
 # is what keeps the last atoms from being found.
 RESAMPLE_RARE = 0.5
+# And the first re-aimed unit splits the busiest unit when it fires on more than this multiple of
+# the median unit's share (`loss.resample_split`): a unit covering two similar atoms fires about
+# twice as often as one atom's unit, and a residual alone never wins it back with k at the true
+# count. Without it, 512 seeds on data seeds 0-7 (64 each, k=3) recovered every atom in 0.98,
+# 1.00, 0.92, 0.98, 0.73, 0.91, 1.00 and 0.92 of seeds; with it at 1.5, in all 512.
+RESAMPLE_SPLIT = 1.5
 
 MECHANISMS = ("relu", "topk", "topk_revive", "kl", "l1")
 
@@ -160,7 +168,8 @@ def mechanism_config(mechanism: str, base: Config, k_max: int) -> Config:
         cfg = with_(_sae(base), model={"activation": activation, "k": min(k_max, h)})
         if mechanism == "topk_revive":
             revive = {"dead_steps": DEAD_STEPS, "resample_dead": True}
-            cfg = with_(cfg, loss={**revive, "resample_rare": RESAMPLE_RARE})
+            rare = {"resample_rare": RESAMPLE_RARE, "resample_split": RESAMPLE_SPLIT}
+            cfg = with_(cfg, loss={**revive, **rare})
         return cfg
     if mechanism == "kl":
         rho = min(0.5, base.data.active / base.data.n_atoms)
