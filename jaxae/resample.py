@@ -48,7 +48,7 @@ def _split_busiest(
     atom and the busy unit is left with the other one.
     """
     busy = jnp.argmax(jnp.where(mask_H > 0, rate_H, -jnp.inf))
-    fires_P = h_PxH[:, busy] != 0
+    fires_P = (h_PxH[:, busy] != 0) & jnp.isfinite(error_P)  # padding samples' error is -inf
     p = jnp.argmax(jnp.where(fires_P, error_P, -jnp.inf))
     target_1xD = unit_rows((h_PxH[p, busy] * w_HxD[busy] + residual_PxD[p])[None, :])
     split = (rate_H[busy] > share * median_rate) & jnp.any(fires_P)
