@@ -385,11 +385,7 @@ class LossConfig:
         _positive_int("loss.resample_every", self.resample_every)
         _positive_int("loss.resample_pool", self.resample_pool)
         split = self.resample_split
-        if (
-            isinstance(split, bool)
-            or not isinstance(split, int | float)
-            or not (split == 0 or split > 1)
-        ):
+        if not _is_number(split) or not (split == 0 or split > 1):
             _fail("loss.resample_split", split, "0 (off) or a number > 1")
         rare = self.resample_rare
         if isinstance(rare, bool) or not isinstance(rare, int | float) or not 0 <= rare < 1:

@@ -93,9 +93,9 @@ def main(argv: list[str] | None = None) -> None:
             f"{row['split']['share']:.3f} | {row['no_split']['share']:.3f} | {ratio:.2f}x |"
         )
     if args.out is not None:
-        tmp = args.out.with_name(args.out.name + ".tmp")
-        tmp.write_text(json.dumps({"seeds": args.seeds, "rows": rows}, indent=1))
-        tmp.replace(args.out)
+        from jaxae import results
+
+        results.write_json(args.out, {"seeds": args.seeds, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -169,7 +169,7 @@ INVALID = [
             "loss.resample_split",
             v,
             "0 (off) or a number > 1",
-            loss={"resample_dead": True, "resample_split": v},
+            loss={"resample_split": v},
         )
         for v in (1.0, 0.5, -2.0, float("nan"), True)
     ),

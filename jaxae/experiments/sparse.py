@@ -167,9 +167,9 @@ def mechanism_config(mechanism: str, base: Config, k_max: int) -> Config:
         activation = "batchtopk" if mechanism == "batchtopk" else "topk"
         cfg = with_(_sae(base), model={"activation": activation, "k": min(k_max, h)})
         if mechanism == "topk_revive":
-            revive = {"dead_steps": DEAD_STEPS, "resample_dead": True}
-            rare = {"resample_rare": RESAMPLE_RARE, "resample_split": RESAMPLE_SPLIT}
-            cfg = with_(cfg, loss={**revive, **rare})
+            revive = {"dead_steps": DEAD_STEPS, "resample_dead": True,
+                      "resample_rare": RESAMPLE_RARE, "resample_split": RESAMPLE_SPLIT}  # fmt: skip
+            cfg = with_(cfg, loss=revive)
         return cfg
     if mechanism == "kl":
         rho = min(0.5, base.data.active / base.data.n_atoms)
