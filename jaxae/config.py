@@ -368,6 +368,9 @@ class LossConfig:
     # the epoch's samples, the first re-aimed unit splits it (jaxae/resample.py, `_split_busiest`)
     # instead of taking a residual; 0 turns it off
     resample_split: float = 0.0
+    # with `resample_split`: when the busiest unit is due a split but no unit is dead or rare, the
+    # least-firing unit is re-aimed to take it (an L1 code keeps every unit alive)
+    resample_least: bool = False
 
     def __post_init__(self) -> None:
         _one_of("loss.sparsity", self.sparsity, SPARSITIES)
@@ -387,6 +390,10 @@ class LossConfig:
         split = self.resample_split
         if not _is_number(split) or not (split == 0 or split > 1):
             _fail("loss.resample_split", split, "0 (off) or a number > 1")
+        if not isinstance(self.resample_least, bool):
+            _fail("loss.resample_least", self.resample_least, "true or false")
+        if self.resample_least and split == 0:
+            _fail("loss.resample_least", True, "false unless loss.resample_split > 0")
         rare = self.resample_rare
         if isinstance(rare, bool) or not isinstance(rare, int | float) or not 0 <= rare < 1:
             _fail("loss.resample_rare", rare, "a number in [0, 1) (0: dead units only)")

@@ -76,22 +76,21 @@ def resample_dead(
     rows). Adam's moments of a dead unit's weights have already decayed (it had no gradient for
     `dead_steps` steps), so they are left as they are. With more dead units than pool samples the
     last ones share the last sample's direction. With `loss.resample_split`, the first of them
-    may instead split the busiest unit (`_split_busiest`).
+    may instead split the busiest unit (`_split_busiest`); with `loss.resample_least` too, when
+    the busiest unit is due a split but no unit is dead or rare, the least-firing unit is
+    re-aimed to take that split (an L1 code has no dead unit to spare: a unit that merged two
+    atoms leaves a third unit coding a mixture, alive and firing often enough).
     """
     mask_H = hidden_mask(state.hyper.n_active, model.n_hidden)
     median_rate = jnp.nanmedian(jnp.where(mask_H > 0, rate_H, jnp.nan))
     rare_H = rate_H < cfg.loss.resample_rare * median_rate
     dead_H = ((state.since_fired >= cfg.loss.dead_steps) | rare_H) & (mask_H > 0)
-    live_H = ((~dead_H) & (mask_H > 0)).astype(jnp.float32)
     x_hat_PxD, h_PxH = model.apply(state.params, pool_PxD, mask_H, state.hyper.k)
     residual_PxD = pool_PxD - x_hat_PxD
     error_P = jnp.sum(jnp.square(residual_PxD), axis=-1)
     if w_P is not None:
         error_P = jnp.where(w_P > 0, error_P, -jnp.inf)
-    n_worst = min(model.n_hidden, pool_PxD.shape[0])
-    worst_W = lax.top_k(error_P, n_worst)[1]
-    rank_H = jnp.clip(jnp.cumsum(dead_H) - 1, 0, n_worst - 1)  # the i-th dead unit, i-th worst
-    direction_HxD = unit_rows(residual_PxD[worst_W[rank_H]])
+    split = jnp.zeros((), bool)
     if cfg.loss.resample_split > 0:  # the first re-aimed unit splits the busiest one
         w_HxD = model.apply(state.params, method=model.decoder_weights)
         target_1xD, split = _split_busiest(
@@ -104,6 +103,17 @@ def resample_dead(
             median_rate,
             cfg.loss.resample_split,
         )
+        if cfg.loss.resample_least:  # no unit to re-aim: the least-firing one splits it
+            least_H = jnp.arange(model.n_hidden) == jnp.argmin(
+                jnp.where(mask_H > 0, rate_H, jnp.inf)
+            )
+            dead_H = dead_H | (least_H & split & ~jnp.any(dead_H))
+    live_H = ((~dead_H) & (mask_H > 0)).astype(jnp.float32)
+    n_worst = min(model.n_hidden, pool_PxD.shape[0])
+    worst_W = lax.top_k(error_P, n_worst)[1]
+    rank_H = jnp.clip(jnp.cumsum(dead_H) - 1, 0, n_worst - 1)  # the i-th dead unit, i-th worst
+    direction_HxD = unit_rows(residual_PxD[worst_W[rank_H]])
+    if cfg.loss.resample_split > 0:
         first_Hx1 = (dead_H & (rank_H == 0) & split)[:, None]
         direction_HxD = jnp.where(first_Hx1, target_1xD, direction_HxD)
     p = state.params["params"]

@@ -26,7 +26,9 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(s) for s in text.split(","))
 
 
-def _train(cfg, n_seeds: int) -> dict:
+def train_scored(cfg, n_seeds: int) -> dict:
+    """Seeds `0..n_seeds-1` of `cfg` (on data with true atoms): the share recovering every atom,
+    the median and least GT-MCC, seed-steps/s."""
     import jax
     import numpy as np
 
@@ -47,16 +49,22 @@ def _train(cfg, n_seeds: int) -> dict:
     }
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """The arguments, after `--out` (if given) is checked not to exist; then every core in use."""
+    args = parser.parse_args(argv)
+    if args.out is not None and args.out.exists():
+        parser.error(f"--out {args.out} exists: choose another path")
+    use_every_core()
+    return args
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-seeds", type=_ints, default=tuple(range(8)))
     parser.add_argument("--seeds", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=None, help="default: sparse's")
     parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args(argv)
-    if args.out is not None and args.out.exists():
-        parser.error(f"--out {args.out} exists: choose another path")
-    use_every_core()
+    args = parse_args(parser, argv)
 
     from jaxae.experiments import sparse
     from jaxae.experiments.base import with_
@@ -72,11 +80,11 @@ def main(argv: list[str] | None = None) -> None:
         row = {
             "data_seed": data_seed,
             **dataclasses.asdict(sparse.draw_of(base)),
-            "split": _train(split, args.seeds),
-            "no_split": _train(plain, args.seeds),
+            "split": train_scored(split, args.seeds),
+            "no_split": train_scored(plain, args.seeds),
         }
         if i == 0:
-            row["relu"] = _train(sparse.mechanism_config("relu", base, 0), args.seeds)
+            row["relu"] = train_scored(sparse.mechanism_config("relu", base, 0), args.seeds)
         rows.append(row)
         print(json.dumps(row), flush=True)
 

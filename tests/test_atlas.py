@@ -120,6 +120,18 @@ def test_choice_is_by_agreement_and_figures_are_in_range():
     assert np.isfinite(grid).all()
 
 
+def test_the_revived_l1_is_trained_only_where_named():
+    """`l1_revive` is no default mechanism; named, its program resamples with the least-firing
+    unit taking the split."""
+    assert "l1_revive" not in atlas.spec_of([]).mechanisms
+    spec = atlas.spec_of(["atlas.mechanisms=l1,l1_revive", "atlas.ratios=1", "atlas.actives=1"])
+    progs = list(atlas.programs(spec))
+    assert [p.mechanism for p in progs] == ["l1", "l1_revive"]
+    revived = progs[1].config.loss
+    assert revived.resample_least and revived.resample_split == sparse.L1_SPLIT
+    assert not progs[0].config.loss.resample_dead
+
+
 def test_spec_refuses_bad_values():
     with pytest.raises(ValueError, match=r"atlas\.nope"):
         atlas.spec_of(["atlas.nope=1"])
@@ -127,7 +139,7 @@ def test_spec_refuses_bad_values():
         atlas.spec_of(["model.k=2"])
     with pytest.raises(ValueError, match=r"atlas.firings='poisson' is invalid"):
         atlas.spec_of(["atlas.firings=poisson"])
-    with pytest.raises(ValueError, match=r"atlas.mechanisms='kl' is invalid"):
+    with pytest.raises(ValueError, match=r"atlas.mechanisms='kl' is invalid.*l1_revive"):
         atlas.spec_of(["atlas.mechanisms=kl"])
     with pytest.raises(ValueError, match=r"atlas.actives=9 is invalid: allowed is 1..8"):
         atlas.spec_of(["atlas.n_features=8", "atlas.ratios=1", "atlas.actives=9"])

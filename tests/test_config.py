@@ -173,6 +173,13 @@ INVALID = [
         )
         for v in (1.0, 0.5, -2.0, float("nan"), True)
     ),
+    invalid("loss.resample_least", 1, "true or false", loss={"resample_least": 1}),
+    invalid(
+        "loss.resample_least",
+        True,
+        "false unless loss.resample_split > 0",
+        loss={"resample_least": True},
+    ),
     invalid("optim.schedule", "step", "one of", optim={"schedule": "step"}),
     invalid("optim.final_lr_ratio", 2.0, "a number in [0, 1]", optim={"final_lr_ratio": 2.0}),
     # sparse firing: exact, or each atom independently (bernoulli) with uniform or Zipf p_i

@@ -416,6 +416,46 @@ def test_resample_split_gives_the_first_dead_unit_the_busiest_units_worst_sample
     )
 
 
+def test_resample_least_gives_the_split_to_the_least_firing_unit_when_none_is_dead():
+    """`loss.resample_least`: with no dead or rare unit but the busiest unit due a split, the
+    least-firing unit is re-aimed at the split's direction (and its dead count restarts); every
+    other unit keeps its weights. Without the option, or with the busiest unit below the split
+    multiple, or with a dead unit to take the split, resampling is as without it."""
+    loss = LossConfig(dead_steps=3, resample_dead=True, resample_split=1.5)
+    cfg = dataclasses.replace(SPARSE, loss=loss)
+    least_cfg = dataclasses.replace(cfg, loss=dataclasses.replace(loss, resample_least=True))
+    model = make_model(cfg.model, cfg.data.n_features)
+    state, x = _state_with_biases(cfg, np.zeros(6))
+    state = state.replace(since_fired=jnp.array([0, 1, 1, 2, 0, 2], jnp.int32))  # none dead
+    x_hat, h = (np.asarray(v) for v in model.apply(state.params, x))
+    residual = np.asarray(x) - x_hat
+    error = np.sum(residual**2, axis=1)
+    w = np.asarray(model.apply(state.params, method="decoder_weights"))
+    busy, least = 4, 2
+    fires = h[:, busy] != 0
+    p = np.flatnonzero(fires)[np.argmax(error[fires])]
+    target = h[p, busy] * w[busy] + residual[p]
+    rates = jnp.array([0.2, 0.25, 0.1, 0.2, 0.5, 0.2])  # unit 4 at 2.5x the median's 0.2
+    new = resample.resample_dead(state, x, rates, model=model, cfg=least_cfg)
+    new_w = np.asarray(model.apply(new.params, method="decoder_weights"))
+    np.testing.assert_allclose(new_w[least], target / np.linalg.norm(target), rtol=1e-5, atol=1e-6)
+    others = [u for u in range(6) if u != least]
+    np.testing.assert_array_equal(new_w[others], w[others])
+    np.testing.assert_array_equal(new.since_fired, [0, 1, 0, 2, 0, 2])
+
+    unchanged = resample.resample_dead(state, x, rates, model=model, cfg=cfg)
+    chex.assert_trees_all_equal(unchanged.params, state.params)
+    calm = rates.at[busy].set(0.29)  # 1.45x the median: no split
+    chex.assert_trees_all_equal(
+        resample.resample_dead(state, x, calm, model=model, cfg=least_cfg).params, state.params
+    )
+    dead = state.replace(since_fired=state.since_fired.at[1].set(3))  # unit 1 takes the split
+    chex.assert_trees_all_equal(
+        resample.resample_dead(dead, x, rates, model=model, cfg=least_cfg).params,
+        resample.resample_dead(dead, x, rates, model=model, cfg=cfg).params,
+    )
+
+
 @pytest.mark.parametrize("n_samples", [64, 60])
 def test_an_epoch_resamples_from_its_own_firing_counts_and_last_minibatches(n_samples: int):
     """The loop's resampling equals doing it by hand: the epoch's steps, the units' firing counts

@@ -48,6 +48,7 @@ MECHANISM_NAMES = {
     "topk_revive": "top-k, dead units revived",
     "kl": "KL (sigmoid)",
     "l1": "L1 (unit-norm decoder)",
+    "l1_revive": "L1, units revived",
 }
 KNOB_NAMES = {"k": "k", "sparsity_weight": "penalty weight"}
 DL_LABEL = "dictionary learning"
