@@ -90,7 +90,6 @@ def resample_dead(
     error_P = jnp.sum(jnp.square(residual_PxD), axis=-1)
     if w_P is not None:
         error_P = jnp.where(w_P > 0, error_P, -jnp.inf)
-    split = jnp.zeros((), bool)
     if cfg.loss.resample_split > 0:  # the first re-aimed unit splits the busiest one
         w_HxD = model.apply(state.params, method=model.decoder_weights)
         target_1xD, split = _split_busiest(

@@ -345,8 +345,10 @@ def _epochs(
     if arms is not None:  # one shuffled batch, every arm's own step
         step = over_arms(step, arms, in_axes=(ARM_AXES, None), out_axes=(ARM_AXES, 0))
         resample = over_arms(resample, arms, in_axes=(ARM_AXES, None, 0, None), out_axes=ARM_AXES)
-    # Firing rates for `resample_rare`, counted over the epoch's training steps.
-    count_fired = cfg.loss.resample_dead and cfg.loss.resample_rare > 0
+    # Firing rates for `resample_rare` and `resample_split`, counted over the epoch's steps.
+    count_fired = cfg.loss.resample_dead and (
+        cfg.loss.resample_rare > 0 or cfg.loss.resample_split > 0
+    )
 
     def plain_step(state: TrainState, batch: tuple) -> tuple[TrainState, jax.Array]:
         state, (loss, _) = step(state, batch)

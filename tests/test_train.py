@@ -456,15 +456,26 @@ def test_resample_least_gives_the_split_to_the_least_firing_unit_when_none_is_de
     )
 
 
+# Rates of rare units, or of the busiest one for its split alone (counted without rare units too).
+RATE_USES = {
+    "rare": {"resample_rare": 0.9},
+    "split": {"resample_split": 1.05, "resample_least": True},
+}
+
+
+@pytest.mark.parametrize("rates_for", list(RATE_USES))
 @pytest.mark.parametrize("n_samples", [64, 60])
-def test_an_epoch_resamples_from_its_own_firing_counts_and_last_minibatches(n_samples: int):
+def test_an_epoch_resamples_from_its_own_firing_counts_and_last_minibatches(
+    n_samples: int, rates_for: str
+):
     """The loop's resampling equals doing it by hand: the epoch's steps, the units' firing counts
     summed over them (divided by the samples), then `resample_dead` on the pool of the epoch's
     last minibatches (`loss.resample_pool` samples, whole minibatches; padding rows weighted 0)."""
+    loss = LossConfig(dead_steps=2, resample_dead=True, resample_pool=20, **RATE_USES[rates_for])
     cfg = dataclasses.replace(
         SPARSE,
         data=dataclasses.replace(SPARSE.data, n_samples=n_samples),
-        loss=LossConfig(dead_steps=2, resample_dead=True, resample_rare=0.9, resample_pool=20),
+        loss=loss,
         train=TrainConfig(epochs=2, batch_size=16, chunk_epochs=1),
     )
     model = make_model(cfg.model, cfg.data.n_features)
