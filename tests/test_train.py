@@ -416,11 +416,15 @@ def test_resample_split_gives_the_first_dead_unit_the_busiest_units_worst_sample
     )
 
 
-def test_resample_least_gives_the_split_to_the_least_firing_unit_when_none_is_dead():
-    """`loss.resample_least`: with no dead or rare unit but the busiest unit due a split, the
-    least-firing unit is re-aimed at the split's direction (and its dead count restarts); every
-    other unit keeps its weights. Without the option, or with the busiest unit below the split
-    multiple, or with a dead unit to take the split, resampling is as without it."""
+@pytest.mark.parametrize("new_direction", [True, False])
+def test_resample_least_gives_the_split_to_the_least_firing_unit_when_none_is_dead(
+    new_direction: bool, monkeypatch: pytest.MonkeyPatch
+):
+    """`loss.resample_least`: with no dead or rare unit but the busiest unit due a split in a new
+    direction (|cosine| with it below `resample.LEAST_MAX_COS`), the least-firing unit is
+    re-aimed at the split's direction (and its dead count restarts); every other unit keeps its
+    weights. Without the option, with the busiest unit below the split multiple, with a dead unit
+    to take the split, or with the direction not new, resampling is as without it."""
     loss = LossConfig(dead_steps=3, resample_dead=True, resample_split=1.5)
     cfg = dataclasses.replace(SPARSE, loss=loss)
     least_cfg = dataclasses.replace(cfg, loss=dataclasses.replace(loss, resample_least=True))
@@ -436,6 +440,15 @@ def test_resample_least_gives_the_split_to_the_least_firing_unit_when_none_is_de
     p = np.flatnonzero(fires)[np.argmax(error[fires])]
     target = h[p, busy] * w[busy] + residual[p]
     rates = jnp.array([0.2, 0.25, 0.1, 0.2, 0.5, 0.2])  # unit 4 at 2.5x the median's 0.2
+    overlap = abs(target @ w[busy]) / (np.linalg.norm(target) * np.linalg.norm(w[busy]))
+    # the bound just above or just below this direction's |cosine| with the busy unit
+    monkeypatch.setattr(resample, "LEAST_MAX_COS", overlap + (1e-3 if new_direction else -1e-3))
+    if not new_direction:
+        chex.assert_trees_all_equal(
+            resample.resample_dead(state, x, rates, model=model, cfg=least_cfg).params,
+            state.params,
+        )
+        return
     new = resample.resample_dead(state, x, rates, model=model, cfg=least_cfg)
     new_w = np.asarray(model.apply(new.params, method="decoder_weights"))
     np.testing.assert_allclose(new_w[least], target / np.linalg.norm(target), rtol=1e-5, atol=1e-6)
