@@ -94,9 +94,10 @@ RESAMPLE_SPLIT = 1.5
 # The revived L1 (`l1_revive`): the same resampling, its split at this multiple and taken by the
 # least-firing unit when none is dead or rare (`loss.resample_least`): an L1 code keeps every unit
 # firing a little, so the unit left coding a mixture beside two merged atoms never counts as rare.
-# Chosen on SAELens's synthetic defaults (scripts/saelens_benchmark.py, 16 seeds, L1 weight 0.03:
-# 8, 10, 16, 13 and 11 seeds recover every atom at 1.1, 1.2, 1.3, 1.5 and 2.0; 10 unrevived), then
-# checked on data seeds 1-3 there (14, 0 and 13 of 16; unrevived 11, 0 and 10).
+# Chosen on SAELens's synthetic defaults (scripts/saelens_benchmark.py, 16 seeds, L1 weight 0.03,
+# before `resample.LEAST_MAX_COS`: 8, 10, 16, 13 and 11 seeds recover every atom at 1.1, 1.2, 1.3,
+# 1.5 and 2.0; 10 unrevived), then checked on data seeds 1-3 there (with that guard 14, 0 and 12 of
+# 16; unrevived 11, 0 and 10).
 L1_SPLIT = 1.3
 
 MECHANISMS = ("relu", "topk", "topk_revive", "kl", "l1")
