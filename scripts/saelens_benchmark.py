@@ -86,7 +86,11 @@ def main(argv: list[str] | None = None) -> None:
     from jaxae.experiments.base import with_
 
     rows = []
+    labels = [sparse.label(mechanism, value) for mechanism, value in ARMS]
     chosen = None if args.arms is None else set(args.arms.split(","))
+    if chosen is not None and not chosen <= set(labels):
+        unknown = ", ".join(sorted(chosen - set(labels)))
+        parser.error(f"--arms {unknown}: allowed are {', '.join(labels)}")
     for mechanism, value in ARMS:
         if chosen is not None and sparse.label(mechanism, value) not in chosen:
             continue
