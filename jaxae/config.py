@@ -369,7 +369,8 @@ class LossConfig:
     # instead of taking a residual; 0 turns it off
     resample_split: float = 0.0
     # with `resample_split`: when the busiest unit is due a split but no unit is dead or rare, the
-    # least-firing unit is re-aimed to take it (an L1 code keeps every unit alive)
+    # least-firing unit is re-aimed to take it, if the split's direction is new (jaxae/resample.py,
+    # `LEAST_MAX_COS`); an L1 code keeps every unit alive
     resample_least: bool = False
 
     def __post_init__(self) -> None:
