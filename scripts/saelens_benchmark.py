@@ -91,12 +91,12 @@ def main(argv: list[str] | None = None) -> None:
     if chosen is not None and not chosen <= set(labels):
         unknown = ", ".join(sorted(chosen - set(labels)))
         parser.error(f"--arms {unknown}: allowed are {', '.join(labels)}")
-    for mechanism, value in ARMS:
-        if chosen is not None and sparse.label(mechanism, value) not in chosen:
+    for label, (mechanism, value) in zip(labels, ARMS, strict=True):
+        if chosen is not None and label not in chosen:
             continue
         cfg = arm_config(mechanism, value, args.epochs, args.data_seed)
         row = {
-            "arm": sparse.label(mechanism, value),
+            "arm": label,
             "random": train_scored(cfg, args.seeds),
             "oracle": train_scored(with_(cfg, model={"init": "atoms"}), args.seeds),
         }

@@ -169,6 +169,13 @@ def _sae(cfg: Config) -> Config:
     return with_(cfg, model={"unit_norm_decoder": True, "tied_init": True, "pre_bias": True})
 
 
+def _revive(split: float, least: bool = False) -> dict[str, Any]:
+    """The resampling of the revived mechanisms: dead and rare units, the busiest unit split at
+    `split` times the median unit's share (by the least-firing unit if `least` and none is dead)."""
+    return {"dead_steps": DEAD_STEPS, "resample_dead": True, "resample_rare": RESAMPLE_RARE,
+            "resample_split": split, "resample_least": least}  # fmt: skip
+
+
 def mechanism_config(mechanism: str, base: Config, k_max: int) -> Config:
     """The program of one mechanism, from the (possibly overridden) base config."""
     h = base.model.n_hidden
@@ -178,9 +185,7 @@ def mechanism_config(mechanism: str, base: Config, k_max: int) -> Config:
         activation = "batchtopk" if mechanism == "batchtopk" else "topk"
         cfg = with_(_sae(base), model={"activation": activation, "k": min(k_max, h)})
         if mechanism == "topk_revive":
-            revive = {"dead_steps": DEAD_STEPS, "resample_dead": True,
-                      "resample_rare": RESAMPLE_RARE, "resample_split": RESAMPLE_SPLIT}  # fmt: skip
-            cfg = with_(cfg, loss=revive)
+            cfg = with_(cfg, loss=_revive(RESAMPLE_SPLIT))
         return cfg
     if mechanism == "kl":
         rho = min(0.5, base.data.active / base.data.n_atoms)
@@ -189,9 +194,7 @@ def mechanism_config(mechanism: str, base: Config, k_max: int) -> Config:
         model = {"activation": "jumprelu", "jump_init": JUMP_INIT, "jump_bandwidth": JUMP_BANDWIDTH}
         return with_(_sae(base), model=model, loss={"sparsity": "l0"})
     if mechanism == "l1_revive":
-        revive = {"dead_steps": DEAD_STEPS, "resample_dead": True, "resample_rare": RESAMPLE_RARE,
-                  "resample_split": L1_SPLIT, "resample_least": True}  # fmt: skip
-        return with_(_sae(base), loss={"sparsity": "l1", **revive})
+        return with_(_sae(base), loss={"sparsity": "l1", **_revive(L1_SPLIT, least=True)})
     return with_(_sae(base), loss={"sparsity": "l1"})  # l1
 
 
